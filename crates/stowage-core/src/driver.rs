@@ -1,0 +1,54 @@
+//! The driver trait: how a kind of volume provisions, presents and releases
+//! its storage. The service owns the lifecycle; a driver only acts.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::options::Options;
+use crate::volume::VolumeRecord;
+
+/// A kind of volume. Every method must be idempotent: after a crash the
+/// service calls them again on half-done work.
+pub trait Driver: Send + Sync + 'static {
+    /// The name users pass as `--driver`.
+    fn name(&self) -> &'static str;
+    /// Checks options before anything is recorded: unknown keys, values,
+    /// and for imported paths the path itself.
+    fn validate(&self, options: &Options) -> Result<()>;
+    /// Provisions the volume's storage.
+    fn create(&self, volume: &VolumeRecord) -> Result<()>;
+    /// Releases the volume's storage. Never deletes data it did not create.
+    fn remove(&self, volume: &VolumeRecord) -> Result<()>;
+    /// Presents the volume's data on the empty directory `target`.
+    fn mount(&self, volume: &VolumeRecord, target: &Path) -> Result<()>;
+}
+
+/// The drivers a service knows, by name.
+#[derive(Clone, Default)]
+pub struct DriverSet {
+    drivers: BTreeMap<&'static str, Arc<dyn Driver>>,
+}
+
+impl DriverSet {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn with(mut self, driver: Arc<dyn Driver>) -> Self {
+        self.drivers.insert(driver.name(), driver);
+        self
+    }
+
+    pub fn get(&self, name: &str) -> Result<&Arc<dyn Driver>> {
+        self.drivers.get(name).ok_or_else(|| Error::UnknownDriver {
+            driver: name.to_string(),
+            known: self.names().map(str::to_string).collect(),
+        })
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.drivers.keys().copied()
+    }
+}

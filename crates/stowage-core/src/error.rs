@@ -1,0 +1,126 @@
+//! The core error type. Each error knows its [`ErrorKind`], and every door
+//! maps a kind to its wire form (HTTP status, Docker `Err`, gRPC code) in
+//! one place.
+
+use std::path::PathBuf;
+
+use crate::store::StoreError;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The class of an error, independent of the door it leaves through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The request is malformed or names something invalid.
+    InvalidArgument,
+    /// The named volume does not exist.
+    NotFound,
+    /// The request contradicts existing state (same name, other options).
+    Conflict,
+    /// The volume is in a state that forbids the operation (in use).
+    FailedPrecondition,
+    /// Stowage or the kernel failed.
+    Internal,
+}
+
+impl ErrorKind {
+    /// A short stable code for machine consumers.
+    pub fn code(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidArgument => "invalid_argument",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::Conflict => "conflict",
+            ErrorKind::FailedPrecondition => "failed_precondition",
+            ErrorKind::Internal => "internal",
+        }
+    }
+
+    /// The HTTP status a REST door answers with.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorKind::InvalidArgument => 400,
+            ErrorKind::NotFound => 404,
+            ErrorKind::Conflict => 409,
+            ErrorKind::FailedPrecondition => 409,
+            ErrorKind::Internal => 500,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid volume name {name:?}: {reason}")]
+    InvalidName { name: String, reason: String },
+    #[error("invalid consumer id {id:?}: {reason}")]
+    InvalidConsumer { id: String, reason: String },
+    #[error("unknown driver {driver:?}; known drivers: {}", known.join(", "))]
+    UnknownDriver { driver: String, known: Vec<String> },
+    #[error("unknown option {option:?} for driver {driver}; valid options: {}", valid.join(", "))]
+    UnknownOption {
+        driver: String,
+        option: String,
+        valid: Vec<&'static str>,
+    },
+    #[error("invalid value {value:?} for option {option}: {reason}")]
+    InvalidOption {
+        option: String,
+        value: String,
+        reason: String,
+    },
+    #[error("missing required option {option} for driver {driver}")]
+    MissingOption { driver: String, option: String },
+    #[error("invalid label {label:?}: {reason}")]
+    InvalidLabel { label: String, reason: String },
+    #[error("invalid filter {filter:?}: {reason}")]
+    InvalidFilter { filter: String, reason: String },
+    #[error("no such volume: {name}")]
+    NotFound { name: String },
+    #[error("volume {name} already exists with different {what}")]
+    Conflict { name: String, what: &'static str },
+    #[error("volume {name} is {state}")]
+    Busy { name: String, state: &'static str },
+    #[error("volume {name} is in use by {}; unmount it first or remove with force", consumers.join(", "))]
+    InUse { name: String, consumers: Vec<String> },
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl Error {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::InvalidName { .. }
+            | Error::InvalidConsumer { .. }
+            | Error::UnknownDriver { .. }
+            | Error::UnknownOption { .. }
+            | Error::InvalidOption { .. }
+            | Error::MissingOption { .. }
+            | Error::InvalidLabel { .. }
+            | Error::InvalidFilter { .. } => ErrorKind::InvalidArgument,
+            Error::NotFound { .. } => ErrorKind::NotFound,
+            Error::Conflict { .. } => ErrorKind::Conflict,
+            Error::Busy { .. } | Error::InUse { .. } => ErrorKind::FailedPrecondition,
+            Error::Store(StoreError::Conflict { .. }) => ErrorKind::Conflict,
+            Error::Io { .. } | Error::Store(_) => ErrorKind::Internal,
+        }
+    }
+
+    /// Wraps an I/O error with the operation and path it came from.
+    pub fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
+        let path = path.into();
+        move |source| Error::Io { op, path, source }
+    }
+
+    pub fn invalid_option(option: &str, value: &str, reason: impl Into<String>) -> Error {
+        Error::InvalidOption {
+            option: option.to_string(),
+            value: value.to_string(),
+            reason: reason.into(),
+        }
+    }
+}

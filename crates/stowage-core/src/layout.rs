@@ -1,0 +1,54 @@
+//! Where Stowage keeps things on the host.
+
+use std::path::{Path, PathBuf};
+
+/// The directories of one daemon. Both roots are canonical absolute paths
+/// (no symlink), so paths built under them can be opened with
+/// `RESOLVE_NO_SYMLINKS`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    pub data_root: PathBuf,
+    pub run_root: PathBuf,
+}
+
+impl Layout {
+    pub fn new(data_root: impl Into<PathBuf>, run_root: impl Into<PathBuf>) -> Self {
+        Layout {
+            data_root: data_root.into(),
+            run_root: run_root.into(),
+        }
+    }
+
+    /// Parent of the local volumes' directories.
+    pub fn volumes_dir(&self) -> PathBuf {
+        self.data_root.join("volumes")
+    }
+
+    /// The data directory of a `local` volume.
+    pub fn volume_dir(&self, id: &str) -> PathBuf {
+        self.volumes_dir().join(id)
+    }
+
+    /// Parent of the published mount points.
+    pub fn mounts_dir(&self) -> PathBuf {
+        self.run_root.join("mounts")
+    }
+
+    /// The stable path where a volume is presented while it has consumers.
+    pub fn mountpoint(&self, id: &str) -> PathBuf {
+        self.mounts_dir().join(id)
+    }
+
+    pub fn database(&self) -> PathBuf {
+        self.data_root.join("stowage.db")
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.run_root.join("stowage.sock")
+    }
+
+    /// Whether `path` is the data root, the run root, or inside either.
+    pub fn contains(&self, path: &Path) -> bool {
+        path.starts_with(&self.data_root) || path.starts_with(&self.run_root)
+    }
+}

@@ -1,0 +1,24 @@
+//! The core of Stowage: the volume model, the lifecycle state machine and
+//! the traits that backends implement.
+//!
+//! Every door (REST, Docker plugin, CSI) calls one [`VolumeService`]; it
+//! serializes operations per volume, journals intent before touching the
+//! kernel, and reconciles the [`Store`] with the mount table on start.
+
+pub mod driver;
+pub mod error;
+pub mod layout;
+mod locks;
+pub mod name;
+pub mod options;
+pub mod service;
+pub mod store;
+pub mod volume;
+
+pub use driver::{Driver, DriverSet};
+pub use error::{Error, ErrorKind, Result};
+pub use layout::Layout;
+pub use name::VolumeName;
+pub use service::{ReconcileReport, VolumeService};
+pub use store::{Collection, MemoryStore, Precondition, Revision, Store, StoreError, Versioned};
+pub use volume::{CreateRequest, PendingOp, Volume, VolumeFilter, VolumeRecord, VolumeState};

@@ -1,0 +1,172 @@
+//! Parsing of driver options (`-o key=value`) and labels.
+
+use std::collections::BTreeMap;
+
+use crate::error::{Error, Result};
+
+/// Driver options as the user gave them.
+pub type Options = BTreeMap<String, String>;
+
+/// Longest option or label value accepted, in bytes.
+const MAX_VALUE_LEN: usize = 4096;
+/// Most labels or options on one volume.
+const MAX_ENTRIES: usize = 64;
+
+/// Fails on the first option of `opts` not in `valid`, listing the valid ones.
+pub fn check_known(driver: &str, opts: &Options, valid: &[&'static str]) -> Result<()> {
+    if let Some(option) = opts.keys().find(|k| !valid.contains(&k.as_str())) {
+        return Err(Error::UnknownOption {
+            driver: driver.to_string(),
+            option: option.clone(),
+            valid: valid.to_vec(),
+        });
+    }
+    Ok(())
+}
+
+/// Checks the sizes of an option or label map.
+pub fn check_map_limits(what: &str, map: &BTreeMap<String, String>) -> Result<()> {
+    if map.len() > MAX_ENTRIES {
+        return Err(Error::InvalidLabel {
+            label: what.to_string(),
+            reason: format!("at most {MAX_ENTRIES} entries are allowed"),
+        });
+    }
+    for (k, v) in map {
+        let bad = |reason: &str| Error::InvalidLabel {
+            label: k.clone(),
+            reason: reason.to_string(),
+        };
+        if k.is_empty() || k.len() > 256 {
+            return Err(bad("keys must be 1 to 256 bytes"));
+        }
+        if k.contains('=') || k.chars().any(char::is_control) {
+            return Err(bad("keys must not contain '=' or control characters"));
+        }
+        if v.len() > MAX_VALUE_LEN || v.chars().any(char::is_control) {
+            return Err(bad("values must be at most 4096 bytes without control characters"));
+        }
+    }
+    Ok(())
+}
+
+/// An optional numeric id option (`uid`, `gid`); `u32::MAX` is the kernel's
+/// "no change" value and is refused.
+pub fn id(opts: &Options, key: &str) -> Result<Option<u32>> {
+    let Some(value) = opts.get(key) else {
+        return Ok(None);
+    };
+    match value.parse::<u32>() {
+        Ok(v) if v != u32::MAX && !value.starts_with('+') => Ok(Some(v)),
+        _ => Err(Error::invalid_option(
+            key,
+            value,
+            "expected a number from 0 to 4294967294",
+        )),
+    }
+}
+
+/// An optional octal permission mode (`mode=0755`), at most `07777`.
+pub fn mode(opts: &Options, key: &str) -> Result<Option<u32>> {
+    let Some(value) = opts.get(key) else {
+        return Ok(None);
+    };
+    let digits = value.strip_prefix("0o").unwrap_or(value);
+    match u32::from_str_radix(digits, 8) {
+        Ok(v) if v <= 0o7777 && !digits.is_empty() && !digits.starts_with('+') => Ok(Some(v)),
+        _ => Err(Error::invalid_option(
+            key,
+            value,
+            "expected an octal mode from 0 to 7777, such as 0755",
+        )),
+    }
+}
+
+/// An optional tmpfs size: a byte count with an optional `k`, `m` or `g`
+/// suffix, or a percentage of memory (`50%`). Returned normalised for the
+/// kernel's `size=` parameter.
+pub fn tmpfs_size(opts: &Options, key: &str) -> Result<Option<String>> {
+    let Some(value) = opts.get(key) else {
+        return Ok(None);
+    };
+    let bad = || {
+        Error::invalid_option(
+            key,
+            value,
+            "expected a size such as 64m, 2g, 1048576 or 50%",
+        )
+    };
+    let lower = value.to_ascii_lowercase();
+    let (digits, suffix) = match lower.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => lower.split_at(i),
+        None => (lower.as_str(), ""),
+    };
+    let number: u64 = digits.parse().map_err(|_| bad())?;
+    match suffix {
+        "" | "k" | "m" | "g" => {}
+        "%" if (1..=100).contains(&number) => {}
+        _ => return Err(bad()),
+    }
+    if number == 0 {
+        return Err(bad());
+    }
+    Ok(Some(format!("{number}{suffix}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(pairs: &[(&str, &str)]) -> Options {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn unknown_option_lists_valid_ones() {
+        let err = check_known("local", &opts(&[("colour", "red")]), &["uid", "gid"]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unknown option \"colour\" for driver local; valid options: uid, gid"
+        );
+    }
+
+    #[test]
+    fn ids() {
+        assert_eq!(id(&opts(&[("uid", "184")]), "uid").unwrap(), Some(184));
+        assert_eq!(id(&opts(&[]), "uid").unwrap(), None);
+        for bad in ["-1", "4294967295", "x", "", "+1", "1 "] {
+            assert!(id(&opts(&[("uid", bad)]), "uid").is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn modes() {
+        assert_eq!(mode(&opts(&[("mode", "0755")]), "mode").unwrap(), Some(0o755));
+        assert_eq!(mode(&opts(&[("mode", "1777")]), "mode").unwrap(), Some(0o1777));
+        for bad in ["888", "17777", "", "rwx", "+7"] {
+            assert!(mode(&opts(&[("mode", bad)]), "mode").is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn sizes() {
+        let s = |v: &str| tmpfs_size(&opts(&[("size", v)]), "size");
+        assert_eq!(s("64M").unwrap().as_deref(), Some("64m"));
+        assert_eq!(s("50%").unwrap().as_deref(), Some("50%"));
+        assert_eq!(s("1048576").unwrap().as_deref(), Some("1048576"));
+        for bad in ["-1", "10Q", "0", "", "1,mode=777", "101%", "1.5g", "m"] {
+            assert!(s(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn label_limits() {
+        assert!(check_map_limits("labels", &opts(&[("a", "b")])).is_ok());
+        assert!(check_map_limits("labels", &opts(&[("a=b", "c")])).is_err());
+        assert!(check_map_limits("labels", &opts(&[("", "c")])).is_err());
+        assert!(check_map_limits("labels", &opts(&[("a", "x\ny")])).is_err());
+    }
+}

@@ -1,0 +1,420 @@
+//! The volume service: the one place every operation goes through.
+//!
+//! Crash safety follows one rule: the store records the intent before the
+//! kernel is touched, and the outcome after. A volume's record therefore
+//! always says what the kernel should look like, or names the one
+//! operation (`state` or `pending`) whose outcome is unknown, which
+//! [`VolumeService::reconcile`] then finishes or rolls back on start.
+
+mod reconcile;
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use stowage_sys::Sys;
+use time::OffsetDateTime;
+use tracing::{info, warn};
+
+use crate::driver::{Driver, DriverSet};
+use crate::error::{Error, Result};
+use crate::layout::Layout;
+use crate::locks::KeyedLocks;
+use crate::name::{validate_consumer, VolumeName};
+use crate::options::check_map_limits;
+use crate::store::{Collection, Precondition, Revision, Store};
+use crate::volume::{
+    CreateRequest, PendingOp, Volume, VolumeFilter, VolumeRecord, VolumeState,
+};
+
+pub use reconcile::ReconcileReport;
+
+/// The driver used when a request names none.
+pub const DEFAULT_DRIVER: &str = "local";
+
+/// Owns the volumes of one host.
+pub struct VolumeService {
+    store: Arc<dyn Store>,
+    drivers: DriverSet,
+    sys: Arc<dyn Sys>,
+    layout: Layout,
+    locks: KeyedLocks,
+}
+
+/// A record as loaded, with the revision to compare-and-swap against.
+struct Loaded {
+    record: VolumeRecord,
+    revision: Revision,
+}
+
+impl VolumeService {
+    pub fn new(
+        store: Arc<dyn Store>,
+        drivers: DriverSet,
+        sys: Arc<dyn Sys>,
+        layout: Layout,
+    ) -> Self {
+        VolumeService {
+            store,
+            drivers,
+            sys,
+            layout,
+            locks: KeyedLocks::default(),
+        }
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    pub fn driver_names(&self) -> Vec<&'static str> {
+        self.drivers.names().collect()
+    }
+
+    /// Creates a volume, or returns the existing one if it was created with
+    /// the same driver, options and labels.
+    pub fn create(&self, req: CreateRequest) -> Result<Volume> {
+        logged("create", &req.name.clone(), || self.create_inner(req))
+    }
+
+    fn create_inner(&self, req: CreateRequest) -> Result<Volume> {
+        let name = VolumeName::parse(&req.name)?;
+        let driver_name = req.driver.as_deref().unwrap_or(DEFAULT_DRIVER);
+        let driver = self.drivers.get(driver_name)?;
+        check_map_limits("options", &req.options)?;
+        check_map_limits("labels", &req.labels)?;
+        driver.validate(&req.options)?;
+
+        let _guard = self.locks.lock(name.as_str());
+        if let Some(existing) = self.load(&name)? {
+            let r = &existing.record;
+            if r.state != VolumeState::Ready {
+                return Err(busy(r));
+            }
+            let what = if r.driver != driver.name() {
+                "driver"
+            } else if r.options != req.options {
+                "options"
+            } else if r.labels != req.labels {
+                "labels"
+            } else {
+                return Ok(self.view(r));
+            };
+            return Err(Error::Conflict {
+                name: name.to_string(),
+                what,
+            });
+        }
+
+        let record = VolumeRecord {
+            id: uuid::Uuid::new_v4().simple().to_string(),
+            name,
+            driver: driver.name().to_string(),
+            options: req.options,
+            labels: req.labels,
+            created_at: now_seconds(),
+            consumers: Default::default(),
+            state: VolumeState::Creating,
+            pending: None,
+        };
+        let mut loaded = self.insert(record)?;
+        if let Err(e) = driver.create(&loaded.record) {
+            if let Err(cleanup) = driver.remove(&loaded.record) {
+                warn!(volume = %loaded.record.name, error = %cleanup, "cleanup after failed create");
+            }
+            self.erase(&loaded)?;
+            return Err(e);
+        }
+        loaded.record.state = VolumeState::Ready;
+        self.save(&mut loaded)?;
+        Ok(self.view(&loaded.record))
+    }
+
+    pub fn inspect(&self, name: &str) -> Result<Volume> {
+        let name = VolumeName::parse(name)?;
+        let loaded = self.load(&name)?.ok_or_else(|| not_found(&name))?;
+        Ok(self.view(&loaded.record))
+    }
+
+    pub fn list(&self, filter: &VolumeFilter) -> Result<Vec<Volume>> {
+        let mut out: Vec<Volume> = self
+            .list_records()?
+            .iter()
+            .filter(|l| filter.matches(&l.record))
+            .map(|l| self.view(&l.record))
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// Presents the volume for `consumer` and returns the host path. The
+    /// kernel mount is made for the first consumer; a consumer that mounts
+    /// again is counted once.
+    pub fn mount(&self, name: &str, consumer: &str) -> Result<PathBuf> {
+        logged("mount", name, || self.mount_inner(name, consumer))
+    }
+
+    fn mount_inner(&self, name: &str, consumer: &str) -> Result<PathBuf> {
+        let name = VolumeName::parse(name)?;
+        validate_consumer(consumer)?;
+        let _guard = self.locks.lock(name.as_str());
+        let mut loaded = self.load_ready(&name)?;
+        let target = self.layout.mountpoint(&loaded.record.id);
+        if loaded.record.consumers.contains(consumer) {
+            return Ok(target);
+        }
+        let first = loaded.record.consumers.is_empty();
+        loaded.record.consumers.insert(consumer.to_string());
+        if !first {
+            // Already presented: recording the consumer is the whole change.
+            self.save(&mut loaded)?;
+            return Ok(target);
+        }
+        loaded.record.pending = Some(PendingOp::Mount {
+            consumer: consumer.to_string(),
+        });
+        self.save(&mut loaded)?;
+        let driver = self.drivers.get(&loaded.record.driver)?;
+        if let Err(e) = self.present(driver.as_ref(), &loaded.record) {
+            loaded.record.consumers.remove(consumer);
+            loaded.record.pending = None;
+            self.save(&mut loaded)?;
+            return Err(e);
+        }
+        loaded.record.pending = None;
+        self.save(&mut loaded)?;
+        Ok(target)
+    }
+
+    /// Releases `consumer`'s use of the volume; the last one out releases
+    /// the kernel mount. Unmounting a consumer that holds no mount succeeds.
+    pub fn unmount(&self, name: &str, consumer: &str) -> Result<()> {
+        logged("unmount", name, || self.unmount_inner(name, consumer))
+    }
+
+    fn unmount_inner(&self, name: &str, consumer: &str) -> Result<()> {
+        let name = VolumeName::parse(name)?;
+        validate_consumer(consumer)?;
+        let _guard = self.locks.lock(name.as_str());
+        let mut loaded = self.load_ready(&name)?;
+        if !loaded.record.consumers.contains(consumer) {
+            return Ok(());
+        }
+        if loaded.record.consumers.len() > 1 {
+            loaded.record.consumers.remove(consumer);
+            return self.save(&mut loaded);
+        }
+        loaded.record.pending = Some(PendingOp::Unmount {
+            consumer: consumer.to_string(),
+        });
+        self.save(&mut loaded)?;
+        self.withdraw(&loaded.record.id, 1)?;
+        loaded.record.consumers.remove(consumer);
+        loaded.record.pending = None;
+        self.save(&mut loaded)
+    }
+
+    /// Removes a volume. A volume with consumers is refused unless `force`,
+    /// which unmounts it first.
+    pub fn remove(&self, name: &str, force: bool) -> Result<()> {
+        logged("remove", name, || self.remove_inner(name, force))
+    }
+
+    fn remove_inner(&self, name: &str, force: bool) -> Result<()> {
+        let name = VolumeName::parse(name)?;
+        let _guard = self.locks.lock(name.as_str());
+        let mut loaded = self.load(&name)?.ok_or_else(|| not_found(&name))?;
+        if loaded.record.state == VolumeState::Creating {
+            return Err(busy(&loaded.record));
+        }
+        if !loaded.record.consumers.is_empty() && !force {
+            return Err(Error::InUse {
+                name: name.to_string(),
+                consumers: loaded.record.consumers.iter().cloned().collect(),
+            });
+        }
+        loaded.record.state = VolumeState::Removing;
+        self.save(&mut loaded)?;
+        self.finish_remove(&loaded)
+    }
+
+    /// Removes every volume without consumers; returns their names.
+    pub fn prune(&self) -> Result<Vec<String>> {
+        let mut removed = Vec::new();
+        for l in self.list_records()? {
+            let r = &l.record;
+            if r.state != VolumeState::Ready || !r.consumers.is_empty() {
+                continue;
+            }
+            match self.remove(r.name.as_str(), false) {
+                Ok(()) => removed.push(r.name.to_string()),
+                // Mounted or removed since the listing: not ours to prune.
+                Err(Error::InUse { .. } | Error::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Unmounts, releases the storage and deletes the record of a volume
+    /// already marked `Removing` (or a `Creating` one being rolled back).
+    fn finish_remove(&self, loaded: &Loaded) -> Result<()> {
+        let mounted = self.mount_count(&loaded.record.id)?;
+        self.withdraw(&loaded.record.id, mounted)?;
+        self.drivers.get(&loaded.record.driver)?.remove(&loaded.record)?;
+        self.erase(loaded)
+    }
+
+    /// Makes the volume's mountpoint and mounts the driver's data on it.
+    fn present(&self, driver: &dyn Driver, record: &VolumeRecord) -> Result<()> {
+        let target = self.layout.mountpoint(&record.id);
+        match self.sys.create_dir(&target, 0o700) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(Error::io("create mountpoint", &target)(e)),
+        }
+        driver.mount(record, &target).inspect_err(|_| {
+            let _ = self.sys.remove_dir(&target);
+        })
+    }
+
+    /// Detaches `count` stacked mounts from the volume's mountpoint, then
+    /// removes the directory. A mount already gone is not an error.
+    fn withdraw(&self, id: &str, count: usize) -> Result<()> {
+        let target = self.layout.mountpoint(id);
+        for _ in 0..count {
+            match self.sys.unmount(&target) {
+                Ok(()) => {}
+                Err(e) if stowage_sys::is_not_mounted(&e) => break,
+                Err(e) => return Err(Error::io("unmount", &target)(e)),
+            }
+        }
+        match self.sys.remove_dir(&target) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io("remove mountpoint", &target)(e)),
+        }
+    }
+
+    /// How many mounts are stacked on the volume's mountpoint right now.
+    fn mount_count(&self, id: &str) -> Result<usize> {
+        let table = self
+            .sys
+            .mount_table()
+            .map_err(Error::io("read mount table", "/proc/self/mountinfo"))?;
+        Ok(stowage_sys::mounts_at(&table, &self.layout.mountpoint(id)))
+    }
+
+    fn view(&self, r: &VolumeRecord) -> Volume {
+        Volume {
+            name: r.name.to_string(),
+            driver: r.driver.clone(),
+            options: r.options.clone(),
+            labels: r.labels.clone(),
+            created_at: r.created_at,
+            mountpoint: self.layout.mountpoint(&r.id),
+            consumers: r.consumers.iter().cloned().collect(),
+            status: r.state,
+            mounted: !r.consumers.is_empty(),
+        }
+    }
+
+    fn load(&self, name: &VolumeName) -> Result<Option<Loaded>> {
+        let Some(v) = self.store.get(Collection::Volumes, name.as_str())? else {
+            return Ok(None);
+        };
+        Ok(Some(Loaded {
+            record: VolumeRecord::from_json(&v.value)?,
+            revision: v.revision,
+        }))
+    }
+
+    fn load_ready(&self, name: &VolumeName) -> Result<Loaded> {
+        let loaded = self.load(name)?.ok_or_else(|| not_found(name))?;
+        if loaded.record.state != VolumeState::Ready {
+            return Err(busy(&loaded.record));
+        }
+        Ok(loaded)
+    }
+
+    fn list_records(&self) -> Result<Vec<Loaded>> {
+        self.store
+            .list(Collection::Volumes)?
+            .into_iter()
+            .map(|v| {
+                Ok(Loaded {
+                    record: VolumeRecord::from_json(&v.value)?,
+                    revision: v.revision,
+                })
+            })
+            .collect()
+    }
+
+    fn insert(&self, record: VolumeRecord) -> Result<Loaded> {
+        let revision = self.store.put(
+            Collection::Volumes,
+            record.name.as_str(),
+            &record.to_json(),
+            Precondition::Absent,
+        )?;
+        Ok(Loaded { record, revision })
+    }
+
+    fn save(&self, loaded: &mut Loaded) -> Result<()> {
+        loaded.revision = self.store.put(
+            Collection::Volumes,
+            loaded.record.name.as_str(),
+            &loaded.record.to_json(),
+            Precondition::Revision(loaded.revision),
+        )?;
+        Ok(())
+    }
+
+    fn erase(&self, loaded: &Loaded) -> Result<()> {
+        self.store.delete(
+            Collection::Volumes,
+            loaded.record.name.as_str(),
+            loaded.revision,
+        )?;
+        Ok(())
+    }
+}
+
+/// The current time, to the second: what `inspect` shows and RFC 3339 keeps.
+fn now_seconds() -> OffsetDateTime {
+    let now = OffsetDateTime::now_utc();
+    now.replace_nanosecond(0).unwrap_or(now)
+}
+
+fn not_found(name: &VolumeName) -> Error {
+    Error::NotFound {
+        name: name.to_string(),
+    }
+}
+
+fn busy(r: &VolumeRecord) -> Error {
+    Error::Busy {
+        name: r.name.to_string(),
+        state: match r.state {
+            VolumeState::Creating => "still being created",
+            VolumeState::Removing => "being removed",
+            VolumeState::Ready => "busy",
+        },
+    }
+}
+
+/// Runs one operation and logs one line with its outcome and duration.
+fn logged<T>(op: &'static str, volume: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let start = Instant::now();
+    let result = f();
+    let micros = start.elapsed().as_micros() as u64;
+    match &result {
+        Ok(_) => info!(op, volume, micros, outcome = "ok"),
+        Err(e) => info!(op, volume, micros, outcome = "error", error = %e),
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests;

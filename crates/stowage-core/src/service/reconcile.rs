@@ -1,0 +1,150 @@
+//! Start-up reconciliation of the store with the kernel's mount table.
+
+use std::collections::HashSet;
+
+use tracing::{info, warn};
+
+use super::{Loaded, VolumeService};
+use crate::error::{Error, Result};
+use crate::volume::{PendingOp, VolumeState};
+
+/// What reconciliation found and did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReconcileReport {
+    pub volumes: usize,
+    pub creates_rolled_back: usize,
+    pub removes_finished: usize,
+    pub mounts_rolled_back: usize,
+    pub unmounts_finished: usize,
+    pub mounts_restored: usize,
+    pub stale_mounts_removed: usize,
+    /// Volumes that could not be brought in line, with the reason. They are
+    /// left as recorded and retried at the next start.
+    pub failures: Vec<String>,
+}
+
+impl VolumeService {
+    /// Brings the kernel in line with the store, finishing or rolling back
+    /// whatever a crash interrupted. Runs before any door opens.
+    pub fn reconcile(&self) -> Result<ReconcileReport> {
+        let mut report = ReconcileReport::default();
+        for dir in [self.layout.volumes_dir(), self.layout.mounts_dir()] {
+            match self.sys.create_dir(&dir, 0o700) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(Error::io("create directory", &dir)(e)),
+            }
+        }
+        let mut presented = HashSet::new();
+        for loaded in self.list_records()? {
+            report.volumes += 1;
+            let name = loaded.record.name.to_string();
+            let _guard = self.locks.lock(&name);
+            match self.reconcile_one(loaded, &mut report) {
+                Ok(Some(id)) => {
+                    presented.insert(id);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    warn!(volume = %name, error = %e, "reconcile failed");
+                    report.failures.push(format!("{name}: {e}"));
+                }
+            }
+        }
+        self.remove_stale_mounts(&presented, &mut report)?;
+        info!(?report, "reconciled store with mount table");
+        Ok(report)
+    }
+
+    /// Returns the volume's id if it should stay presented.
+    fn reconcile_one(
+        &self,
+        mut loaded: Loaded,
+        report: &mut ReconcileReport,
+    ) -> Result<Option<String>> {
+        match loaded.record.state {
+            VolumeState::Creating => {
+                self.finish_remove(&loaded)?;
+                report.creates_rolled_back += 1;
+                return Ok(None);
+            }
+            VolumeState::Removing => {
+                self.finish_remove(&loaded)?;
+                report.removes_finished += 1;
+                return Ok(None);
+            }
+            VolumeState::Ready => {}
+        }
+        if let Some(pending) = loaded.record.pending.take() {
+            match pending {
+                // Never acknowledged: undo.
+                PendingOp::Mount { consumer } => {
+                    loaded.record.consumers.remove(&consumer);
+                    report.mounts_rolled_back += 1;
+                }
+                // The caller asked to let go: finish.
+                PendingOp::Unmount { consumer } => {
+                    loaded.record.consumers.remove(&consumer);
+                    report.unmounts_finished += 1;
+                }
+            }
+            self.save(&mut loaded)?;
+        }
+        let have = self.mount_count(&loaded.record.id)?;
+        if loaded.record.consumers.is_empty() {
+            if have > 0 {
+                report.stale_mounts_removed += have;
+            }
+            self.withdraw(&loaded.record.id, have)?;
+            return Ok(None);
+        }
+        if have == 0 {
+            let driver = self.drivers.get(&loaded.record.driver)?;
+            self.present(driver.as_ref(), &loaded.record)?;
+            report.mounts_restored += 1;
+        } else if have > 1 {
+            // Stacked by an interrupted retry: keep the bottom one.
+            let target = self.layout.mountpoint(&loaded.record.id);
+            for _ in 1..have {
+                self.sys
+                    .unmount(&target)
+                    .map_err(Error::io("unmount", &target))?;
+            }
+            report.stale_mounts_removed += have - 1;
+        }
+        Ok(Some(loaded.record.id))
+    }
+
+    /// Unmounts and removes whatever sits in the mounts directory without a
+    /// volume that should be presented there.
+    fn remove_stale_mounts(
+        &self,
+        presented: &HashSet<String>,
+        report: &mut ReconcileReport,
+    ) -> Result<()> {
+        let mounts_dir = self.layout.mounts_dir();
+        let table = self
+            .sys
+            .mount_table()
+            .map_err(Error::io("read mount table", "/proc/self/mountinfo"))?;
+        let entries = self
+            .sys
+            .list_dir(&mounts_dir)
+            .map_err(Error::io("list", &mounts_dir))?;
+        for id in entries {
+            if presented.contains(&id) {
+                continue;
+            }
+            let count = stowage_sys::mounts_at(&table, &mounts_dir.join(&id));
+            match self.withdraw(&id, count) {
+                Ok(()) if count > 0 => {
+                    warn!(id = %id, count, "removed stale mount");
+                    report.stale_mounts_removed += count;
+                }
+                Ok(()) => {}
+                Err(e) => report.failures.push(format!("stale mountpoint {id}: {e}")),
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,333 @@
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use stowage_sys::{Call, RecordingSys};
+
+use super::*;
+use crate::options::{check_known, Options};
+use crate::store::MemoryStore;
+
+/// A driver that keeps each volume in `/data/<id>` and bind-mounts it.
+struct DirDriver {
+    sys: Arc<RecordingSys>,
+}
+
+impl Driver for DirDriver {
+    fn name(&self) -> &'static str {
+        "dir"
+    }
+    fn validate(&self, options: &Options) -> Result<()> {
+        check_known("dir", options, &["colour"])
+    }
+    fn create(&self, v: &VolumeRecord) -> Result<()> {
+        let dir = Path::new("/data").join(&v.id);
+        match self.sys.create_dir(&dir, 0o755) {
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(Error::io("mkdir", dir)(e)),
+            _ => Ok(()),
+        }
+    }
+    fn remove(&self, v: &VolumeRecord) -> Result<()> {
+        let dir = Path::new("/data").join(&v.id);
+        match self.sys.remove_tree(&dir) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(Error::io("rm", dir)(e)),
+            _ => Ok(()),
+        }
+    }
+    fn mount(&self, v: &VolumeRecord, target: &Path) -> Result<()> {
+        let dir = Path::new("/data").join(&v.id);
+        self.sys
+            .bind_mount(&dir, target, false)
+            .map_err(Error::io("bind", target))
+    }
+}
+
+struct Fixture {
+    sys: Arc<RecordingSys>,
+    store: Arc<MemoryStore>,
+    svc: VolumeService,
+}
+
+fn fixture() -> Fixture {
+    let sys = Arc::new(RecordingSys::new());
+    let store = Arc::new(MemoryStore::new());
+    let svc = service(&sys, &store);
+    svc.reconcile().unwrap();
+    sys.clear_calls();
+    Fixture { sys, store, svc }
+}
+
+/// A fresh service over the same kernel and store: a daemon restart.
+fn service(sys: &Arc<RecordingSys>, store: &Arc<MemoryStore>) -> VolumeService {
+    let drivers = DriverSet::new().with(Arc::new(DirDriver { sys: sys.clone() }));
+    VolumeService::new(
+        store.clone(),
+        drivers,
+        sys.clone(),
+        Layout::new("/data", "/run/s"),
+    )
+}
+
+fn req(name: &str) -> CreateRequest {
+    CreateRequest {
+        name: name.into(),
+        driver: Some("dir".into()),
+        ..Default::default()
+    }
+}
+
+fn mounts(sys: &RecordingSys) -> Vec<PathBuf> {
+    sys.mount_table()
+        .unwrap()
+        .into_iter()
+        .map(|m| m.mount_point)
+        .collect()
+}
+
+fn record(store: &MemoryStore, name: &str) -> Option<VolumeRecord> {
+    store
+        .get(Collection::Volumes, name)
+        .unwrap()
+        .map(|v| VolumeRecord::from_json(&v.value).unwrap())
+}
+
+#[test]
+fn create_is_idempotent_and_conflicts_on_other_options() {
+    let f = fixture();
+    let a = f.svc.create(req("v")).unwrap();
+    let b = f.svc.create(req("v")).unwrap();
+    assert_eq!(a, b);
+    let mut other = req("v");
+    other.options = BTreeMap::from([("colour".into(), "red".into())]);
+    let err = f.svc.create(other).unwrap_err();
+    assert_eq!(err.kind(), crate::ErrorKind::Conflict);
+    assert_eq!(err.to_string(), "volume v already exists with different options");
+}
+
+#[test]
+fn bad_input_changes_nothing() {
+    let f = fixture();
+    let mut unknown = req("v");
+    unknown.options = BTreeMap::from([("size".into(), "1".into())]);
+    for (request, needle) in [
+        (req("../etc"), "invalid volume name"),
+        (req(""), "must not be empty"),
+        (unknown, "valid options: colour"),
+        (
+            CreateRequest {
+                driver: Some("nfs".into()),
+                ..req("v")
+            },
+            "known drivers: dir",
+        ),
+    ] {
+        let err = f.svc.create(request).unwrap_err();
+        assert!(err.to_string().contains(needle), "{err}");
+    }
+    assert!(f.sys.calls().is_empty());
+    assert!(f.store.list(Collection::Volumes).unwrap().is_empty());
+}
+
+#[test]
+fn mounts_are_reference_counted_by_consumer() {
+    let f = fixture();
+    let v = f.svc.create(req("v")).unwrap();
+    f.sys.clear_calls();
+    let p1 = f.svc.mount("v", "c1").unwrap();
+    let p2 = f.svc.mount("v", "c1").unwrap();
+    let p3 = f.svc.mount("v", "c2").unwrap();
+    assert_eq!((&p1, &p2, &p3), (&v.mountpoint, &v.mountpoint, &v.mountpoint));
+    let binds = f
+        .sys
+        .calls()
+        .iter()
+        .filter(|c| matches!(c, Call::BindMount { .. }))
+        .count();
+    assert_eq!(binds, 1);
+    assert_eq!(mounts(&f.sys), vec![v.mountpoint.clone()]);
+    assert_eq!(f.svc.inspect("v").unwrap().consumers, vec!["c1", "c2"]);
+
+    f.svc.unmount("v", "c1").unwrap();
+    assert_eq!(mounts(&f.sys), vec![v.mountpoint.clone()]);
+    f.svc.unmount("v", "c1").unwrap(); // idempotent
+    f.svc.unmount("v", "c2").unwrap();
+    assert!(mounts(&f.sys).is_empty());
+    assert!(!f.sys.dir_exists(&v.mountpoint));
+    assert!(record(&f.store, "v").unwrap().consumers.is_empty());
+}
+
+#[test]
+fn remove_refuses_a_volume_in_use_unless_forced() {
+    let f = fixture();
+    f.svc.create(req("v")).unwrap();
+    f.svc.mount("v", "c1").unwrap();
+    let err = f.svc.remove("v", false).unwrap_err();
+    assert_eq!(err.kind(), crate::ErrorKind::FailedPrecondition);
+    assert!(record(&f.store, "v").is_some());
+    f.svc.remove("v", true).unwrap();
+    assert!(record(&f.store, "v").is_none());
+    assert!(mounts(&f.sys).is_empty());
+    assert_eq!(
+        f.svc.remove("v", false).unwrap_err().kind(),
+        crate::ErrorKind::NotFound
+    );
+}
+
+#[test]
+fn failed_kernel_mount_leaves_the_volume_as_it_was() {
+    let f = fixture();
+    f.svc.create(req("v")).unwrap();
+    f.sys.fail_next("BindMount", 1);
+    assert!(f.svc.mount("v", "c1").is_err());
+    let r = record(&f.store, "v").unwrap();
+    assert!(r.consumers.is_empty() && r.pending.is_none());
+    assert!(mounts(&f.sys).is_empty());
+    f.svc.mount("v", "c1").unwrap();
+}
+
+#[test]
+fn failed_create_leaves_nothing() {
+    let f = fixture();
+    f.sys.fail_next("CreateDir(\"/data/", 28);
+    assert!(f.svc.create(req("v")).is_err());
+    assert!(record(&f.store, "v").is_none());
+}
+
+#[test]
+fn prune_removes_only_unused_volumes() {
+    let f = fixture();
+    for n in ["a", "b", "c"] {
+        f.svc.create(req(n)).unwrap();
+    }
+    f.svc.mount("b", "c1").unwrap();
+    assert_eq!(f.svc.prune().unwrap(), vec!["a", "c"]);
+    assert_eq!(f.svc.list(&VolumeFilter::default()).unwrap().len(), 1);
+}
+
+/// Rewrites a stored record as a crash would have left it.
+fn crash_state(store: &MemoryStore, name: &str, edit: impl FnOnce(&mut VolumeRecord)) {
+    let v = store.get(Collection::Volumes, name).unwrap().unwrap();
+    let mut r = VolumeRecord::from_json(&v.value).unwrap();
+    edit(&mut r);
+    store
+        .put(
+            Collection::Volumes,
+            name,
+            &r.to_json(),
+            Precondition::Revision(v.revision),
+        )
+        .unwrap();
+}
+
+#[test]
+fn reconcile_finishes_or_rolls_back_each_half_done_operation() {
+    let f = fixture();
+    for n in ["creating", "removing", "pmount", "punmount", "lost", "stacked", "idle"] {
+        f.svc.create(req(n)).unwrap();
+    }
+    let id = |n: &str| record(&f.store, n).unwrap().id;
+    // Crash after the intent of a create: the directory may exist.
+    crash_state(&f.store, "creating", |r| r.state = VolumeState::Creating);
+    // Crash in the middle of a forced remove of a mounted volume.
+    f.svc.mount("removing", "c").unwrap();
+    crash_state(&f.store, "removing", |r| r.state = VolumeState::Removing);
+    // Crash after the intent of a first mount, before the kernel mount.
+    crash_state(&f.store, "pmount", |r| {
+        r.consumers.insert("c".into());
+        r.pending = Some(PendingOp::Mount { consumer: "c".into() });
+    });
+    // Crash after the kernel unmount, before the outcome.
+    f.svc.mount("punmount", "c").unwrap();
+    crash_state(&f.store, "punmount", |r| {
+        r.pending = Some(PendingOp::Unmount { consumer: "c".into() })
+    });
+    // A mount that vanished (a reboot) and one stacked twice.
+    f.svc.mount("lost", "c").unwrap();
+    f.sys.unmount(&f.svc.layout.mountpoint(&id("lost"))).unwrap();
+    f.svc.mount("stacked", "c").unwrap();
+    let stacked = f.svc.layout.mountpoint(&id("stacked"));
+    f.sys
+        .bind_mount(&Path::new("/data").join(id("stacked")), &stacked, false)
+        .unwrap();
+    // An orphan mount with no volume at all.
+    let orphan = f.svc.layout.mountpoint("deadbeef");
+    f.sys.create_dir(&orphan, 0o700).unwrap();
+    f.sys.add_dir("/data/deadbeef");
+    f.sys
+        .bind_mount(Path::new("/data/deadbeef"), &orphan, false)
+        .unwrap();
+
+    let restarted = service(&f.sys, &f.store);
+    let report = restarted.reconcile().unwrap();
+    assert_eq!(
+        report,
+        ReconcileReport {
+            volumes: 7,
+            creates_rolled_back: 1,
+            removes_finished: 1,
+            mounts_rolled_back: 1,
+            unmounts_finished: 1,
+            mounts_restored: 1,
+            stale_mounts_removed: 3,
+            failures: vec![],
+        }
+    );
+    let names: Vec<String> = restarted
+        .list(&VolumeFilter::default())
+        .unwrap()
+        .into_iter()
+        .map(|v| v.name)
+        .collect();
+    assert_eq!(names, ["idle", "lost", "pmount", "punmount", "stacked"]);
+    let mut expected = vec![
+        restarted.layout.mountpoint(&id("lost")),
+        stacked.clone(),
+    ];
+    expected.sort();
+    let mut got = mounts(&f.sys);
+    got.sort();
+    assert_eq!(got, expected);
+    for n in ["pmount", "punmount"] {
+        let r = record(&f.store, n).unwrap();
+        assert!(r.consumers.is_empty() && r.pending.is_none(), "{n}");
+    }
+    // A second reconcile has nothing left to do.
+    let again = restarted.reconcile().unwrap();
+    assert_eq!(again.volumes, 5);
+    assert_eq!(
+        (again.mounts_restored, again.stale_mounts_removed),
+        (0, 0)
+    );
+}
+
+#[test]
+fn concurrent_clients_on_one_name_keep_store_and_mounts_in_agreement() {
+    let f = Arc::new(fixture());
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let f = f.clone();
+            std::thread::spawn(move || {
+                for i in 0..100 {
+                    let consumer = format!("c{t}");
+                    let _ = match (t + i) % 4 {
+                        0 => f.svc.create(req("shared")).map(|_| ()),
+                        1 => f.svc.mount("shared", &consumer).map(|_| ()),
+                        2 => f.svc.unmount("shared", &consumer),
+                        _ => f.svc.remove("shared", false),
+                    };
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let mounted = !mounts(&f.sys).is_empty();
+    match record(&f.store, "shared") {
+        Some(r) => {
+            assert_eq!(r.state, VolumeState::Ready);
+            assert!(r.pending.is_none());
+            assert_eq!(mounted, !r.consumers.is_empty());
+        }
+        None => assert!(!mounted),
+    }
+}

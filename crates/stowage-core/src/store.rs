@@ -1,0 +1,220 @@
+//! The state store. A key-value map per collection, where every write is a
+//! compare-and-swap on a revision: the shape an etcd transaction has, and
+//! what SQLite gives inside one transaction. No SQL leaks through the trait.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+/// A store revision. Revisions grow with every write across the whole
+/// store, so a deleted and re-created key never repeats one.
+pub type Revision = u64;
+
+/// A namespace of keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Collection {
+    Volumes,
+}
+
+impl Collection {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Collection::Volumes => "volumes",
+        }
+    }
+}
+
+/// A value with the revision of its last write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Versioned {
+    pub key: String,
+    pub value: Vec<u8>,
+    pub revision: Revision,
+}
+
+/// What a write expects to find.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precondition {
+    /// The key must not exist.
+    Absent,
+    /// The key must exist at exactly this revision.
+    Revision(Revision),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store conflict on {key}: it changed concurrently")]
+    Conflict { key: String },
+    #[error("store data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("store backend failed: {0}")]
+    Backend(String),
+}
+
+/// A durable store. `put` and `delete` return only once the change is
+/// durable (fsync'd, or committed by a quorum).
+pub trait Store: Send + Sync + 'static {
+    fn get(&self, collection: Collection, key: &str) -> Result<Option<Versioned>, StoreError>;
+    fn list(&self, collection: Collection) -> Result<Vec<Versioned>, StoreError>;
+    /// Writes `value` if `expect` holds; returns the new revision.
+    fn put(
+        &self,
+        collection: Collection,
+        key: &str,
+        value: &[u8],
+        expect: Precondition,
+    ) -> Result<Revision, StoreError>;
+    /// Deletes `key` if it is at revision `expect`.
+    fn delete(&self, collection: Collection, key: &str, expect: Revision)
+        -> Result<(), StoreError>;
+}
+
+/// An in-memory store: the test double beside the trait.
+#[derive(Default)]
+pub struct MemoryStore {
+    inner: Mutex<(Revision, BTreeMap<(Collection, String), Versioned>)>,
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+fn check(found: Option<&Versioned>, expect: Precondition, key: &str) -> Result<(), StoreError> {
+    let ok = match (found, expect) {
+        (None, Precondition::Absent) => true,
+        (Some(v), Precondition::Revision(r)) => v.revision == r,
+        _ => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::Conflict {
+            key: key.to_string(),
+        })
+    }
+}
+
+impl Store for MemoryStore {
+    fn get(&self, collection: Collection, key: &str) -> Result<Option<Versioned>, StoreError> {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(inner.1.get(&(collection, key.to_string())).cloned())
+    }
+
+    fn list(&self, collection: Collection) -> Result<Vec<Versioned>, StoreError> {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(inner
+            .1
+            .iter()
+            .filter(|((c, _), _)| *c == collection)
+            .map(|(_, v)| v.clone())
+            .collect())
+    }
+
+    fn put(
+        &self,
+        collection: Collection,
+        key: &str,
+        value: &[u8],
+        expect: Precondition,
+    ) -> Result<Revision, StoreError> {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let k = (collection, key.to_string());
+        check(inner.1.get(&k), expect, key)?;
+        inner.0 += 1;
+        let revision = inner.0;
+        inner.1.insert(
+            k,
+            Versioned {
+                key: key.to_string(),
+                value: value.to_vec(),
+                revision,
+            },
+        );
+        Ok(revision)
+    }
+
+    fn delete(
+        &self,
+        collection: Collection,
+        key: &str,
+        expect: Revision,
+    ) -> Result<(), StoreError> {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let k = (collection, key.to_string());
+        check(inner.1.get(&k), Precondition::Revision(expect), key)?;
+        inner.1.remove(&k);
+        Ok(())
+    }
+}
+
+/// The behaviour every [`Store`] must have. Each backend's tests call
+/// [`conformance::run`] on a fresh, empty store.
+pub mod conformance {
+    use super::*;
+
+    pub fn run(store: &dyn Store) {
+        let c = Collection::Volumes;
+        assert!(store.get(c, "a").unwrap().is_none());
+        assert!(store.list(c).unwrap().is_empty());
+
+        // Create only if absent.
+        let r1 = store.put(c, "a", b"one", Precondition::Absent).unwrap();
+        assert!(matches!(
+            store.put(c, "a", b"again", Precondition::Absent),
+            Err(StoreError::Conflict { .. })
+        ));
+        let got = store.get(c, "a").unwrap().unwrap();
+        assert_eq!((got.value.as_slice(), got.revision), (&b"one"[..], r1));
+
+        // Compare-and-swap on the revision.
+        let r2 = store.put(c, "a", b"two", Precondition::Revision(r1)).unwrap();
+        assert!(r2 > r1);
+        assert!(matches!(
+            store.put(c, "a", b"stale", Precondition::Revision(r1)),
+            Err(StoreError::Conflict { .. })
+        ));
+        assert!(matches!(
+            store.put(c, "missing", b"x", Precondition::Revision(r2)),
+            Err(StoreError::Conflict { .. })
+        ));
+        assert_eq!(store.get(c, "a").unwrap().unwrap().value, b"two");
+
+        // List returns every key, with revisions.
+        let rb = store.put(c, "b", b"bee", Precondition::Absent).unwrap();
+        let mut all = store.list(c).unwrap();
+        all.sort_by(|x, y| x.key.cmp(&y.key));
+        assert_eq!(all.len(), 2);
+        assert_eq!((all[1].key.as_str(), all[1].revision), ("b", rb));
+
+        // Delete is a compare-and-swap too.
+        assert!(matches!(
+            store.delete(c, "a", r1),
+            Err(StoreError::Conflict { .. })
+        ));
+        store.delete(c, "a", r2).unwrap();
+        assert!(store.get(c, "a").unwrap().is_none());
+        assert!(matches!(
+            store.delete(c, "a", r2),
+            Err(StoreError::Conflict { .. })
+        ));
+
+        // A re-created key never reuses a revision.
+        let r3 = store.put(c, "a", b"three", Precondition::Absent).unwrap();
+        assert!(r3 > rb);
+
+        // Binary values survive.
+        let bytes: Vec<u8> = (0..=255).collect();
+        let rc = store.put(c, "bin", &bytes, Precondition::Absent).unwrap();
+        assert_eq!(store.get(c, "bin").unwrap().unwrap().value, bytes);
+        store.delete(c, "bin", rc).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn memory_store_conforms() {
+        super::conformance::run(&super::MemoryStore::new());
+    }
+}

@@ -1,0 +1,190 @@
+//! The volume model: what is persisted, and what callers see.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::error::{Error, Result};
+use crate::name::VolumeName;
+use crate::options::Options;
+
+/// Where a volume is in its lifecycle. A volume is only ever seen in
+/// `Creating` or `Removing` after a crash, until reconciliation finishes or
+/// rolls back the operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VolumeState {
+    Creating,
+    Ready,
+    Removing,
+}
+
+/// A kernel operation that was journaled but whose outcome was not yet
+/// recorded. Reconciliation rolls a pending mount back (it was never
+/// acknowledged) and finishes a pending unmount.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "op")]
+pub enum PendingOp {
+    Mount { consumer: String },
+    Unmount { consumer: String },
+}
+
+/// The persisted record of one volume (stored as JSON; new fields must have
+/// serde defaults so that older records still load).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeRecord {
+    /// Generated, never derived from the name; all paths use it.
+    pub id: String,
+    pub name: VolumeName,
+    pub driver: String,
+    #[serde(default)]
+    pub options: Options,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(default)]
+    pub consumers: BTreeSet<String>,
+    pub state: VolumeState,
+    #[serde(default)]
+    pub pending: Option<PendingOp>,
+}
+
+impl VolumeRecord {
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a volume record always serializes")
+    }
+
+    pub fn from_json(bytes: &[u8]) -> Result<Self> {
+        serde_json::from_slice(bytes).map_err(|e| {
+            Error::Store(crate::store::StoreError::Corrupt(format!(
+                "volume record: {e}"
+            )))
+        })
+    }
+}
+
+/// A request to create a volume.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRequest {
+    pub name: String,
+    #[serde(default)]
+    pub driver: Option<String>,
+    #[serde(default)]
+    pub options: Options,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A volume as callers see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Volume {
+    pub name: String,
+    pub driver: String,
+    pub options: Options,
+    pub labels: BTreeMap<String, String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// The stable host path where the volume is presented when mounted.
+    pub mountpoint: PathBuf,
+    pub consumers: Vec<String>,
+    /// `ready`, or `creating` / `removing` while an operation is in flight.
+    pub status: VolumeState,
+    pub mounted: bool,
+}
+
+/// A conjunction of conditions for `list`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VolumeFilter {
+    pub drivers: Vec<String>,
+    /// `(key, None)` matches any value.
+    pub labels: Vec<(String, Option<String>)>,
+    /// `Some(true)`: only volumes with no consumer.
+    pub dangling: Option<bool>,
+}
+
+impl VolumeFilter {
+    /// Parses Docker-style filters: `driver=NAME`, `label=KEY`,
+    /// `label=KEY=VALUE`, `dangling=true|false`.
+    pub fn parse<'a>(filters: impl IntoIterator<Item = &'a str>) -> Result<Self> {
+        let mut out = VolumeFilter::default();
+        for filter in filters {
+            let bad = |reason: &str| Error::InvalidFilter {
+                filter: filter.to_string(),
+                reason: reason.to_string(),
+            };
+            let (key, value) = filter
+                .split_once('=')
+                .ok_or_else(|| bad("expected key=value"))?;
+            match key {
+                "driver" => out.drivers.push(value.to_string()),
+                "label" => {
+                    let (k, v) = match value.split_once('=') {
+                        Some((k, v)) => (k, Some(v.to_string())),
+                        None => (value, None),
+                    };
+                    if k.is_empty() {
+                        return Err(bad("label filter needs a key"));
+                    }
+                    out.labels.push((k.to_string(), v));
+                }
+                "dangling" => match value {
+                    "true" | "1" => out.dangling = Some(true),
+                    "false" | "0" => out.dangling = Some(false),
+                    _ => return Err(bad("dangling takes true or false")),
+                },
+                _ => return Err(bad("known filters are driver, label and dangling")),
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn matches(&self, v: &VolumeRecord) -> bool {
+        (self.drivers.is_empty() || self.drivers.contains(&v.driver))
+            && self.labels.iter().all(|(k, want)| match want {
+                None => v.labels.contains_key(k),
+                Some(want) => v.labels.get(k) == Some(want),
+            })
+            && self.dangling.is_none_or(|d| d == v.consumers.is_empty())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_parse_and_match() {
+        let f = VolumeFilter::parse(["driver=local", "label=env=prod", "dangling=true"]).unwrap();
+        let mut rec = VolumeRecord {
+            id: "i".into(),
+            name: VolumeName::parse("v").unwrap(),
+            driver: "local".into(),
+            options: Options::new(),
+            labels: [("env".to_string(), "prod".to_string())].into(),
+            created_at: OffsetDateTime::UNIX_EPOCH,
+            consumers: BTreeSet::new(),
+            state: VolumeState::Ready,
+            pending: None,
+        };
+        assert!(f.matches(&rec));
+        rec.consumers.insert("c".into());
+        assert!(!f.matches(&rec));
+        assert!(VolumeFilter::parse(["label=env"]).unwrap().matches(&rec));
+        assert!(!VolumeFilter::parse(["driver=tmpfs"]).unwrap().matches(&rec));
+        for bad in ["driver", "colour=red", "dangling=maybe", "label="] {
+            assert!(VolumeFilter::parse([bad]).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn record_round_trips_and_tolerates_missing_fields() {
+        let json = br#"{"id":"x","name":"v","driver":"local","created_at":"2026-11-22T00:00:00Z","state":"ready"}"#;
+        let rec = VolumeRecord::from_json(json).unwrap();
+        assert!(rec.consumers.is_empty());
+        assert_eq!(VolumeRecord::from_json(&rec.to_json()).unwrap(), rec);
+    }
+}

@@ -1,0 +1,91 @@
+//! Every Linux syscall Stowage makes goes through the [`Sys`] trait.
+//!
+//! [`LinuxSys`] is the real implementation; [`RecordingSys`] records the
+//! calls and simulates the mount table, so the lifecycle logic above can be
+//! unit-tested without root. Paths handed to mount operations are resolved
+//! with `openat2(RESOLVE_NO_SYMLINKS)`: a symlink swapped into any component
+//! makes the call fail instead of mounting somewhere else.
+
+mod linux;
+mod mountinfo;
+mod recording;
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+pub use linux::LinuxSys;
+pub use mountinfo::{parse_mountinfo, MountEntry};
+pub use recording::{Call, RecordingSys};
+
+/// Identity of a file: device and inode, as `stat` reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FileId {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+/// What `stat` says about a directory opened without following symlinks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DirInfo {
+    pub id: FileId,
+    pub is_dir: bool,
+}
+
+/// Options of a tmpfs mount, already validated by the caller.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TmpfsOptions {
+    /// Passed to the kernel as `size=` (bytes, `k`/`m`/`g` suffix or `N%`).
+    pub size: Option<String>,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// The syscalls Stowage needs, at the granularity its callers think in.
+pub trait Sys: Send + Sync + 'static {
+    /// Creates one directory (not its parents). `AlreadyExists` if present.
+    fn create_dir(&self, path: &Path, mode: u32) -> io::Result<()>;
+    /// Removes an empty directory. `NotFound` if absent.
+    fn remove_dir(&self, path: &Path) -> io::Result<()>;
+    /// Removes a directory tree without following any symlink in it.
+    /// `NotFound` if absent.
+    fn remove_tree(&self, path: &Path) -> io::Result<()>;
+    /// Names of the entries of a directory.
+    fn list_dir(&self, path: &Path) -> io::Result<Vec<String>>;
+    /// Sets owner and mode of a directory, refusing to follow a symlink.
+    fn set_owner_mode(&self, path: &Path, uid: u32, gid: u32, mode: u32) -> io::Result<()>;
+    /// Opens `path` with no symlink in any component and reports what it is.
+    fn inspect_nofollow(&self, path: &Path) -> io::Result<DirInfo>;
+    /// Bind-mounts `source` onto the directory `target`; both are resolved
+    /// without following symlinks. `recursive` carries submounts along.
+    fn bind_mount(&self, source: &Path, target: &Path, recursive: bool) -> io::Result<()>;
+    /// Mounts a fresh tmpfs onto the directory `target`.
+    fn mount_tmpfs(&self, source_name: &str, target: &Path, opts: &TmpfsOptions)
+        -> io::Result<()>;
+    /// Detaches the topmost mount at `target` (never following a symlink).
+    fn unmount(&self, target: &Path) -> io::Result<()>;
+    /// The current mount table of this process's mount namespace.
+    fn mount_table(&self) -> io::Result<Vec<MountEntry>>;
+}
+
+/// Whether an unmount failed because nothing is mounted there.
+pub fn is_not_mounted(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOENT))
+}
+
+/// Counts the mounts stacked exactly at `target` in `table`.
+pub fn mounts_at(table: &[MountEntry], target: &Path) -> usize {
+    table.iter().filter(|m| m.mount_point == target).count()
+}
+
+/// Mount points in `table` that are direct children of `dir`.
+pub fn mounts_under(table: &[MountEntry], dir: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = table
+        .iter()
+        .filter(|m| m.mount_point.parent() == Some(dir))
+        .map(|m| m.mount_point.clone())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}

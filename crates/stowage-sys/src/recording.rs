@@ -1,0 +1,222 @@
+//! A [`Sys`] that records calls and simulates directories and mounts in
+//! memory, for unit tests of the logic above the kernel.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use crate::{DirInfo, FileId, MountEntry, Sys, TmpfsOptions};
+
+/// One call made through [`RecordingSys`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Call {
+    CreateDir(PathBuf),
+    RemoveDir(PathBuf),
+    RemoveTree(PathBuf),
+    SetOwnerMode(PathBuf, u32, u32, u32),
+    BindMount {
+        source: PathBuf,
+        target: PathBuf,
+        recursive: bool,
+    },
+    MountTmpfs {
+        target: PathBuf,
+        opts: TmpfsOptions,
+    },
+    Unmount(PathBuf),
+}
+
+#[derive(Default)]
+struct State {
+    calls: Vec<Call>,
+    dirs: BTreeSet<PathBuf>,
+    /// Mount stack per target, bottom first: the source of each mount.
+    mounts: BTreeMap<PathBuf, Vec<String>>,
+    /// Failures to inject: the next call whose debug form contains the key
+    /// fails with the errno.
+    failures: Vec<(String, i32)>,
+}
+
+/// Records every call; directories and mounts live in memory.
+#[derive(Default)]
+pub struct RecordingSys {
+    state: Mutex<State>,
+}
+
+impl RecordingSys {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The calls made so far, in order.
+    pub fn calls(&self) -> Vec<Call> {
+        self.lock().calls.clone()
+    }
+
+    /// Forgets the recorded calls (the simulated state stays).
+    pub fn clear_calls(&self) {
+        self.lock().calls.clear();
+    }
+
+    /// Pretends `path` exists as a directory (a host directory to import).
+    pub fn add_dir(&self, path: impl Into<PathBuf>) {
+        self.lock().dirs.insert(path.into());
+    }
+
+    /// Whether the simulated `path` exists.
+    pub fn dir_exists(&self, path: &Path) -> bool {
+        self.lock().dirs.contains(path)
+    }
+
+    /// Makes the next call whose `Debug` form contains `needle` fail with
+    /// `errno`.
+    pub fn fail_next(&self, needle: &str, errno: i32) {
+        self.lock().failures.push((needle.to_string(), errno));
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn record(&self, call: Call) -> io::Result<std::sync::MutexGuard<'_, State>> {
+        let mut state = self.lock();
+        let text = format!("{call:?}");
+        if let Some(i) = state.failures.iter().position(|(n, _)| text.contains(n)) {
+            let (_, errno) = state.failures.remove(i);
+            return Err(io::Error::from_raw_os_error(errno));
+        }
+        state.calls.push(call);
+        Ok(state)
+    }
+}
+
+fn errno(e: i32) -> io::Error {
+    io::Error::from_raw_os_error(e)
+}
+
+impl Sys for RecordingSys {
+    fn create_dir(&self, path: &Path, _mode: u32) -> io::Result<()> {
+        let mut s = self.record(Call::CreateDir(path.into()))?;
+        if !s.dirs.insert(path.into()) {
+            return Err(errno(libc::EEXIST));
+        }
+        Ok(())
+    }
+
+    fn remove_dir(&self, path: &Path) -> io::Result<()> {
+        let mut s = self.record(Call::RemoveDir(path.into()))?;
+        if s.mounts.get(path).is_some_and(|m| !m.is_empty()) {
+            return Err(errno(libc::EBUSY));
+        }
+        if !s.dirs.remove(path) {
+            return Err(errno(libc::ENOENT));
+        }
+        Ok(())
+    }
+
+    fn remove_tree(&self, path: &Path) -> io::Result<()> {
+        let mut s = self.record(Call::RemoveTree(path.into()))?;
+        if !s.dirs.contains(path) {
+            return Err(errno(libc::ENOENT));
+        }
+        s.dirs.retain(|d| !d.starts_with(path));
+        Ok(())
+    }
+
+    fn list_dir(&self, path: &Path) -> io::Result<Vec<String>> {
+        let s = self.lock();
+        if !s.dirs.contains(path) {
+            return Err(errno(libc::ENOENT));
+        }
+        Ok(s.dirs
+            .iter()
+            .filter(|d| d.parent() == Some(path))
+            .filter_map(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .collect())
+    }
+
+    fn set_owner_mode(&self, path: &Path, uid: u32, gid: u32, mode: u32) -> io::Result<()> {
+        let s = self.record(Call::SetOwnerMode(path.into(), uid, gid, mode))?;
+        if !s.dirs.contains(path) {
+            return Err(errno(libc::ENOENT));
+        }
+        Ok(())
+    }
+
+    fn inspect_nofollow(&self, path: &Path) -> io::Result<DirInfo> {
+        let s = self.lock();
+        if !s.dirs.contains(path) {
+            return Err(errno(libc::ENOENT));
+        }
+        // A stable fake identity: the index of the path in sorted order.
+        let ino = s.dirs.iter().position(|d| d == path).unwrap_or(0) as u64 + 1;
+        Ok(DirInfo {
+            id: FileId { dev: 1, ino },
+            is_dir: true,
+        })
+    }
+
+    fn bind_mount(&self, source: &Path, target: &Path, recursive: bool) -> io::Result<()> {
+        let mut s = self.record(Call::BindMount {
+            source: source.into(),
+            target: target.into(),
+            recursive,
+        })?;
+        if !s.dirs.contains(source) || !s.dirs.contains(target) {
+            return Err(errno(libc::ENOENT));
+        }
+        let src = source.display().to_string();
+        s.mounts.entry(target.into()).or_default().push(src);
+        Ok(())
+    }
+
+    fn mount_tmpfs(
+        &self,
+        source_name: &str,
+        target: &Path,
+        opts: &TmpfsOptions,
+    ) -> io::Result<()> {
+        let mut s = self.record(Call::MountTmpfs {
+            target: target.into(),
+            opts: opts.clone(),
+        })?;
+        if !s.dirs.contains(target) {
+            return Err(errno(libc::ENOENT));
+        }
+        s.mounts
+            .entry(target.into())
+            .or_default()
+            .push(source_name.to_string());
+        Ok(())
+    }
+
+    fn unmount(&self, target: &Path) -> io::Result<()> {
+        let mut s = self.record(Call::Unmount(target.into()))?;
+        let stack = s.mounts.entry(target.into()).or_default();
+        if stack.pop().is_none() {
+            return Err(errno(libc::EINVAL));
+        }
+        Ok(())
+    }
+
+    fn mount_table(&self) -> io::Result<Vec<MountEntry>> {
+        let s = self.lock();
+        let mut id = 100;
+        let mut out = Vec::new();
+        for (target, stack) in &s.mounts {
+            for source in stack {
+                id += 1;
+                out.push(MountEntry {
+                    mount_id: id,
+                    parent_id: 1,
+                    root: "/".into(),
+                    mount_point: target.clone(),
+                    fs_type: "recorded".into(),
+                    source: source.clone(),
+                });
+            }
+        }
+        Ok(out)
+    }
+}
