@@ -1,1 +1,46 @@
+//! Stowage's built-in volume drivers.
+//!
+//! - [`Local`]: a directory under the data root.
+//! - [`Tmpfs`]: a tmpfs mounted while the volume has consumers.
+//! - [`Bind`]: an existing host directory, imported without copying.
+//!
+//! Each is a small struct implementing [`stowage_core::Driver`]; the
+//! service keeps them in a [`DriverSet`] next to any external driver.
 
+mod bind;
+mod local;
+mod tmpfs;
+
+use std::io;
+use std::sync::Arc;
+
+use stowage_core::{DriverSet, Layout};
+use stowage_sys::Sys;
+
+pub use bind::Bind;
+pub use local::Local;
+pub use tmpfs::Tmpfs;
+
+/// The built-in drivers, ready for a [`stowage_core::VolumeService`].
+pub fn builtin(sys: Arc<dyn Sys>, layout: &Layout) -> DriverSet {
+    DriverSet::new()
+        .with(Arc::new(Local::new(sys.clone(), layout.clone())))
+        .with(Arc::new(Tmpfs::new(sys.clone())))
+        .with(Arc::new(Bind::new(sys, layout.clone())))
+}
+
+/// Treats "already there" as success, for idempotent creation.
+fn exists_ok(r: io::Result<()>) -> io::Result<()> {
+    match r {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        other => other,
+    }
+}
+
+/// Treats "already gone" as success, for idempotent removal.
+fn missing_ok(r: io::Result<()>) -> io::Result<()> {
+    match r {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}

@@ -1,0 +1,58 @@
+//! `tmpfs`: memory-backed storage. Like Docker's tmpfs volumes, the data
+//! lives while the volume is mounted: the first consumer gets a fresh
+//! tmpfs, and the last unmount releases it.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use stowage_core::options::{self, check_known, Options};
+use stowage_core::{Driver, Error, Result, VolumeRecord};
+use stowage_sys::{Sys, TmpfsOptions};
+
+const OPTIONS: &[&str] = &["size", "mode", "uid", "gid"];
+const DEFAULT_MODE: u32 = 0o755;
+
+pub struct Tmpfs {
+    sys: Arc<dyn Sys>,
+}
+
+impl Tmpfs {
+    pub fn new(sys: Arc<dyn Sys>) -> Self {
+        Tmpfs { sys }
+    }
+
+    fn mount_options(opts: &Options) -> Result<TmpfsOptions> {
+        Ok(TmpfsOptions {
+            size: options::tmpfs_size(opts, "size")?,
+            mode: options::mode(opts, "mode")?.unwrap_or(DEFAULT_MODE),
+            uid: options::id(opts, "uid")?.unwrap_or(0),
+            gid: options::id(opts, "gid")?.unwrap_or(0),
+        })
+    }
+}
+
+impl Driver for Tmpfs {
+    fn name(&self) -> &'static str {
+        "tmpfs"
+    }
+
+    fn validate(&self, opts: &Options) -> Result<()> {
+        check_known(self.name(), opts, OPTIONS)?;
+        Self::mount_options(opts).map(drop)
+    }
+
+    fn create(&self, _volume: &VolumeRecord) -> Result<()> {
+        Ok(())
+    }
+
+    fn remove(&self, _volume: &VolumeRecord) -> Result<()> {
+        Ok(())
+    }
+
+    fn mount(&self, volume: &VolumeRecord, target: &Path) -> Result<()> {
+        let opts = Self::mount_options(&volume.options)?;
+        self.sys
+            .mount_tmpfs(&format!("stowage-{}", volume.id), target, &opts)
+            .map_err(Error::io("mount tmpfs on", target))
+    }
+}

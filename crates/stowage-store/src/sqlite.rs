@@ -1,0 +1,370 @@
+//! The embedded store: one SQLite database in WAL mode with
+//! `synchronous=FULL`, so every commit is fsync'd before it returns.
+//!
+//! Writes go through one writer thread that commits whatever has queued up
+//! in a single transaction (group commit): concurrent operations share one
+//! fsync instead of queueing for one each. Reads use their own connections,
+//! which WAL lets run beside the writer.
+
+use std::path::Path;
+use std::sync::mpsc;
+use std::sync::Mutex;
+use std::thread;
+
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use stowage_core::store::{Collection, Precondition, Revision, Store, StoreError, Versioned};
+use tracing::debug;
+
+/// Most writes folded into one transaction.
+const MAX_BATCH: usize = 256;
+
+/// Schema migrations; entry `i` takes the database from version `i` to
+/// `i + 1`. Only ever append.
+const MIGRATIONS: &[&str] = &["
+    CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    INSERT INTO meta (key, value) VALUES ('revision', 0);
+    CREATE TABLE entries (
+        collection TEXT    NOT NULL,
+        key        TEXT    NOT NULL,
+        revision   INTEGER NOT NULL,
+        value      BLOB    NOT NULL,
+        PRIMARY KEY (collection, key)
+    ) WITHOUT ROWID;
+"];
+
+enum Write {
+    Put {
+        collection: Collection,
+        key: String,
+        value: Vec<u8>,
+        expect: Precondition,
+    },
+    Delete {
+        collection: Collection,
+        key: String,
+        expect: Revision,
+    },
+}
+
+struct Request {
+    write: Write,
+    reply: mpsc::SyncSender<Result<Revision, StoreError>>,
+}
+
+pub struct SqliteStore {
+    writer: Mutex<mpsc::Sender<Request>>,
+    readers: Mutex<Vec<Connection>>,
+    path: std::path::PathBuf,
+}
+
+fn backend(e: rusqlite::Error) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path).map_err(backend)?;
+    conn.pragma_update(None, "journal_mode", "WAL").map_err(backend)?;
+    conn.pragma_update(None, "synchronous", "FULL").map_err(backend)?;
+    conn.pragma_update(None, "foreign_keys", "ON").map_err(backend)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))
+        .map_err(backend)?;
+    Ok(conn)
+}
+
+/// Brings the schema to the newest version, refusing a database written by
+/// a newer Stowage.
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let version: usize = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(backend)?;
+    if version > MIGRATIONS.len() {
+        return Err(StoreError::Corrupt(format!(
+            "schema version {version} is newer than this stowage understands ({})",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        let tx = conn.transaction().map_err(backend)?;
+        tx.execute_batch(sql).map_err(backend)?;
+        tx.pragma_update(None, "user_version", i + 1).map_err(backend)?;
+        tx.commit().map_err(backend)?;
+        debug!(version = i + 1, "migrated store schema");
+    }
+    Ok(())
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let mut conn = open_connection(path)?;
+        migrate(&mut conn)?;
+        let (tx, rx) = mpsc::channel();
+        thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || writer_loop(conn, rx))
+            .map_err(|e| StoreError::Backend(format!("spawn writer: {e}")))?;
+        Ok(SqliteStore {
+            writer: Mutex::new(tx),
+            readers: Mutex::new(Vec::new()),
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn write(&self, write: Write) -> Result<Revision, StoreError> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        let sent = self
+            .writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(Request { write, reply });
+        sent.map_err(|_| StoreError::Backend("store writer has stopped".into()))?;
+        answer
+            .recv()
+            .map_err(|_| StoreError::Backend("store writer has stopped".into()))?
+    }
+
+    /// Runs `f` on a pooled read connection.
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
+        let pooled = self.readers.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let conn = match pooled {
+            Some(c) => c,
+            None => open_connection(&self.path)?,
+        };
+        let result = f(&conn).map_err(backend);
+        self.readers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(conn);
+        result
+    }
+}
+
+fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Request>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        match commit_batch(&mut conn, &batch) {
+            Ok(results) => {
+                for (req, result) in batch.into_iter().zip(results) {
+                    let _ = req.reply.send(result);
+                }
+            }
+            Err(e) => {
+                for req in batch {
+                    let _ = req.reply.send(Err(StoreError::Backend(e.to_string())));
+                }
+            }
+        }
+    }
+}
+
+/// Applies a batch in one transaction. A failed precondition fails only its
+/// own write; a database error fails the whole batch, which is rolled back.
+fn commit_batch(
+    conn: &mut Connection,
+    batch: &[Request],
+) -> rusqlite::Result<Vec<Result<Revision, StoreError>>> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut revision: Revision =
+        tx.query_row("SELECT value FROM meta WHERE key = 'revision'", [], |r| {
+            r.get(0)
+        })?;
+    let mut results = Vec::with_capacity(batch.len());
+    for req in batch {
+        let (collection, key) = match &req.write {
+            Write::Put {
+                collection, key, ..
+            }
+            | Write::Delete {
+                collection, key, ..
+            } => (collection.as_str(), key.as_str()),
+        };
+        let current: Option<Revision> = tx
+            .query_row(
+                "SELECT revision FROM entries WHERE collection = ?1 AND key = ?2",
+                params![collection, key],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let expected = match &req.write {
+            Write::Put { expect, .. } => *expect,
+            Write::Delete { expect, .. } => Precondition::Revision(*expect),
+        };
+        let holds = match (current, expected) {
+            (None, Precondition::Absent) => true,
+            (Some(c), Precondition::Revision(e)) => c == e,
+            _ => false,
+        };
+        if !holds {
+            results.push(Err(StoreError::Conflict {
+                key: key.to_string(),
+            }));
+            continue;
+        }
+        revision += 1;
+        match &req.write {
+            Write::Put { value, .. } => {
+                tx.execute(
+                    "INSERT INTO entries (collection, key, revision, value) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (collection, key) DO UPDATE
+                     SET revision = excluded.revision, value = excluded.value",
+                    params![collection, key, revision, value],
+                )?;
+            }
+            Write::Delete { .. } => {
+                tx.execute(
+                    "DELETE FROM entries WHERE collection = ?1 AND key = ?2",
+                    params![collection, key],
+                )?;
+            }
+        }
+        results.push(Ok(revision));
+    }
+    tx.execute(
+        "UPDATE meta SET value = ?1 WHERE key = 'revision'",
+        params![revision],
+    )?;
+    tx.commit()?;
+    Ok(results)
+}
+
+impl Store for SqliteStore {
+    fn get(&self, collection: Collection, key: &str) -> Result<Option<Versioned>, StoreError> {
+        self.read(|c| {
+            c.prepare_cached(
+                "SELECT revision, value FROM entries WHERE collection = ?1 AND key = ?2",
+            )?
+            .query_row(params![collection.as_str(), key], |r| {
+                Ok(Versioned {
+                    key: key.to_string(),
+                    revision: r.get(0)?,
+                    value: r.get(1)?,
+                })
+            })
+            .optional()
+        })
+    }
+
+    fn list(&self, collection: Collection) -> Result<Vec<Versioned>, StoreError> {
+        self.read(|c| {
+            c.prepare_cached(
+                "SELECT key, revision, value FROM entries WHERE collection = ?1 ORDER BY key",
+            )?
+            .query_map(params![collection.as_str()], |r| {
+                Ok(Versioned {
+                    key: r.get(0)?,
+                    revision: r.get(1)?,
+                    value: r.get(2)?,
+                })
+            })?
+            .collect()
+        })
+    }
+
+    fn put(
+        &self,
+        collection: Collection,
+        key: &str,
+        value: &[u8],
+        expect: Precondition,
+    ) -> Result<Revision, StoreError> {
+        self.write(Write::Put {
+            collection,
+            key: key.to_string(),
+            value: value.to_vec(),
+            expect,
+        })
+    }
+
+    fn delete(
+        &self,
+        collection: Collection,
+        key: &str,
+        expect: Revision,
+    ) -> Result<(), StoreError> {
+        self.write(Write::Delete {
+            collection,
+            key: key.to_string(),
+            expect,
+        })
+        .map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn conforms() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("s.db")).unwrap();
+        stowage_core::store::conformance::run(&store);
+    }
+
+    #[test]
+    fn data_and_revisions_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let r = {
+            let store = SqliteStore::open(&path).unwrap();
+            let r = store
+                .put(Collection::Volumes, "a", b"x", Precondition::Absent)
+                .unwrap();
+            store.delete(Collection::Volumes, "a", r).unwrap();
+            store
+                .put(Collection::Volumes, "b", b"y", Precondition::Absent)
+                .unwrap()
+        };
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(store.get(Collection::Volumes, "b").unwrap().unwrap().revision, r);
+        let next = store
+            .put(Collection::Volumes, "a", b"z", Precondition::Absent)
+            .unwrap();
+        assert!(next > r, "revisions never repeat across restarts");
+    }
+
+    #[test]
+    fn refuses_a_newer_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        drop(SqliteStore::open(&path).unwrap());
+        let conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "user_version", 99).unwrap();
+        drop(conn);
+        let err = SqliteStore::open(&path).err().unwrap().to_string();
+        assert!(err.contains("newer than this stowage"), "{err}");
+    }
+
+    #[test]
+    fn concurrent_writers_are_grouped_and_all_land() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(&dir.path().join("s.db")).unwrap());
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    for i in 0..50 {
+                        let key = format!("k{t}-{i}");
+                        store
+                            .put(Collection::Volumes, &key, b"v", Precondition::Absent)
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(store.list(Collection::Volumes).unwrap().len(), 400);
+    }
+}
