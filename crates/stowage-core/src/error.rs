@@ -80,7 +80,10 @@ pub enum Error {
     #[error("volume {name} is {state}")]
     Busy { name: String, state: &'static str },
     #[error("volume {name} is in use by {}; unmount it first or remove with force", consumers.join(", "))]
-    InUse { name: String, consumers: Vec<String> },
+    InUse {
+        name: String,
+        consumers: Vec<String>,
+    },
     #[error("{op} {}: {source}", path.display())]
     Io {
         op: &'static str,

@@ -107,7 +107,10 @@ mod tests {
             &"x".repeat(129),
         ] {
             let err = VolumeName::parse(bad).unwrap_err();
-            assert!(err.to_string().contains("invalid volume name"), "{bad}: {err}");
+            assert!(
+                err.to_string().contains("invalid volume name"),
+                "{bad}: {err}"
+            );
         }
     }
 

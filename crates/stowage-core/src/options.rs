@@ -44,7 +44,9 @@ pub fn check_map_limits(what: &str, map: &BTreeMap<String, String>) -> Result<()
             return Err(bad("keys must not contain '=' or control characters"));
         }
         if v.len() > MAX_VALUE_LEN || v.chars().any(char::is_control) {
-            return Err(bad("values must be at most 4096 bytes without control characters"));
+            return Err(bad(
+                "values must be at most 4096 bytes without control characters",
+            ));
         }
     }
     Ok(())
@@ -144,8 +146,14 @@ mod tests {
 
     #[test]
     fn modes() {
-        assert_eq!(mode(&opts(&[("mode", "0755")]), "mode").unwrap(), Some(0o755));
-        assert_eq!(mode(&opts(&[("mode", "1777")]), "mode").unwrap(), Some(0o1777));
+        assert_eq!(
+            mode(&opts(&[("mode", "0755")]), "mode").unwrap(),
+            Some(0o755)
+        );
+        assert_eq!(
+            mode(&opts(&[("mode", "1777")]), "mode").unwrap(),
+            Some(0o1777)
+        );
         for bad in ["888", "17777", "", "rwx", "+7"] {
             assert!(mode(&opts(&[("mode", bad)]), "mode").is_err(), "{bad}");
         }

@@ -24,9 +24,7 @@ use crate::locks::KeyedLocks;
 use crate::name::{validate_consumer, VolumeName};
 use crate::options::check_map_limits;
 use crate::store::{Collection, Precondition, Revision, Store};
-use crate::volume::{
-    CreateRequest, PendingOp, Volume, VolumeFilter, VolumeRecord, VolumeState,
-};
+use crate::volume::{CreateRequest, PendingOp, Volume, VolumeFilter, VolumeRecord, VolumeState};
 
 pub use reconcile::ReconcileReport;
 
@@ -262,7 +260,9 @@ impl VolumeService {
     fn finish_remove(&self, loaded: &Loaded) -> Result<()> {
         let mounted = self.mount_count(&loaded.record.id)?;
         self.withdraw(&loaded.record.id, mounted)?;
-        self.drivers.get(&loaded.record.driver)?.remove(&loaded.record)?;
+        self.drivers
+            .get(&loaded.record.driver)?
+            .remove(&loaded.record)?;
         self.erase(loaded)
     }
 

@@ -71,8 +71,11 @@ pub trait Store: Send + Sync + 'static {
 /// An in-memory store: the test double beside the trait.
 #[derive(Default)]
 pub struct MemoryStore {
-    inner: Mutex<(Revision, BTreeMap<(Collection, String), Versioned>)>,
+    inner: Mutex<MemoryState>,
 }
+
+/// The last revision handed out, and the entries.
+type MemoryState = (Revision, BTreeMap<(Collection, String), Versioned>);
 
 impl MemoryStore {
     pub fn new() -> Self {
@@ -168,7 +171,9 @@ pub mod conformance {
         assert_eq!((got.value.as_slice(), got.revision), (&b"one"[..], r1));
 
         // Compare-and-swap on the revision.
-        let r2 = store.put(c, "a", b"two", Precondition::Revision(r1)).unwrap();
+        let r2 = store
+            .put(c, "a", b"two", Precondition::Revision(r1))
+            .unwrap();
         assert!(r2 > r1);
         assert!(matches!(
             store.put(c, "a", b"stale", Precondition::Revision(r1)),

@@ -41,7 +41,9 @@ impl Bind {
                 .split('/')
                 .all(|seg| !seg.is_empty() && seg != "." && seg != "..");
         if !clean {
-            return Err(bad("must be a normalised path without '.', '..' or repeated '/'"));
+            return Err(bad(
+                "must be a normalised path without '.', '..' or repeated '/'",
+            ));
         }
         let info = self.sys.inspect_nofollow(path).map_err(|e| {
             if e.raw_os_error() == Some(libc::ELOOP) {
@@ -54,7 +56,9 @@ impl Bind {
             return Err(bad("is not a directory"));
         }
         if self.layout.contains(path) || self.overlaps_roots(path)? {
-            return Err(bad("must not be inside or contain stowage's data or run root"));
+            return Err(bad(
+                "must not be inside or contain stowage's data or run root",
+            ));
         }
         Ok(path)
     }
@@ -73,9 +77,17 @@ impl Bind {
                 .collect()
         };
         let path_chain = ids(path)?;
-        let path_id = self.sys.inspect_nofollow(path).map_err(Error::io("inspect", path))?.id;
+        let path_id = self
+            .sys
+            .inspect_nofollow(path)
+            .map_err(Error::io("inspect", path))?
+            .id;
         for root in [&self.layout.data_root, &self.layout.run_root] {
-            let root_id = self.sys.inspect_nofollow(root).map_err(Error::io("inspect", root))?.id;
+            let root_id = self
+                .sys
+                .inspect_nofollow(root)
+                .map_err(Error::io("inspect", root))?
+                .id;
             if path_chain.contains(&root_id) || ids(root)?.contains(&path_id) {
                 return Ok(true);
             }
@@ -170,7 +182,10 @@ mod tests {
             assert!(err.contains(reason), "{path}: {err}");
         }
         let err = env.bind.validate(&Options::new()).unwrap_err();
-        assert_eq!(err.to_string(), "missing required option path for driver bind");
+        assert_eq!(
+            err.to_string(),
+            "missing required option path for driver bind"
+        );
         let err = env
             .bind
             .validate(&Options::from([("pth".to_string(), "/x".to_string())]))

@@ -66,9 +66,12 @@ fn backend(e: rusqlite::Error) -> StoreError {
 
 fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open(path).map_err(backend)?;
-    conn.pragma_update(None, "journal_mode", "WAL").map_err(backend)?;
-    conn.pragma_update(None, "synchronous", "FULL").map_err(backend)?;
-    conn.pragma_update(None, "foreign_keys", "ON").map_err(backend)?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(backend)?;
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(backend)?;
+    conn.pragma_update(None, "foreign_keys", "ON")
+        .map_err(backend)?;
     conn.busy_timeout(std::time::Duration::from_secs(10))
         .map_err(backend)?;
     Ok(conn)
@@ -89,7 +92,8 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
         let tx = conn.transaction().map_err(backend)?;
         tx.execute_batch(sql).map_err(backend)?;
-        tx.pragma_update(None, "user_version", i + 1).map_err(backend)?;
+        tx.pragma_update(None, "user_version", i + 1)
+            .map_err(backend)?;
         tx.commit().map_err(backend)?;
         debug!(version = i + 1, "migrated store schema");
     }
@@ -326,7 +330,14 @@ mod tests {
                 .unwrap()
         };
         let store = SqliteStore::open(&path).unwrap();
-        assert_eq!(store.get(Collection::Volumes, "b").unwrap().unwrap().revision, r);
+        assert_eq!(
+            store
+                .get(Collection::Volumes, "b")
+                .unwrap()
+                .unwrap()
+                .revision,
+            r
+        );
         let next = store
             .put(Collection::Volumes, "a", b"z", Precondition::Absent)
             .unwrap();

@@ -60,8 +60,7 @@ pub trait Sys: Send + Sync + 'static {
     /// without following symlinks. `recursive` carries submounts along.
     fn bind_mount(&self, source: &Path, target: &Path, recursive: bool) -> io::Result<()>;
     /// Mounts a fresh tmpfs onto the directory `target`.
-    fn mount_tmpfs(&self, source_name: &str, target: &Path, opts: &TmpfsOptions)
-        -> io::Result<()>;
+    fn mount_tmpfs(&self, source_name: &str, target: &Path, opts: &TmpfsOptions) -> io::Result<()>;
     /// Detaches the topmost mount at `target` (never following a symlink).
     fn unmount(&self, target: &Path) -> io::Result<()>;
     /// The current mount table of this process's mount namespace.

@@ -100,12 +100,7 @@ impl Sys for LinuxSys {
         attach(&tree, target)
     }
 
-    fn mount_tmpfs(
-        &self,
-        source_name: &str,
-        target: &Path,
-        opts: &TmpfsOptions,
-    ) -> io::Result<()> {
+    fn mount_tmpfs(&self, source_name: &str, target: &Path, opts: &TmpfsOptions) -> io::Result<()> {
         let fs = rmount::fsopen("tmpfs", FsOpenFlags::FSOPEN_CLOEXEC)?;
         rmount::fsconfig_set_string(&fs, "source", source_name)?;
         if let Some(size) = &opts.size {

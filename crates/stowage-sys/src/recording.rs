@@ -171,12 +171,7 @@ impl Sys for RecordingSys {
         Ok(())
     }
 
-    fn mount_tmpfs(
-        &self,
-        source_name: &str,
-        target: &Path,
-        opts: &TmpfsOptions,
-    ) -> io::Result<()> {
+    fn mount_tmpfs(&self, source_name: &str, target: &Path, opts: &TmpfsOptions) -> io::Result<()> {
         let mut s = self.record(Call::MountTmpfs {
             target: target.into(),
             opts: opts.clone(),

@@ -100,7 +100,10 @@ fn create_is_idempotent_and_conflicts_on_other_options() {
     other.options = BTreeMap::from([("colour".into(), "red".into())]);
     let err = f.svc.create(other).unwrap_err();
     assert_eq!(err.kind(), crate::ErrorKind::Conflict);
-    assert_eq!(err.to_string(), "volume v already exists with different options");
+    assert_eq!(
+        err.to_string(),
+        "volume v already exists with different options"
+    );
 }
 
 #[test]
@@ -135,7 +138,10 @@ fn mounts_are_reference_counted_by_consumer() {
     let p1 = f.svc.mount("v", "c1").unwrap();
     let p2 = f.svc.mount("v", "c1").unwrap();
     let p3 = f.svc.mount("v", "c2").unwrap();
-    assert_eq!((&p1, &p2, &p3), (&v.mountpoint, &v.mountpoint, &v.mountpoint));
+    assert_eq!(
+        (&p1, &p2, &p3),
+        (&v.mountpoint, &v.mountpoint, &v.mountpoint)
+    );
     let binds = f
         .sys
         .calls()
@@ -221,7 +227,9 @@ fn crash_state(store: &MemoryStore, name: &str, edit: impl FnOnce(&mut VolumeRec
 #[test]
 fn reconcile_finishes_or_rolls_back_each_half_done_operation() {
     let f = fixture();
-    for n in ["creating", "removing", "pmount", "punmount", "lost", "stacked", "idle"] {
+    for n in [
+        "creating", "removing", "pmount", "punmount", "lost", "stacked", "idle",
+    ] {
         f.svc.create(req(n)).unwrap();
     }
     let id = |n: &str| record(&f.store, n).unwrap().id;
@@ -233,16 +241,22 @@ fn reconcile_finishes_or_rolls_back_each_half_done_operation() {
     // Crash after the intent of a first mount, before the kernel mount.
     crash_state(&f.store, "pmount", |r| {
         r.consumers.insert("c".into());
-        r.pending = Some(PendingOp::Mount { consumer: "c".into() });
+        r.pending = Some(PendingOp::Mount {
+            consumer: "c".into(),
+        });
     });
     // Crash after the kernel unmount, before the outcome.
     f.svc.mount("punmount", "c").unwrap();
     crash_state(&f.store, "punmount", |r| {
-        r.pending = Some(PendingOp::Unmount { consumer: "c".into() })
+        r.pending = Some(PendingOp::Unmount {
+            consumer: "c".into(),
+        })
     });
     // A mount that vanished (a reboot) and one stacked twice.
     f.svc.mount("lost", "c").unwrap();
-    f.sys.unmount(&f.svc.layout.mountpoint(&id("lost"))).unwrap();
+    f.sys
+        .unmount(&f.svc.layout.mountpoint(&id("lost")))
+        .unwrap();
     f.svc.mount("stacked", "c").unwrap();
     let stacked = f.svc.layout.mountpoint(&id("stacked"));
     f.sys
@@ -278,10 +292,7 @@ fn reconcile_finishes_or_rolls_back_each_half_done_operation() {
         .map(|v| v.name)
         .collect();
     assert_eq!(names, ["idle", "lost", "pmount", "punmount", "stacked"]);
-    let mut expected = vec![
-        restarted.layout.mountpoint(&id("lost")),
-        stacked.clone(),
-    ];
+    let mut expected = vec![restarted.layout.mountpoint(&id("lost")), stacked.clone()];
     expected.sort();
     let mut got = mounts(&f.sys);
     got.sort();
@@ -293,10 +304,7 @@ fn reconcile_finishes_or_rolls_back_each_half_done_operation() {
     // A second reconcile has nothing left to do.
     let again = restarted.reconcile().unwrap();
     assert_eq!(again.volumes, 5);
-    assert_eq!(
-        (again.mounts_restored, again.stale_mounts_removed),
-        (0, 0)
-    );
+    assert_eq!((again.mounts_restored, again.stale_mounts_removed), (0, 0));
 }
 
 #[test]

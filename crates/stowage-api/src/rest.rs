@@ -1,0 +1,262 @@
+//! The REST API. Every route is listed in [`routes`], which builds the
+//! router and which a test compares with `docs/openapi.yaml`.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
+use axum::http::{Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{self, MethodRouter};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use stowage_core::{CreateRequest, Error, Volume, VolumeFilter, VolumeService};
+
+/// The API version, the prefix of every route.
+pub const API_VERSION: &str = "v1";
+/// Largest request body accepted. Requests are small JSON documents.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+type Svc = Arc<VolumeService>;
+
+/// One route of the API.
+pub struct Route {
+    pub method: Method,
+    pub path: &'static str,
+    handler: MethodRouter<Svc>,
+}
+
+fn route(method: Method, path: &'static str, handler: MethodRouter<Svc>) -> Route {
+    Route {
+        method,
+        path,
+        handler,
+    }
+}
+
+/// Every route the server answers.
+pub fn routes() -> Vec<Route> {
+    use routing::{delete, get, post};
+    vec![
+        route(Method::GET, "/v1/version", get(version)),
+        route(Method::GET, "/v1/volumes", get(list)),
+        route(Method::POST, "/v1/volumes", post(create)),
+        route(Method::POST, "/v1/volumes/prune", post(prune)),
+        route(Method::GET, "/v1/volumes/{name}", get(inspect)),
+        route(Method::DELETE, "/v1/volumes/{name}", delete(remove)),
+        route(Method::POST, "/v1/volumes/{name}/mount", post(mount)),
+        route(Method::POST, "/v1/volumes/{name}/unmount", post(unmount)),
+    ]
+}
+
+/// The REST router over `service`.
+pub fn router(service: Svc) -> Router {
+    routes()
+        .into_iter()
+        .fold(Router::new(), |r, route| r.route(route.path, route.handler))
+        .fallback(no_route)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(service)
+}
+
+/// Serves the REST API on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::UnixListener,
+    service: Svc,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(service))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// An error on its way out: a status and `{"error": {"code", "message"}}`.
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        let kind = e.kind();
+        ApiError {
+            status: StatusCode::from_u16(kind.http_status())
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            code: kind.code(),
+            message: e.to_string(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({ "error": { "code": self.code, "message": self.message } });
+        (self.status, Json(body)).into_response()
+    }
+}
+
+/// JSON bodies whose rejections (malformed, wrong type, too large) come
+/// back in the API's error format.
+pub struct Body<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(Body(v)),
+            Err(rejection) => Err(reject(rejection)),
+        }
+    }
+}
+
+fn reject(rejection: JsonRejection) -> ApiError {
+    let status = rejection.status();
+    ApiError {
+        status,
+        code: if status == StatusCode::PAYLOAD_TOO_LARGE {
+            "payload_too_large"
+        } else {
+            "invalid_request"
+        },
+        message: rejection.body_text(),
+    }
+}
+
+/// Runs blocking core work off the async executor.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, ApiError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result.map_err(ApiError::from),
+        Err(e) => Err(ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: "internal",
+            message: format!("operation panicked: {e}"),
+        }),
+    }
+}
+
+async fn no_route(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError {
+        status: StatusCode::NOT_FOUND,
+        code: "no_route",
+        message: format!("no route for {method} {}", uri.path()),
+    }
+}
+
+#[derive(Serialize)]
+struct VersionInfo {
+    version: &'static str,
+    api_version: &'static str,
+}
+
+async fn version() -> Json<VersionInfo> {
+    Json(VersionInfo {
+        version: env!("CARGO_PKG_VERSION"),
+        api_version: API_VERSION,
+    })
+}
+
+/// Query parameters kept as pairs: `filter` may repeat.
+type Params = Query<Vec<(String, String)>>;
+
+async fn list(
+    State(svc): State<Svc>,
+    Query(params): Params,
+) -> Result<Json<Vec<Volume>>, ApiError> {
+    let mut filters = Vec::new();
+    for (key, value) in params {
+        if key != "filter" {
+            return Err(ApiError {
+                status: StatusCode::BAD_REQUEST,
+                code: "invalid_request",
+                message: format!("unknown query parameter {key:?}; use filter=KEY=VALUE"),
+            });
+        }
+        filters.push(value);
+    }
+    let filter = VolumeFilter::parse(filters.iter().map(String::as_str))?;
+    Ok(Json(blocking(move || svc.list(&filter)).await?))
+}
+
+async fn create(
+    State(svc): State<Svc>,
+    Body(req): Body<CreateRequest>,
+) -> Result<Json<Volume>, ApiError> {
+    Ok(Json(blocking(move || svc.create(req)).await?))
+}
+
+async fn inspect(
+    State(svc): State<Svc>,
+    Path(name): Path<String>,
+) -> Result<Json<Volume>, ApiError> {
+    Ok(Json(blocking(move || svc.inspect(&name)).await?))
+}
+
+async fn remove(
+    State(svc): State<Svc>,
+    Path(name): Path<String>,
+    Query(params): Params,
+) -> Result<StatusCode, ApiError> {
+    let mut force = false;
+    for (key, value) in params {
+        match (key.as_str(), value.as_str()) {
+            ("force", "true" | "1") => force = true,
+            ("force", "false" | "0") => force = false,
+            _ => {
+                return Err(ApiError {
+                    status: StatusCode::BAD_REQUEST,
+                    code: "invalid_request",
+                    message: format!("unknown query parameter {key}={value}; use force=true"),
+                })
+            }
+        }
+    }
+    blocking(move || svc.remove(&name, force)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConsumerRequest {
+    consumer: String,
+}
+
+#[derive(Serialize)]
+struct MountResponse {
+    mountpoint: std::path::PathBuf,
+}
+
+async fn mount(
+    State(svc): State<Svc>,
+    Path(name): Path<String>,
+    Body(req): Body<ConsumerRequest>,
+) -> Result<Json<MountResponse>, ApiError> {
+    let mountpoint = blocking(move || svc.mount(&name, &req.consumer)).await?;
+    Ok(Json(MountResponse { mountpoint }))
+}
+
+async fn unmount(
+    State(svc): State<Svc>,
+    Path(name): Path<String>,
+    Body(req): Body<ConsumerRequest>,
+) -> Result<StatusCode, ApiError> {
+    blocking(move || svc.unmount(&name, &req.consumer)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Serialize)]
+struct PruneResponse {
+    removed: Vec<String>,
+}
+
+async fn prune(State(svc): State<Svc>) -> Result<Json<PruneResponse>, ApiError> {
+    let removed = blocking(move || svc.prune()).await?;
+    Ok(Json(PruneResponse { removed }))
+}
+
+#[cfg(test)]
+mod tests;

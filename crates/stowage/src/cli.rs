@@ -1,0 +1,165 @@
+//! Command-line arguments.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+pub const DEFAULT_HOST: &str = "unix:///run/stowage/stowage.sock";
+
+/// Stowage: storage for containers that outlives them.
+///
+/// `stowage serve` runs the daemon; every other command is a client that
+/// talks to it over its unix socket.
+#[derive(Parser, Debug)]
+#[command(name = "stowage", version, propagate_version = true)]
+pub struct Cli {
+    /// Daemon socket to talk to, as unix:///path/to.sock.
+    #[arg(long, global = true, env = "STOWAGE_HOST", default_value = DEFAULT_HOST)]
+    pub host: String,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the Stowage daemon in the foreground.
+    Serve(ServeArgs),
+    /// Create, list, inspect, mount and remove volumes.
+    #[command(subcommand)]
+    Volume(VolumeCommand),
+    /// Show the client's and the daemon's versions.
+    Version,
+}
+
+#[derive(Args, Debug, Default)]
+pub struct ServeArgs {
+    /// TOML file with data_root, run_root and plugin_dir; flags override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Where volumes' data and the state database live [default: /var/lib/stowage].
+    #[arg(long, value_name = "DIR")]
+    pub data_root: Option<PathBuf>,
+    /// Where the API socket and the volumes' mountpoints live [default: /run/stowage].
+    #[arg(long, value_name = "DIR")]
+    pub run_root: Option<PathBuf>,
+    /// Where plugin doors (Docker volume plugin) put their sockets
+    /// [default: /run/docker/plugins].
+    #[arg(long, value_name = "DIR")]
+    pub plugin_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum VolumeCommand {
+    /// Create a volume; creating it again with the same options succeeds.
+    Create(CreateArgs),
+    /// List volumes.
+    #[command(visible_alias = "list")]
+    Ls(ListArgs),
+    /// Show volumes in detail, as JSON.
+    Inspect {
+        /// Volume names.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Mount a volume for a consumer and print the host path.
+    Mount(MountArgs),
+    /// Release a consumer's mount; the last one out unmounts.
+    Unmount(MountArgs),
+    /// Remove volumes.
+    #[command(visible_alias = "remove")]
+    Rm {
+        /// Remove even while consumers have it mounted (unmounts it first).
+        #[arg(short, long)]
+        force: bool,
+        /// Volume names.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Remove every volume that no consumer has mounted.
+    Prune {
+        /// Do not ask for confirmation.
+        #[arg(short, long)]
+        force: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct CreateArgs {
+    /// Volume name: [a-zA-Z0-9][a-zA-Z0-9_.-]*, at most 128 bytes.
+    pub name: String,
+    /// Driver: local (a directory), tmpfs (memory), bind (an existing host directory).
+    #[arg(short, long, default_value = "local")]
+    pub driver: String,
+    /// Driver option KEY=VALUE, repeatable.
+    /// local: uid, gid, mode. tmpfs: size (64m, 1g, 50%), mode, uid, gid.
+    /// bind: path (absolute, no symlinks).
+    #[arg(short = 'o', long = "opt", value_name = "KEY=VALUE", value_parser = key_value)]
+    pub opts: Vec<(String, String)>,
+    /// Label KEY=VALUE (or KEY), repeatable.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = label)]
+    pub labels: Vec<(String, String)>,
+}
+
+#[derive(Args, Debug)]
+pub struct ListArgs {
+    /// Filter: driver=NAME, label=KEY, label=KEY=VALUE, dangling=true|false. Repeatable.
+    #[arg(short, long = "filter", value_name = "FILTER")]
+    pub filters: Vec<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    /// Print only the names.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+#[derive(Args, Debug)]
+pub struct MountArgs {
+    /// Volume name.
+    pub name: String,
+    /// Who uses the mount (a container ID, say); each consumer counts once.
+    #[arg(long, value_name = "ID")]
+    pub consumer: String,
+}
+
+fn key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
+    }
+}
+
+fn label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some(_) => key_value(s),
+        None if !s.is_empty() => Ok((s.to_string(), String::new())),
+        None => Err("a label needs a key".to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_options_and_labels() {
+        assert_eq!(key_value("size=1g").unwrap(), ("size".into(), "1g".into()));
+        assert_eq!(key_value("a=b=c").unwrap(), ("a".into(), "b=c".into()));
+        assert!(key_value("=x").is_err());
+        assert!(key_value("novalue").is_err());
+        assert_eq!(label("env").unwrap(), ("env".into(), String::new()));
+    }
+}
