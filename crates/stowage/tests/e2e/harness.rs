@@ -1,0 +1,202 @@
+//! Starts a daemon on temporary directories and drives it through the CLI.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_stowage");
+
+pub fn require_root() {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "the end-to-end tests mount filesystems and must run as root"
+    );
+}
+
+pub struct Daemon {
+    /// Removed (with everything in it) when the daemon is dropped.
+    _dir: tempfile::TempDir,
+    pub data: PathBuf,
+    pub run: PathBuf,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    pub fn start() -> Daemon {
+        require_root();
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().canonicalize().unwrap();
+        let mut d = Daemon {
+            data: base.join("data"),
+            run: base.join("run"),
+            _dir: dir,
+            child: None,
+        };
+        d.spawn();
+        d
+    }
+
+    pub fn base(&self) -> PathBuf {
+        self.data.parent().unwrap().to_path_buf()
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.run.join("stowage.sock")
+    }
+
+    /// Starts `stowage serve` and waits until its socket answers.
+    pub fn spawn(&mut self) {
+        assert!(self.child.is_none());
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.base().join("daemon.log"))
+            .unwrap();
+        let child = Command::new(BIN)
+            .arg("serve")
+            .arg("--data-root")
+            .arg(&self.data)
+            .arg("--run-root")
+            .arg(&self.run)
+            .arg("--plugin-dir")
+            .arg(self.base().join("plugins"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if UnixStream::connect(self.socket()).is_ok() {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("daemon exited with {status} at start:\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not start:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops the daemon with SIGTERM and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let pid = rustix::process::Pid::from_child(&child);
+            rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+            let status = child.wait().unwrap();
+            assert!(status.success(), "daemon exited with {status}");
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.base().join("daemon.log")).unwrap_or_default()
+    }
+
+    /// Runs the CLI against this daemon.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .env(
+                "STOWAGE_HOST",
+                format!("unix://{}", self.socket().display()),
+            )
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// Runs the CLI, asserts success, returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "stowage {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs the CLI, asserts failure, returns stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            !out.status.success(),
+            "stowage {args:?} succeeded: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8(out.stderr).unwrap()
+    }
+
+    pub fn inspect(&self, name: &str) -> Value {
+        let v: Value = serde_json::from_str(&self.ok(&["volume", "inspect", name])).unwrap();
+        v[0].clone()
+    }
+
+    pub fn list(&self) -> Vec<Value> {
+        serde_json::from_str(&self.ok(&["volume", "ls", "--format", "json"])).unwrap()
+    }
+
+    /// The mount points under this daemon's run root, one entry per mount
+    /// (stacked mounts appear more than once).
+    pub fn mounts(&self) -> Vec<PathBuf> {
+        mounts_under(&self.run)
+    }
+
+    /// Sends raw bytes to the REST socket and returns the raw answer.
+    pub fn raw(&self, request: &[u8]) -> String {
+        let mut s = UnixStream::connect(self.socket()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        // The server may answer and close before it has read everything.
+        let _ = s.write_all(request);
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+        // Leave no mount behind for the temporary directory's removal.
+        for m in mounts_under(&self.base()).iter().rev() {
+            let _ = rustix::mount::unmount(m, rustix::mount::UnmountFlags::DETACH);
+        }
+    }
+}
+
+pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    stowage_sys::parse_mountinfo(&text)
+        .into_iter()
+        .map(|m| m.mount_point)
+        .filter(|p| p.starts_with(dir))
+        .collect()
+}
+
+pub fn fs_type_at(path: &Path) -> Option<String> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    stowage_sys::parse_mountinfo(&text)
+        .into_iter()
+        .rev()
+        .find(|m| m.mount_point == path)
+        .map(|m| m.fs_type)
+}
+
+pub fn stderr_of(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
