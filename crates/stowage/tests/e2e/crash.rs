@@ -173,7 +173,11 @@ fn kill9_storm_loses_nothing_and_leaves_no_orphan_mount() {
                     // exact except for operations cut off by a kill.
                     let name = format!("w{w}-v{}", r % 3);
                     let consumer = format!("c{}", (r >> 8) % 2);
-                    let driver = if (r >> 16) % 4 == 0 { "tmpfs" } else { "local" };
+                    let driver = if (r >> 16).is_multiple_of(4) {
+                        "tmpfs"
+                    } else {
+                        "local"
+                    };
                     let args: Vec<&str> = match (r >> 24) % 5 {
                         0 | 1 => vec!["volume", "create", &name, "-d", driver],
                         2 => vec!["volume", "mount", &name, "--consumer", &consumer],
