@@ -1,0 +1,329 @@
+//! `bench/lifecycle`: full volume cycles (create, mount, unmount, remove)
+//! through the REST socket of a real daemon on the local driver, against
+//! the same cycle done by hand with `mkdir`, `mount --bind`, `umount` and
+//! `rmdir` processes. Every Stowage state change is fsync'd before its
+//! reply; the by-hand cycle persists nothing.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::{Method, Request};
+use hyper_util::rt::TokioIo;
+use tokio::net::UnixStream;
+
+const TARGET_CYCLES_PER_SEC: f64 = 500.0;
+
+struct Settings {
+    runs: usize,
+    seconds: f64,
+}
+
+fn settings() -> Result<Settings> {
+    let mut s = Settings {
+        runs: 5,
+        seconds: 2.0,
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let value = it.next().context("flag without a value")?;
+        match a.as_str() {
+            "--runs" => s.runs = value.parse()?,
+            "--seconds" => s.seconds = value.parse()?,
+            _ => bail!("unknown flag {a}; use --runs N --seconds S"),
+        }
+    }
+    Ok(s)
+}
+
+/// One run's figures.
+#[derive(Clone, Copy, Default)]
+struct Run {
+    cycles_per_sec: f64,
+    op_p50_ms: f64,
+    op_p99_ms: f64,
+    cycle_p50_ms: f64,
+    cycle_p99_ms: f64,
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1e3
+}
+
+fn summarize(
+    cycles: usize,
+    elapsed: Duration,
+    mut ops: Vec<Duration>,
+    mut cyc: Vec<Duration>,
+) -> Run {
+    ops.sort();
+    cyc.sort();
+    Run {
+        cycles_per_sec: cycles as f64 / elapsed.as_secs_f64(),
+        op_p50_ms: percentile(&ops, 0.5),
+        op_p99_ms: percentile(&ops, 0.99),
+        cycle_p50_ms: percentile(&cyc, 0.5),
+        cycle_p99_ms: percentile(&cyc, 0.99),
+    }
+}
+
+/// The median of each figure over several runs.
+fn median(runs: &[Run]) -> Run {
+    let med = |f: fn(&Run) -> f64| {
+        let mut v: Vec<f64> = runs.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    Run {
+        cycles_per_sec: med(|r| r.cycles_per_sec),
+        op_p50_ms: med(|r| r.op_p50_ms),
+        op_p99_ms: med(|r| r.op_p99_ms),
+        cycle_p50_ms: med(|r| r.cycle_p50_ms),
+        cycle_p99_ms: med(|r| r.cycle_p99_ms),
+    }
+}
+
+/// A keep-alive HTTP/1 connection to the daemon.
+struct Conn {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+}
+
+impl Conn {
+    async fn open(socket: &Path) -> Result<Conn> {
+        let stream = UnixStream::connect(socket).await?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        Ok(Conn { sender })
+    }
+
+    async fn call(&mut self, method: Method, path: &str, body: Option<String>) -> Result<()> {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "stowage");
+        if body.is_some() {
+            req = req.header("content-type", "application/json");
+        }
+        let req = req.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
+        let resp = self.sender.send_request(req).await?;
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await?.to_bytes();
+        if !status.is_success() {
+            bail!("{path}: {status} {}", String::from_utf8_lossy(&bytes));
+        }
+        Ok(())
+    }
+}
+
+async fn stowage_run(socket: &Path, clients: usize, seconds: f64, round: usize) -> Result<Run> {
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let socket = socket.to_path_buf();
+        tasks.push(tokio::spawn(async move {
+            let mut conn = Conn::open(&socket).await?;
+            let (mut ops, mut cycles) = (Vec::new(), Vec::new());
+            let mut i = 0;
+            while Instant::now() < deadline {
+                let name = format!("r{round}-c{c}-{i}");
+                i += 1;
+                let cycle = Instant::now();
+                let steps = [
+                    (
+                        Method::POST,
+                        "/v1/volumes".to_string(),
+                        Some(format!(r#"{{"name":"{name}"}}"#)),
+                    ),
+                    (
+                        Method::POST,
+                        format!("/v1/volumes/{name}/mount"),
+                        Some(r#"{"consumer":"bench"}"#.to_string()),
+                    ),
+                    (
+                        Method::POST,
+                        format!("/v1/volumes/{name}/unmount"),
+                        Some(r#"{"consumer":"bench"}"#.to_string()),
+                    ),
+                    (Method::DELETE, format!("/v1/volumes/{name}"), None),
+                ];
+                for (method, path, body) in steps {
+                    let t = Instant::now();
+                    conn.call(method, &path, body).await?;
+                    ops.push(t.elapsed());
+                }
+                cycles.push(cycle.elapsed());
+            }
+            anyhow::Ok((ops, cycles))
+        }));
+    }
+    let (mut ops, mut cycles) = (Vec::new(), Vec::new());
+    for t in tasks {
+        let (o, c) = t.await??;
+        ops.extend(o);
+        cycles.extend(c);
+    }
+    Ok(summarize(cycles.len(), start.elapsed(), ops, cycles))
+}
+
+fn run_ok(cmd: &str, args: &[&Path]) -> Result<()> {
+    let status = Command::new(cmd).args(args).status()?;
+    if !status.success() {
+        bail!("{cmd} {args:?} failed with {status}");
+    }
+    Ok(())
+}
+
+/// The same cycle by hand: four processes, no persistence.
+fn by_hand_run(dir: &Path, clients: usize, seconds: f64) -> Result<Run> {
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let start = Instant::now();
+    let results: Vec<Result<(Vec<Duration>, Vec<Duration>)>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..clients)
+            .map(|c| {
+                s.spawn(move || {
+                    let (mut ops, mut cycles) = (Vec::new(), Vec::new());
+                    let mut i = 0;
+                    while Instant::now() < deadline {
+                        let v = dir.join(format!("c{c}-{i}"));
+                        i += 1;
+                        let cycle = Instant::now();
+                        for (cmd, args) in [
+                            ("mkdir", vec![v.as_path()]),
+                            ("mount", vec![Path::new("--bind"), &v, &v]),
+                            ("umount", vec![v.as_path()]),
+                            ("rmdir", vec![v.as_path()]),
+                        ] {
+                            let t = Instant::now();
+                            run_ok(cmd, &args)?;
+                            ops.push(t.elapsed());
+                        }
+                        cycles.push(cycle.elapsed());
+                    }
+                    Ok((ops, cycles))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let (mut ops, mut cycles) = (Vec::new(), Vec::new());
+    for r in results {
+        let (o, c) = r?;
+        ops.extend(o);
+        cycles.extend(c);
+    }
+    Ok(summarize(cycles.len(), start.elapsed(), ops, cycles))
+}
+
+struct Daemon {
+    child: Child,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_daemon(base: &Path) -> Result<(Daemon, PathBuf)> {
+    let exe = std::env::current_exe()?;
+    let stowage = exe.with_file_name("stowage");
+    let log = std::fs::File::create(base.join("daemon.log"))?;
+    let child = Command::new(&stowage)
+        .arg("serve")
+        .arg("--data-root")
+        .arg(base.join("data"))
+        .arg("--run-root")
+        .arg(base.join("run"))
+        .stderr(log)
+        .stdout(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {}", stowage.display()))?;
+    let daemon = Daemon { child };
+    let socket = base.join("run/stowage.sock");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        if Instant::now() > deadline {
+            bail!(
+                "daemon did not start; see {}",
+                base.join("daemon.log").display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok((daemon, socket))
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let s = settings()?;
+    // On the root filesystem, like /var/lib/stowage: fsync costs what it
+    // costs for a real data root.
+    let tmp = tempfile::Builder::new()
+        .prefix("stowage-bench")
+        .tempdir_in("/var/tmp")?;
+    let base = tmp.path().canonicalize()?;
+    let hand_dir = base.join("by-hand");
+    std::fs::create_dir_all(&hand_dir)?;
+    let (_daemon, socket) = start_daemon(&base)?;
+
+    println!(
+        "bench/lifecycle: create+mount+unmount+remove on the local driver; median of {} runs of {}s",
+        s.runs, s.seconds
+    );
+    println!("stowage: REST over the unix socket, every change fsync'd before the reply");
+    println!("by hand: mkdir + mount --bind + umount + rmdir processes, nothing persisted\n");
+    println!(
+        "{:>7} | {:>10} | {:>9} | {:>8} | {:>8} | {:>9} | {:>9} | {:>10} | {:>6}",
+        "clients",
+        "cycles/s",
+        "ops/s",
+        "op p50",
+        "op p99",
+        "cycle p50",
+        "cycle p99",
+        "by hand/s",
+        "ratio"
+    );
+    println!("{}", "-".repeat(104));
+    let mut round = 0;
+    let mut eight = 0.0;
+    for clients in [1, 8] {
+        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        for _ in 0..s.runs {
+            round += 1;
+            ours.push(stowage_run(&socket, clients, s.seconds, round).await?);
+            theirs.push(by_hand_run(&hand_dir, clients, s.seconds)?);
+        }
+        let (o, t) = (median(&ours), median(&theirs));
+        println!(
+            "{:>7} | {:>10.0} | {:>9.0} | {:>6.2}ms | {:>6.2}ms | {:>7.2}ms | {:>7.2}ms | {:>10.0} | {:>5.1}x",
+            clients,
+            o.cycles_per_sec,
+            o.cycles_per_sec * 4.0,
+            o.op_p50_ms,
+            o.op_p99_ms,
+            o.cycle_p50_ms,
+            o.cycle_p99_ms,
+            t.cycles_per_sec,
+            o.cycles_per_sec / t.cycles_per_sec
+        );
+        if clients == 8 {
+            eight = o.cycles_per_sec;
+        }
+    }
+    println!(
+        "\ntarget: >= {TARGET_CYCLES_PER_SEC:.0} cycles/s (2,000 ops/s) with 8 clients: {} ({eight:.0} cycles/s)",
+        if eight >= TARGET_CYCLES_PER_SEC { "met" } else { "NOT met" }
+    );
+    Ok(())
+}
