@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Runs every check and test of Stowage: formatting, lints, unit tests,
+# integration tests and end-to-end tests against real mounts. Installs what
+# the tests need when it is missing. Run as root (the tests mount things).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "scripts/test.sh must run as root: the end-to-end tests mount filesystems" >&2
+  exit 1
+fi
+
+# apt packages the tests use, as "command:package".
+needed=(mount:mount umount:mount findmnt:util-linux)
+missing=()
+for pair in "${needed[@]}"; do
+  command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+fi
+
+echo "== cargo fmt --check"
+cargo fmt --all --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+echo "== cargo test"
+cargo test --workspace
