@@ -40,6 +40,17 @@ pub enum Precondition {
     Revision(Revision),
 }
 
+impl Precondition {
+    /// Whether a key currently at `current` (`None`: absent) satisfies it.
+    pub fn holds(self, current: Option<Revision>) -> bool {
+        match (current, self) {
+            (None, Precondition::Absent) => true,
+            (Some(c), Precondition::Revision(r)) => c == r,
+            _ => false,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("store conflict on {key}: it changed concurrently")]
@@ -84,12 +95,7 @@ impl MemoryStore {
 }
 
 fn check(found: Option<&Versioned>, expect: Precondition, key: &str) -> Result<(), StoreError> {
-    let ok = match (found, expect) {
-        (None, Precondition::Absent) => true,
-        (Some(v), Precondition::Revision(r)) => v.revision == r,
-        _ => false,
-    };
-    if ok {
+    if expect.holds(found.map(|v| v.revision)) {
         Ok(())
     } else {
         Err(StoreError::Conflict {

@@ -202,12 +202,7 @@ fn commit_batch(
             Write::Put { expect, .. } => *expect,
             Write::Delete { expect, .. } => Precondition::Revision(*expect),
         };
-        let holds = match (current, expected) {
-            (None, Precondition::Absent) => true,
-            (Some(c), Precondition::Revision(e)) => c == e,
-            _ => false,
-        };
-        if !holds {
+        if !expected.holds(current) {
             results.push(Err(StoreError::Conflict {
                 key: key.to_string(),
             }));

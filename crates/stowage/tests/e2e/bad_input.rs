@@ -16,203 +16,65 @@ fn bad_cli_input_is_refused_and_changes_nothing() {
     std::fs::create_dir_all(srv.join("real")).unwrap();
     std::os::unix::fs::symlink(srv.join("real"), srv.join("link")).unwrap();
     std::fs::write(srv.join("file"), b"").unwrap();
-    let p = |s: &str| format!("path={}", s.replace("SRV", srv.to_str().unwrap()));
-    let data_inside = format!("path={}/volumes", d.data.display());
-    let long = "x".repeat(129);
 
     let before = snapshot(&d);
-    let cases: Vec<(Vec<String>, &str)> = vec![
+    // Each command line is split on spaces after SRV, DATA and LONG are
+    // replaced.
+    let cases = [
+        ("volume create ../etc", "invalid volume name"),
+        ("volume create a/b", "not allowed"),
+        ("volume create LONG", "longer than 128 bytes"),
+        ("volume create -x", "unexpected argument"),
         (
-            vec!["volume", "create", "../etc"]
-                .into_iter()
-                .map(String::from)
-                .collect(),
-            "invalid volume name",
-        ),
-        (
-            vec!["volume", "create", "a/b"]
-                .into_iter()
-                .map(String::from)
-                .collect(),
-            "not allowed",
-        ),
-        (
-            vec!["volume".into(), "create".into(), long.clone()],
-            "longer than 128 bytes",
-        ),
-        (
-            vec!["volume", "create", "-x"]
-                .into_iter()
-                .map(String::from)
-                .collect(),
-            "unexpected argument",
-        ),
-        (
-            vec!["volume", "create", "v", "-o", "colour=red"]
-                .into_iter()
-                .map(String::from)
-                .collect(),
+            "volume create v -o colour=red",
             "valid options: uid, gid, mode",
         ),
+        ("volume create v -o uid=-1", "invalid value"),
+        ("volume create v -d tmpfs -o size=10Q", "expected a size"),
         (
-            vec!["volume", "create", "v", "-o", "uid=-1"]
-                .into_iter()
-                .map(String::from)
-                .collect(),
-            "invalid value",
-        ),
-        (
-            vec!["volume", "create", "v", "-d", "tmpfs", "-o", "size=10Q"]
-                .into_iter()
-                .map(String::from)
-                .collect(),
+            "volume create v -d tmpfs -o size=1m,mode=777",
             "expected a size",
         ),
+        ("volume create v -d nfs", "unknown driver"),
+        ("volume create v -d bind", "missing required option path"),
+        ("volume create v -d bind -o path=relative", "absolute"),
         (
-            vec![
-                "volume",
-                "create",
-                "v",
-                "-d",
-                "tmpfs",
-                "-o",
-                "size=1m,mode=777",
-            ]
-            .into_iter()
-            .map(String::from)
-            .collect(),
-            "expected a size",
-        ),
-        (
-            vec!["volume", "create", "v", "-d", "nfs"]
-                .into_iter()
-                .map(String::from)
-                .collect(),
-            "unknown driver",
-        ),
-        (
-            vec!["volume", "create", "v", "-d", "bind"]
-                .into_iter()
-                .map(String::from)
-                .collect(),
-            "missing required option path",
-        ),
-        (
-            vec![
-                "volume".into(),
-                "create".into(),
-                "v".into(),
-                "-d".into(),
-                "bind".into(),
-                "-o".into(),
-                p("relative"),
-            ],
-            "absolute",
-        ),
-        (
-            vec![
-                "volume".into(),
-                "create".into(),
-                "v".into(),
-                "-d".into(),
-                "bind".into(),
-                "-o".into(),
-                p("SRV/real/../../etc"),
-            ],
+            "volume create v -d bind -o path=SRV/real/../../etc",
             "normalised",
         ),
+        ("volume create v -d bind -o path=SRV/link", "symlink"),
         (
-            vec![
-                "volume".into(),
-                "create".into(),
-                "v".into(),
-                "-d".into(),
-                "bind".into(),
-                "-o".into(),
-                p("SRV/link"),
-            ],
-            "symlink",
-        ),
-        (
-            vec![
-                "volume".into(),
-                "create".into(),
-                "v".into(),
-                "-d".into(),
-                "bind".into(),
-                "-o".into(),
-                p("SRV/file"),
-            ],
+            "volume create v -d bind -o path=SRV/file",
             "not a directory",
         ),
         (
-            vec![
-                "volume".into(),
-                "create".into(),
-                "v".into(),
-                "-d".into(),
-                "bind".into(),
-                "-o".into(),
-                data_inside,
-            ],
+            "volume create v -d bind -o path=DATA/volumes",
             "data or run root",
         ),
+        ("volume create v -d bind -o path=/", "data or run root"),
+        ("volume rm existing", "in use by c1"),
+        ("volume rm ../../etc", "invalid volume name"),
+        ("volume mount missing --consumer c", "no such volume"),
         (
-            vec![
-                "volume".into(),
-                "create".into(),
-                "v".into(),
-                "-d".into(),
-                "bind".into(),
-                "-o".into(),
-                "path=/".into(),
-            ],
-            "data or run root",
-        ),
-        (
-            vec!["volume", "rm", "existing"]
-                .into_iter()
-                .map(String::from)
-                .collect(),
-            "in use by c1",
-        ),
-        (
-            vec!["volume", "rm", "../../etc"]
-                .into_iter()
-                .map(String::from)
-                .collect(),
-            "invalid volume name",
-        ),
-        (
-            vec!["volume", "mount", "existing", "--consumer", ""]
-                .into_iter()
-                .map(String::from)
-                .collect(),
+            "volume mount existing --consumer a\tb",
             "invalid consumer id",
         ),
-        (
-            vec!["volume", "mount", "missing", "--consumer", "c"]
-                .into_iter()
-                .map(String::from)
-                .collect(),
-            "no such volume",
-        ),
-        (
-            vec!["volume", "ls", "--filter", "colour=red"]
-                .into_iter()
-                .map(String::from)
-                .collect(),
-            "known filters",
-        ),
+        ("volume ls --filter colour=red", "known filters"),
     ];
-    for (args, needle) in cases {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    for (line, needle) in cases {
+        let line = line
+            .replace("SRV", srv.to_str().unwrap())
+            .replace("DATA", d.data.to_str().unwrap())
+            .replace("LONG", &"x".repeat(129));
+        let args: Vec<&str> = line.split(' ').collect();
         let err = d.fails(&args);
         assert!(
             err.contains(needle),
-            "stowage {args:?}: expected {needle:?} in {err:?}"
+            "stowage {line}: expected {needle:?} in {err:?}"
         );
     }
+    let err = d.fails(&["volume", "mount", "existing", "--consumer", ""]);
+    assert!(err.contains("invalid consumer id"), "{err}");
     assert_eq!(snapshot(&d), before, "refused requests changed nothing");
 }
 
