@@ -207,7 +207,12 @@ impl VolumeService {
             consumer: consumer.to_string(),
         });
         self.save(&mut loaded)?;
-        self.withdraw(&loaded.record.id, 1)?;
+        if let Err(e) = self.withdraw(&loaded.record.id, 1) {
+            // Still mounted: the volume stays as it was.
+            loaded.record.pending = None;
+            self.save(&mut loaded)?;
+            return Err(e);
+        }
         loaded.record.consumers.remove(consumer);
         loaded.record.pending = None;
         self.save(&mut loaded)
@@ -237,12 +242,13 @@ impl VolumeService {
         self.finish_remove(&loaded)
     }
 
-    /// Removes every volume without consumers; returns their names.
+    /// Removes every volume without consumers, including any whose
+    /// removal failed halfway; returns their names.
     pub fn prune(&self) -> Result<Vec<String>> {
         let mut removed = Vec::new();
         for l in self.list_records()? {
             let r = &l.record;
-            if r.state != VolumeState::Ready || !r.consumers.is_empty() {
+            if r.state == VolumeState::Creating || !r.consumers.is_empty() {
                 continue;
             }
             match self.remove(r.name.as_str(), false) {
@@ -280,7 +286,9 @@ impl VolumeService {
     }
 
     /// Detaches `count` stacked mounts from the volume's mountpoint, then
-    /// removes the directory. A mount already gone is not an error.
+    /// removes the directory. A mount already gone is not an error; an
+    /// empty directory left behind is only logged, and the next start
+    /// removes it.
     fn withdraw(&self, id: &str, count: usize) -> Result<()> {
         let target = self.layout.mountpoint(id);
         for _ in 0..count {
@@ -291,10 +299,11 @@ impl VolumeService {
             }
         }
         match self.sys.remove_dir(&target) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::io("remove mountpoint", &target)(e)),
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => warn!(path = %target.display(), error = %e, "cannot remove mountpoint"),
         }
+        Ok(())
     }
 
     /// How many mounts are stacked on the volume's mountpoint right now.

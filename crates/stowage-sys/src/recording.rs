@@ -75,6 +75,16 @@ impl RecordingSys {
         self.lock().failures.push((needle.to_string(), errno));
     }
 
+    /// How many injected failures have not fired yet.
+    pub fn armed_failures(&self) -> usize {
+        self.lock().failures.len()
+    }
+
+    /// Disarms every injected failure that has not fired.
+    pub fn disarm(&self) {
+        self.lock().failures.clear();
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }

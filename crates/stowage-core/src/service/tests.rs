@@ -339,3 +339,199 @@ fn concurrent_clients_on_one_name_keep_store_and_mounts_in_agreement() {
         None => assert!(!mounted),
     }
 }
+
+/// Model-based test: random operation sequences, with injected syscall
+/// failures and restarts, against a reference model of names and
+/// consumers. After every step the service must agree with the model, and
+/// the simulated mount table with the service.
+mod model {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const NAMES: [&str; 3] = ["a", "b", "c"];
+    const CONSUMERS: [&str; 2] = ["x", "y"];
+    const FAILURES: [&str; 5] = [
+        "BindMount",
+        "Unmount",
+        "CreateDir",
+        "RemoveTree",
+        "RemoveDir",
+    ];
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Create(usize, bool),
+        Mount(usize, usize),
+        Unmount(usize, usize),
+        Remove(usize, bool),
+        Prune,
+        /// Arms a failure of the next matching syscall.
+        Fail(usize),
+        Restart,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            3 => (0..3usize, any::<bool>()).prop_map(|(n, o)| Op::Create(n, o)),
+            3 => (0..3usize, 0..2usize).prop_map(|(n, c)| Op::Mount(n, c)),
+            3 => (0..3usize, 0..2usize).prop_map(|(n, c)| Op::Unmount(n, c)),
+            2 => (0..3usize, any::<bool>()).prop_map(|(n, f)| Op::Remove(n, f)),
+            1 => Just(Op::Prune),
+            2 => (0..5usize).prop_map(Op::Fail),
+            1 => Just(Op::Restart),
+        ]
+    }
+
+    /// Per name: whether it has the option, and its consumers.
+    type Model = BTreeMap<&'static str, (bool, BTreeSet<&'static str>)>;
+
+    fn request(name: &str, coloured: bool) -> CreateRequest {
+        let mut r = req(name);
+        if coloured {
+            r.options = BTreeMap::from([("colour".into(), "red".into())]);
+        }
+        r
+    }
+
+    /// Applies `op` to the model if it succeeds; returns whether it should.
+    fn expect(model: &mut Model, op: &Op) -> bool {
+        match *op {
+            Op::Create(n, o) => match model.get(NAMES[n]) {
+                Some((existing, _)) => *existing == o,
+                None => {
+                    model.insert(NAMES[n], (o, BTreeSet::new()));
+                    true
+                }
+            },
+            Op::Mount(n, c) => match model.get_mut(NAMES[n]) {
+                Some((_, cs)) => {
+                    cs.insert(CONSUMERS[c]);
+                    true
+                }
+                None => false,
+            },
+            Op::Unmount(n, c) => match model.get_mut(NAMES[n]) {
+                Some((_, cs)) => {
+                    cs.remove(CONSUMERS[c]);
+                    true
+                }
+                None => false,
+            },
+            Op::Remove(n, force) => match model.get(NAMES[n]) {
+                Some((_, cs)) if cs.is_empty() || force => {
+                    model.remove(NAMES[n]);
+                    true
+                }
+                _ => false,
+            },
+            Op::Prune => {
+                model.retain(|_, (_, cs)| !cs.is_empty());
+                true
+            }
+            Op::Fail(_) | Op::Restart => true,
+        }
+    }
+
+    fn run(svc: &VolumeService, op: &Op) -> Result<()> {
+        match *op {
+            Op::Create(n, o) => svc.create(request(NAMES[n], o)).map(drop),
+            Op::Mount(n, c) => svc.mount(NAMES[n], CONSUMERS[c]).map(drop),
+            Op::Unmount(n, c) => svc.unmount(NAMES[n], CONSUMERS[c]),
+            Op::Remove(n, force) => svc.remove(NAMES[n], force),
+            Op::Prune => svc.prune().map(drop),
+            Op::Fail(_) | Op::Restart => Ok(()),
+        }
+    }
+
+    fn check(f: &Fixture, svc: &VolumeService, model: &Model) {
+        let listed = svc.list(&VolumeFilter::default()).unwrap();
+        let actual: BTreeMap<String, (bool, Vec<String>)> = listed
+            .iter()
+            .map(|v| {
+                (
+                    v.name.clone(),
+                    (v.options.contains_key("colour"), v.consumers.clone()),
+                )
+            })
+            .collect();
+        let expected: BTreeMap<String, (bool, Vec<String>)> = model
+            .iter()
+            .map(|(n, (o, cs))| {
+                (
+                    n.to_string(),
+                    (*o, cs.iter().map(|c| c.to_string()).collect()),
+                )
+            })
+            .collect();
+        assert_eq!(actual, expected);
+        let mut want: Vec<PathBuf> = listed
+            .iter()
+            .filter(|v| !v.consumers.is_empty())
+            .map(|v| v.mountpoint.clone())
+            .collect();
+        want.sort();
+        let mut got = mounts(&f.sys);
+        got.sort();
+        assert_eq!(got, want, "mount table disagrees with the store");
+        for name in NAMES {
+            if let Some(r) = record(&f.store, name) {
+                assert_eq!((r.state, r.pending), (VolumeState::Ready, None), "{name}");
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        #[test]
+        fn service_follows_the_model(ops in proptest::collection::vec(op(), 1..60)) {
+            let f = fixture();
+            let mut svc = service(&f.sys, &f.store);
+            let mut model = Model::new();
+            for op in &ops {
+                match op {
+                    Op::Fail(i) => f.sys.fail_next(FAILURES[*i], 5),
+                    Op::Restart => {
+                        f.sys.disarm();
+                        svc = service(&f.sys, &f.store);
+                        let report = svc.reconcile().unwrap();
+                        prop_assert!(report.failures.is_empty(), "{:?}", report);
+                        prop_assert_eq!(report.mounts_restored + report.stale_mounts_removed, 0);
+                    }
+                    _ => {}
+                }
+                let armed = f.sys.armed_failures();
+                let mut next = model.clone();
+                let should = expect(&mut next, op);
+                let result = run(&svc, op);
+                let fired = f.sys.armed_failures() < armed;
+                match (&result, should) {
+                    (Ok(()), true) => model = next,
+                    (Err(_), false) => {}
+                    // An injected failure may fail an operation that
+                    // should succeed; it must then change nothing...
+                    (Err(e), true) if fired => {
+                        // ...except a remove, which stays pending until
+                        // it is retried.
+                        f.sys.disarm();
+                        if let Op::Remove(n, _) = op {
+                            svc.remove(NAMES[*n], true).unwrap();
+                            model = next;
+                        } else if let Op::Prune = op {
+                            // Prune stops at the first failure; retry it.
+                            svc.prune().unwrap_or_else(|e2| panic!("{e}; then {e2}"));
+                            model = next;
+                        }
+                    }
+                    (r, s) => prop_assert!(false, "{:?}: got {:?}, model expected success={}", op, r, s),
+                }
+                if !matches!(op, Op::Fail(_)) {
+                    f.sys.disarm();
+                }
+                check(&f, &svc, &model);
+            }
+        }
+    }
+}
