@@ -13,10 +13,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use stowage_core::{CreateRequest, Error, Volume, VolumeFilter, VolumeService};
 
+use crate::DoorError;
+
 /// The API version, the prefix of every route.
 pub const API_VERSION: &str = "v1";
-/// Largest request body accepted. Requests are small JSON documents.
-pub const MAX_BODY_BYTES: usize = 64 * 1024;
+pub use crate::MAX_BODY_BYTES;
 
 type Svc = Arc<VolumeService>;
 
@@ -58,17 +59,6 @@ pub fn router(service: Svc) -> Router {
         .fallback(no_route)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(service)
-}
-
-/// Serves the REST API on `listener` until `shutdown` completes.
-pub async fn serve(
-    listener: tokio::net::UnixListener,
-    service: Svc,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router(service))
-        .with_graceful_shutdown(shutdown)
-        .await
 }
 
 /// An error on its way out: a status and `{"error": {"code", "message"}}`.
@@ -125,18 +115,18 @@ fn reject(rejection: JsonRejection) -> ApiError {
     }
 }
 
-/// Runs blocking core work off the async executor.
+/// Runs core work off the executor, mapping its error for this door.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, Error> + Send + 'static,
 ) -> Result<T, ApiError> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(result) => result.map_err(ApiError::from),
-        Err(e) => Err(ApiError {
+    crate::blocking(f).await.map_err(|e| match e {
+        DoorError::Core(e) => ApiError::from(e),
+        DoorError::Panicked(message) => ApiError {
             status: StatusCode::INTERNAL_SERVER_ERROR,
             code: "internal",
-            message: format!("operation panicked: {e}"),
-        }),
-    }
+            message,
+        },
+    })
 }
 
 async fn no_route(method: Method, uri: axum::http::Uri) -> ApiError {

@@ -34,7 +34,8 @@ pub enum Command {
 
 #[derive(Args, Debug, Default)]
 pub struct ServeArgs {
-    /// TOML file with data_root, run_root and plugin_dir; flags override it.
+    /// TOML file with data_root, run_root, plugin_dir and docker_spec; flags
+    /// override it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Where volumes' data and the state database live [default: /var/lib/stowage].
@@ -47,6 +48,10 @@ pub struct ServeArgs {
     /// [default: /run/docker/plugins].
     #[arg(long, value_name = "DIR")]
     pub plugin_dir: Option<PathBuf>,
+    /// Also write /etc/docker/plugins/NAME.spec pointing at the plugin
+    /// socket, so Docker finds it as driver NAME outside /run/docker/plugins.
+    #[arg(long, value_name = "NAME")]
+    pub docker_spec: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]

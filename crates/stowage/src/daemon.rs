@@ -25,7 +25,14 @@ pub struct Config {
     pub data_root: PathBuf,
     pub run_root: PathBuf,
     pub plugin_dir: PathBuf,
+    /// Name under which to register with Docker through a spec file.
+    pub docker_spec: Option<String>,
 }
+
+/// The plugin socket's file name; Docker names the driver after it.
+pub const PLUGIN_SOCKET: &str = "stowage.sock";
+/// Where Docker looks for plugin spec files.
+const DOCKER_SPEC_DIR: &str = "/etc/docker/plugins";
 
 impl Default for Config {
     fn default() -> Self {
@@ -33,6 +40,7 @@ impl Default for Config {
             data_root: "/var/lib/stowage".into(),
             run_root: "/run/stowage".into(),
             plugin_dir: "/run/docker/plugins".into(),
+            docker_spec: None,
         }
     }
 }
@@ -56,6 +64,9 @@ impl Config {
         }
         if let Some(p) = &args.plugin_dir {
             config.plugin_dir = p.clone();
+        }
+        if let Some(name) = &args.docker_spec {
+            config.docker_spec = Some(name.clone());
         }
         for (what, p) in [
             ("data root", &config.data_root),
@@ -137,19 +148,72 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         tracing::warn!(failures = ?report.failures, "some volumes could not be reconciled");
     }
 
-    let socket = layout.socket();
-    match fs::remove_file(&socket) {
+    let rest = bind_socket(&layout.socket())?;
+    let plugin_dir = prepare_dir(&config.plugin_dir, 0o755)?;
+    let _plugin_lock = lock_root(&plugin_dir, "plugin dir")?;
+    let plugin_socket = plugin_dir.join(PLUGIN_SOCKET);
+    let plugin = bind_socket(&plugin_socket)?;
+    if let Some(name) = &config.docker_spec {
+        write_docker_spec(Path::new(DOCKER_SPEC_DIR), name, &plugin_socket)?;
+    }
+    info!(rest = %layout.socket().display(), docker_plugin = %plugin_socket.display(), "listening");
+
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop.send(true);
+    });
+    let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    tokio::try_join!(
+        stowage_api::serve(
+            rest,
+            stowage_api::rest::router(service.clone()),
+            until_stopped(stopped.clone())
+        ),
+        stowage_api::serve(
+            plugin,
+            stowage_api::docker::router(service),
+            until_stopped(stopped)
+        ),
+    )?;
+    info!("stopped; volumes stay mounted for their consumers");
+    Ok(())
+}
+
+/// Binds a fresh unix socket at `path` (replacing a stale one: the root
+/// locks prove no live daemon owns it), readable and writable by root only.
+fn bind_socket(path: &Path) -> Result<UnixListener> {
+    match fs::remove_file(path) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("removing stale {}", socket.display())),
+        Err(e) => return Err(e).with_context(|| format!("removing stale {}", path.display())),
     }
-    let listener = UnixListener::bind(&socket)
-        .with_context(|| format!("listening on {}", socket.display()))?;
-    fs::set_permissions(&socket, fs::Permissions::from_mode(0o660))?;
-    info!(socket = %socket.display(), "REST API listening");
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("listening on {}", path.display()))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o660))?;
+    Ok(listener)
+}
 
-    stowage_api::rest::serve(listener, service, shutdown_signal()).await?;
-    info!("stopped; volumes stay mounted for their consumers");
+/// Writes `<dir>/<name>.spec` pointing Docker at the plugin socket, so that
+/// `docker volume create -d <name>` finds a socket outside
+/// `/run/docker/plugins`. Written to a temporary file and renamed, so
+/// Docker never reads half a file.
+fn write_docker_spec(dir: &Path, name: &str, socket: &Path) -> Result<()> {
+    stowage_core::VolumeName::parse(name).map_err(|e| {
+        anyhow::anyhow!(
+            "invalid --docker-spec name: {}",
+            e.to_string().replace("volume name", "name")
+        )
+    })?;
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let spec = dir.join(format!("{name}.spec"));
+    let tmp = dir.join(format!(".{name}.spec.tmp"));
+    fs::write(&tmp, format!("unix://{}\n", socket.display()))
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    fs::rename(&tmp, &spec).with_context(|| format!("writing {}", spec.display()))?;
+    info!(spec = %spec.display(), "wrote docker plugin spec");
     Ok(())
 }
 
@@ -190,6 +254,21 @@ mod tests {
             ..Default::default()
         };
         assert!(Config::load(&rel).is_err());
+    }
+
+    #[test]
+    fn docker_spec_points_at_the_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = Path::new("/run/x/stowage.sock");
+        write_docker_spec(dir.path(), "stowage-test", sock).unwrap();
+        let text = fs::read_to_string(dir.path().join("stowage-test.spec")).unwrap();
+        assert_eq!(text, "unix:///run/x/stowage.sock\n");
+        let err = write_docker_spec(dir.path(), "../evil", sock).unwrap_err();
+        assert!(
+            err.to_string().contains("invalid --docker-spec name"),
+            "{err}"
+        );
+        assert!(!dir.path().join("../evil.spec").exists());
     }
 
     #[test]

@@ -1,0 +1,274 @@
+//! The Docker Volume Plugin API (protocol v1), as Docker and Podman speak
+//! it: `POST /Plugin.Activate` and `POST /VolumeDriver.*` with JSON bodies.
+//!
+//! Every failure is HTTP 500 with `{"Err": "..."}`. Podman ignores `Err` in
+//! a 200 reply and would hand a container the wrong directory, so no
+//! failure may ever leave with a 200. `Get` only fails for a volume that
+//! does not exist: Docker forgets a volume whose `Get` fails after its own
+//! restart.
+//!
+//! Docker's `-o` options go to the Stowage driver, except `driver`, which
+//! names it (`-o driver=tmpfs`; `local` when absent).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use stowage_core::{CreateRequest, Volume, VolumeService};
+
+use crate::{DoorError, MAX_BODY_BYTES};
+
+/// The option that picks the Stowage driver; not passed on to it.
+pub const DRIVER_OPTION: &str = "driver";
+
+/// The content type of the plugin protocol.
+const CONTENT_TYPE: &str = "application/vnd.docker.plugins.v1+json";
+
+type Svc = Arc<VolumeService>;
+
+/// The plugin router over `service`.
+pub fn router(service: Svc) -> Router {
+    Router::new()
+        .route("/Plugin.Activate", post(activate))
+        .route("/VolumeDriver.Capabilities", post(capabilities))
+        .route("/VolumeDriver.Create", post(create))
+        .route("/VolumeDriver.Remove", post(remove))
+        .route("/VolumeDriver.Mount", post(mount))
+        .route("/VolumeDriver.Unmount", post(unmount))
+        .route("/VolumeDriver.Path", post(path))
+        .route("/VolumeDriver.Get", post(get))
+        .route("/VolumeDriver.List", post(list))
+        .fallback(|uri: axum::http::Uri| async move {
+            failure(
+                StatusCode::NOT_FOUND,
+                format!("unknown endpoint {}", uri.path()),
+            )
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(service)
+}
+
+fn reply(body: Value) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, CONTENT_TYPE)],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn failure(status: StatusCode, message: String) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, CONTENT_TYPE)],
+        json!({ "Err": message }).to_string(),
+    )
+        .into_response()
+}
+
+fn error(e: DoorError) -> Response {
+    let message = match e {
+        DoorError::Core(e) => e.to_string(),
+        DoorError::Panicked(m) => m,
+    };
+    failure(StatusCode::INTERNAL_SERVER_ERROR, message)
+}
+
+/// Decodes a request body. Engines send their own content type (or none),
+/// so the body is parsed whatever the header says; an empty body is `{}`.
+fn decode<T: DeserializeOwned>(body: &Bytes) -> Result<T, Response> {
+    let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        body
+    };
+    serde_json::from_slice(body).map_err(|e| {
+        failure(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("invalid request body: {e}"),
+        )
+    })
+}
+
+/// Runs a core call and turns its outcome into a reply.
+async fn call<T: Send + 'static>(
+    svc: Svc,
+    f: impl FnOnce(&VolumeService) -> stowage_core::Result<T> + Send + 'static,
+    ok: impl FnOnce(T) -> Value,
+) -> Response {
+    match crate::blocking(move || f(&svc)).await {
+        Ok(v) => reply(ok(v)),
+        Err(e) => error(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct NameRequest {
+    #[serde(rename = "Name")]
+    name: String,
+}
+
+#[derive(Deserialize)]
+struct CreateBody {
+    #[serde(rename = "Name")]
+    name: String,
+    #[serde(rename = "Opts", default)]
+    opts: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Deserialize)]
+struct MountBody {
+    #[serde(rename = "Name")]
+    name: String,
+    #[serde(rename = "ID")]
+    id: String,
+}
+
+/// What `Get` and `List` say of a volume.
+#[derive(Serialize)]
+struct PluginVolume {
+    #[serde(rename = "Name")]
+    name: String,
+    /// Only while mounted: nobody may take an unmounted path for the data.
+    #[serde(rename = "Mountpoint")]
+    mountpoint: String,
+    #[serde(rename = "CreatedAt")]
+    created_at: String,
+    #[serde(rename = "Status")]
+    status: Value,
+}
+
+fn describe(v: Volume) -> PluginVolume {
+    let created_at = v
+        .created_at
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    PluginVolume {
+        mountpoint: if v.mounted {
+            v.mountpoint.display().to_string()
+        } else {
+            String::new()
+        },
+        status: json!({
+            "driver": v.driver,
+            "options": v.options,
+            "consumers": v.consumers,
+            "created_at": created_at,
+            "state": v.status,
+        }),
+        name: v.name,
+        created_at,
+    }
+}
+
+async fn activate() -> Response {
+    reply(json!({ "Implements": ["VolumeDriver"] }))
+}
+
+async fn capabilities() -> Response {
+    reply(json!({ "Capabilities": { "Scope": "local" } }))
+}
+
+async fn create(State(svc): State<Svc>, body: Bytes) -> Response {
+    let req: CreateBody = match decode(&body) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    let mut options = req.opts.unwrap_or_default();
+    let driver = options.remove(DRIVER_OPTION);
+    let request = CreateRequest {
+        name: req.name,
+        driver,
+        options,
+        labels: BTreeMap::new(),
+    };
+    call(svc, move |s| s.create(request), |_| json!({ "Err": "" })).await
+}
+
+async fn remove(State(svc): State<Svc>, body: Bytes) -> Response {
+    let req: NameRequest = match decode(&body) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    call(
+        svc,
+        move |s| s.remove(&req.name, false),
+        |_| json!({ "Err": "" }),
+    )
+    .await
+}
+
+async fn mount(State(svc): State<Svc>, body: Bytes) -> Response {
+    let req: MountBody = match decode(&body) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    call(
+        svc,
+        move |s| s.mount(&req.name, &req.id),
+        |path| json!({ "Mountpoint": path, "Err": "" }),
+    )
+    .await
+}
+
+async fn unmount(State(svc): State<Svc>, body: Bytes) -> Response {
+    let req: MountBody = match decode(&body) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    call(
+        svc,
+        move |s| s.unmount(&req.name, &req.id),
+        |_| json!({ "Err": "" }),
+    )
+    .await
+}
+
+async fn path(State(svc): State<Svc>, body: Bytes) -> Response {
+    let req: NameRequest = match decode(&body) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    call(
+        svc,
+        move |s| s.inspect(&req.name),
+        |v| json!({ "Mountpoint": describe(v).mountpoint, "Err": "" }),
+    )
+    .await
+}
+
+async fn get(State(svc): State<Svc>, body: Bytes) -> Response {
+    let req: NameRequest = match decode(&body) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    call(
+        svc,
+        move |s| s.inspect(&req.name),
+        |v| json!({ "Volume": describe(v), "Err": "" }),
+    )
+    .await
+}
+
+async fn list(State(svc): State<Svc>) -> Response {
+    call(
+        svc,
+        |s| s.list(&Default::default()),
+        |vs| {
+            let vs: Vec<PluginVolume> = vs.into_iter().map(describe).collect();
+            json!({ "Volumes": vs, "Err": "" })
+        },
+    )
+    .await
+}
+
+#[cfg(test)]
+mod tests;
