@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -82,20 +82,32 @@ fn error(e: DoorError) -> Response {
     failure(StatusCode::INTERNAL_SERVER_ERROR, message)
 }
 
-/// Decodes a request body. Engines send their own content type (or none),
-/// so the body is parsed whatever the header says; an empty body is `{}`.
-fn decode<T: DeserializeOwned>(body: &Bytes) -> Result<T, Response> {
-    let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
-        b"{}"
-    } else {
-        body
-    };
-    serde_json::from_slice(body).map_err(|e| {
-        failure(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("invalid request body: {e}"),
-        )
-    })
+/// A JSON request body. Engines send their own content type (or none), so
+/// the body is parsed whatever the header says; an empty body is `{}`.
+struct PluginBody<T>(T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for PluginBody<T> {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Response> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            failure(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("invalid request body: {}", e.body_text()),
+            )
+        })?;
+        let body: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+            b"{}"
+        } else {
+            &bytes
+        };
+        serde_json::from_slice(body).map(PluginBody).map_err(|e| {
+            failure(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("invalid request body: {e}"),
+            )
+        })
+    }
 }
 
 /// Runs a core call and turns its outcome into a reply.
@@ -177,11 +189,7 @@ async fn capabilities() -> Response {
     reply(json!({ "Capabilities": { "Scope": "local" } }))
 }
 
-async fn create(State(svc): State<Svc>, body: Bytes) -> Response {
-    let req: CreateBody = match decode(&body) {
-        Ok(r) => r,
-        Err(resp) => return resp,
-    };
+async fn create(State(svc): State<Svc>, PluginBody(req): PluginBody<CreateBody>) -> Response {
     let mut options = req.opts.unwrap_or_default();
     let driver = options.remove(DRIVER_OPTION);
     let request = CreateRequest {
@@ -193,11 +201,7 @@ async fn create(State(svc): State<Svc>, body: Bytes) -> Response {
     call(svc, move |s| s.create(request), |_| json!({ "Err": "" })).await
 }
 
-async fn remove(State(svc): State<Svc>, body: Bytes) -> Response {
-    let req: NameRequest = match decode(&body) {
-        Ok(r) => r,
-        Err(resp) => return resp,
-    };
+async fn remove(State(svc): State<Svc>, PluginBody(req): PluginBody<NameRequest>) -> Response {
     call(
         svc,
         move |s| s.remove(&req.name, false),
@@ -206,11 +210,7 @@ async fn remove(State(svc): State<Svc>, body: Bytes) -> Response {
     .await
 }
 
-async fn mount(State(svc): State<Svc>, body: Bytes) -> Response {
-    let req: MountBody = match decode(&body) {
-        Ok(r) => r,
-        Err(resp) => return resp,
-    };
+async fn mount(State(svc): State<Svc>, PluginBody(req): PluginBody<MountBody>) -> Response {
     call(
         svc,
         move |s| s.mount(&req.name, &req.id),
@@ -219,11 +219,7 @@ async fn mount(State(svc): State<Svc>, body: Bytes) -> Response {
     .await
 }
 
-async fn unmount(State(svc): State<Svc>, body: Bytes) -> Response {
-    let req: MountBody = match decode(&body) {
-        Ok(r) => r,
-        Err(resp) => return resp,
-    };
+async fn unmount(State(svc): State<Svc>, PluginBody(req): PluginBody<MountBody>) -> Response {
     call(
         svc,
         move |s| s.unmount(&req.name, &req.id),
@@ -232,11 +228,7 @@ async fn unmount(State(svc): State<Svc>, body: Bytes) -> Response {
     .await
 }
 
-async fn path(State(svc): State<Svc>, body: Bytes) -> Response {
-    let req: NameRequest = match decode(&body) {
-        Ok(r) => r,
-        Err(resp) => return resp,
-    };
+async fn path(State(svc): State<Svc>, PluginBody(req): PluginBody<NameRequest>) -> Response {
     call(
         svc,
         move |s| s.inspect(&req.name),
@@ -245,11 +237,7 @@ async fn path(State(svc): State<Svc>, body: Bytes) -> Response {
     .await
 }
 
-async fn get(State(svc): State<Svc>, body: Bytes) -> Response {
-    let req: NameRequest = match decode(&body) {
-        Ok(r) => r,
-        Err(resp) => return resp,
-    };
+async fn get(State(svc): State<Svc>, PluginBody(req): PluginBody<NameRequest>) -> Response {
     call(
         svc,
         move |s| s.inspect(&req.name),
