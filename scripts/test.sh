@@ -10,11 +10,12 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 
-# apt packages the tests use, as "command:package".
-needed=(mount:mount umount:mount findmnt:util-linux)
+# Debian packages the tests use: mount tools; Docker, Podman and runc for
+# the engine tests; a static busybox to build their test image from.
+packages=(mount util-linux tar docker.io podman runc busybox-static)
 missing=()
-for pair in "${needed[@]}"; do
-  command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
+for pkg in "${packages[@]}"; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "installing: ${missing[*]}"

@@ -22,11 +22,18 @@ pub struct Daemon {
     _dir: tempfile::TempDir,
     pub data: PathBuf,
     pub run: PathBuf,
+    /// Extra arguments of `stowage serve`.
+    extra: Vec<String>,
     child: Option<Child>,
 }
 
 impl Daemon {
     pub fn start() -> Daemon {
+        Daemon::start_with(&[])
+    }
+
+    /// Starts a daemon with extra `serve` arguments.
+    pub fn start_with(extra: &[&str]) -> Daemon {
         require_root();
         let dir = tempfile::tempdir().unwrap();
         let base = dir.path().canonicalize().unwrap();
@@ -34,6 +41,7 @@ impl Daemon {
             data: base.join("data"),
             run: base.join("run"),
             _dir: dir,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
             child: None,
         };
         d.spawn();
@@ -64,6 +72,7 @@ impl Daemon {
             .arg(&self.run)
             .arg("--plugin-dir")
             .arg(self.base().join("plugins"))
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -1,0 +1,345 @@
+//! The shared environment: one Stowage daemon, one private dockerd, a
+//! private Podman configuration, and a busybox image in both engines.
+
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use crate::harness::{mounts_under, Daemon, BIN};
+
+/// The image every scenario runs: busybox, a `mongodb` user (184:998) and
+/// a `/seed` directory owned by it for the copy-up scenario.
+pub const IMAGE: &str = "stowage-e2e-bb:latest";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Docker,
+    Podman,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Docker => "docker",
+            Kind::Podman => "podman",
+        }
+    }
+
+    /// The client binary. Docker's is the docker.io one that matches the
+    /// dockerd under test (a newer client may sit first on PATH).
+    pub fn program(self) -> &'static str {
+        match self {
+            Kind::Docker => "/usr/bin/docker",
+            Kind::Podman => "podman",
+        }
+    }
+}
+
+pub struct Env {
+    pub base: PathBuf,
+    /// The Docker driver name, registered through a spec file.
+    pub plugin: String,
+    pub stowage: Mutex<Daemon>,
+    stowage_host: String,
+    pub dockerd: Mutex<Dockerd>,
+    podman_conf: PathBuf,
+    podman_storage: PathBuf,
+    /// Scenarios that stop a daemon take this for writing.
+    pub exclusive: RwLock<()>,
+}
+
+impl Env {
+    pub fn start() -> Env {
+        let plugin = format!("stowage-e2e-{}", std::process::id());
+        let stowage = Daemon::start_with(&["--docker-spec", &plugin]);
+        let base = stowage.base();
+        let stowage_host = format!("unix://{}", stowage.socket().display());
+        let plugin_socket = base.join("plugins/stowage.sock");
+
+        let mut dockerd = Dockerd {
+            dir: base.join("docker"),
+            child: None,
+        };
+        dockerd.start();
+
+        let podman = base.join("podman");
+        std::fs::create_dir_all(&podman).unwrap();
+        let podman_conf = podman.join("containers.conf");
+        std::fs::write(
+            &podman_conf,
+            format!(
+                r#"[containers]
+default_ulimits = ["nofile=10000:10000", "nproc=1000:1000"]
+
+[engine]
+runtime = "runc"
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+events_logfile_path = "{p}/events.log"
+tmp_dir = "{p}/tmp"
+volume_path = "{p}/volumes"
+
+[engine.volume_plugins]
+{plugin} = "{socket}"
+"#,
+                p = podman.display(),
+                socket = plugin_socket.display(),
+            ),
+        )
+        .unwrap();
+        let podman_storage = podman.join("storage.conf");
+        std::fs::write(
+            &podman_storage,
+            format!(
+                "[storage]\ndriver = \"overlay\"\ngraphroot = \"{p}/root\"\nrunroot = \"{p}/runroot\"\n",
+                p = podman.display()
+            ),
+        )
+        .unwrap();
+
+        let env = Env {
+            base,
+            plugin,
+            stowage: Mutex::new(stowage),
+            stowage_host,
+            dockerd: Mutex::new(dockerd),
+            podman_conf,
+            podman_storage,
+            exclusive: RwLock::new(()),
+        };
+        let tar = env.build_image();
+        for kind in [Kind::Docker, Kind::Podman] {
+            env.engine(kind, &["import", tar.to_str().unwrap(), IMAGE]);
+        }
+        env
+    }
+
+    /// Builds the image's root filesystem as a tar archive.
+    fn build_image(&self) -> PathBuf {
+        let root = self.base.join("image");
+        for d in ["bin", "etc", "tmp", "seed"] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+        let applets = Command::new("/bin/busybox").arg("--list").output().unwrap();
+        for applet in String::from_utf8(applets.stdout).unwrap().lines() {
+            if applet != "busybox" {
+                symlink("busybox", root.join("bin").join(applet)).unwrap();
+            }
+        }
+        std::fs::write(
+            root.join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\nmongodb:x:184:998:mongodb:/var/lib/mongodb:/bin/sh\n",
+        )
+        .unwrap();
+        std::fs::write(root.join("etc/group"), "root:x:0:\nmongodb:x:998:\n").unwrap();
+        std::fs::set_permissions(root.join("tmp"), std::fs::Permissions::from_mode(0o1777))
+            .unwrap();
+        let seed = root.join("seed");
+        std::fs::write(seed.join("config.txt"), "seeded by the image\n").unwrap();
+        std::fs::create_dir(seed.join("sub")).unwrap();
+        std::fs::write(seed.join("sub/nested.txt"), "nested\n").unwrap();
+        for p in [
+            seed.join("config.txt"),
+            seed.join("sub/nested.txt"),
+            seed.join("sub"),
+            seed.clone(),
+        ] {
+            std::os::unix::fs::chown(&p, Some(184), Some(998)).unwrap();
+        }
+        std::fs::set_permissions(&seed, std::fs::Permissions::from_mode(0o750)).unwrap();
+        let tar = self.base.join("image.tar");
+        let status = Command::new("tar")
+            .arg("-C")
+            .arg(&root)
+            .arg("--numeric-owner")
+            .arg("-cf")
+            .arg(&tar)
+            .arg(".")
+            .status()
+            .unwrap();
+        assert!(status.success());
+        tar
+    }
+
+    /// Runs an engine command; panics with its output if it fails.
+    pub fn engine(&self, kind: Kind, args: &[&str]) -> String {
+        let out = self.engine_raw(kind, args);
+        assert!(
+            out.status.success(),
+            "{} {args:?} failed: {}{}",
+            kind.name(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub fn engine_raw(&self, kind: Kind, args: &[&str]) -> Output {
+        let mut cmd = Command::new(kind.program());
+        match kind {
+            Kind::Docker => cmd.env(
+                "DOCKER_HOST",
+                self.dockerd
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .host(),
+            ),
+            Kind::Podman => cmd
+                .env("CONTAINERS_CONF", &self.podman_conf)
+                .env("CONTAINERS_STORAGE_CONF", &self.podman_storage),
+        };
+        cmd.args(args).stdin(Stdio::null()).output().unwrap()
+    }
+
+    /// Runs an engine command that must fail; returns its stderr.
+    pub fn engine_fails(&self, kind: Kind, args: &[&str]) -> String {
+        let out = self.engine_raw(kind, args);
+        assert!(
+            !out.status.success(),
+            "{} {args:?} succeeded: {}",
+            kind.name(),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// Runs the stowage CLI; panics if it fails.
+    pub fn stowage(&self, args: &[&str]) -> String {
+        let out = self.stowage_raw(args);
+        assert!(
+            out.status.success(),
+            "stowage {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub fn stowage_raw(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .env("STOWAGE_HOST", &self.stowage_host)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// `stowage volume inspect NAME`, as JSON.
+    pub fn inspect(&self, name: &str) -> serde_json::Value {
+        let v: serde_json::Value =
+            serde_json::from_str(&self.stowage(&["volume", "inspect", name])).unwrap();
+        v[0].clone()
+    }
+
+    pub fn teardown(&self) {
+        for kind in [Kind::Docker, Kind::Podman] {
+            let ids = self.engine_raw(kind, &["ps", "-aq"]);
+            for id in String::from_utf8_lossy(&ids.stdout).split_whitespace() {
+                self.engine_raw(kind, &["rm", "-f", id]);
+            }
+        }
+        self.dockerd
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .stop();
+        self.stowage
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .kill9();
+        let _ = std::fs::remove_file(format!("/etc/docker/plugins/{}.spec", self.plugin));
+        for m in mounts_under(&self.base).iter().rev() {
+            let _ = rustix::mount::unmount(m, rustix::mount::UnmountFlags::DETACH);
+        }
+        // The environment is never dropped (the trials borrow it for
+        // 'static), so its temporary directory goes here.
+        if let Err(e) = std::fs::remove_dir_all(&self.base) {
+            eprintln!("cannot remove {}: {e}", self.base.display());
+        }
+    }
+}
+
+/// A private dockerd, with the flags DESIGN.md records for this machine,
+/// plus `--live-restore` so containers outlive a dockerd restart.
+pub struct Dockerd {
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Dockerd {
+    pub fn host(&self) -> String {
+        format!("unix://{}", self.dir.join("docker.sock").display())
+    }
+
+    pub fn start(&mut self) {
+        assert!(self.child.is_none());
+        let d = &self.dir;
+        std::fs::create_dir_all(d).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(d.join("dockerd.log"))
+            .unwrap();
+        let child = Command::new("dockerd")
+            .arg("-H")
+            .arg(self.host())
+            .arg("--data-root")
+            .arg(d.join("root"))
+            .arg("--exec-root")
+            .arg(d.join("exec"))
+            .arg("--pidfile")
+            .arg(d.join("dockerd.pid"))
+            .args([
+                "--iptables=false",
+                "--ip6tables=false",
+                "--ip-forward=false",
+                "--ip-masq=false",
+                "--bridge=none",
+                "--storage-driver=overlay2",
+                "--exec-opt",
+                "native.cgroupdriver=cgroupfs",
+                "--live-restore",
+            ])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start dockerd (is docker.io installed?)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ok = Command::new(Kind::Docker.program())
+                .env("DOCKER_HOST", self.host())
+                .args(["version", "--format", "{{.Server.Version}}"])
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false);
+            if ok {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "dockerd did not start: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let pid = rustix::process::Pid::from_child(&child);
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+            let _ = child.wait();
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("dockerd.log")).unwrap_or_default()
+    }
+}
+
+/// Reads a file on the host, panicking with the path on failure.
+pub fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}

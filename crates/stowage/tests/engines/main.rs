@@ -1,0 +1,67 @@
+//! End-to-end tests with the real engines: a private dockerd and Podman
+//! with a private configuration drive Stowage through its Docker volume
+//! plugin socket. Every scenario runs on both engines. Needs root, docker.io,
+//! podman, runc and busybox-static (scripts/test.sh installs them).
+
+#[path = "../e2e/harness.rs"]
+#[allow(dead_code)]
+mod harness;
+
+mod env;
+mod scenarios;
+
+use libtest_mimic::{Arguments, Failed, Trial};
+
+use env::{Env, Kind};
+
+type Scenario = fn(&Env, Kind);
+
+fn main() {
+    let args = Arguments::from_args();
+    harness::require_root();
+    let env: &'static Env = Box::leak(Box::new(Env::start()));
+    let scenarios: &[(&str, Scenario)] = &[
+        (
+            "mongodb_persistent_data",
+            scenarios::mongodb_persistent_data,
+        ),
+        ("pulp_shared_content", scenarios::pulp_shared_content),
+        ("copy_up", scenarios::copy_up),
+        (
+            "volumes_are_shared_with_stowage",
+            scenarios::volumes_are_shared_with_stowage,
+        ),
+        (
+            "mount_ids_are_reference_counted",
+            scenarios::mount_ids_are_reference_counted,
+        ),
+        (
+            "missing_backing_directory",
+            scenarios::missing_backing_directory,
+        ),
+        (
+            "volume_in_use_is_refused",
+            scenarios::volume_in_use_is_refused,
+        ),
+        (
+            "stowage_stopped_mid_run",
+            scenarios::stowage_stopped_mid_run,
+        ),
+        (
+            "restart_engine_and_stowage",
+            scenarios::restart_engine_and_stowage,
+        ),
+    ];
+    let mut trials = Vec::new();
+    for &(name, scenario) in scenarios {
+        for kind in [Kind::Docker, Kind::Podman] {
+            trials.push(Trial::test(format!("{name}::{}", kind.name()), move || {
+                scenario(env, kind);
+                Ok::<(), Failed>(())
+            }));
+        }
+    }
+    let conclusion = libtest_mimic::run(&args, trials);
+    env.teardown();
+    conclusion.exit();
+}

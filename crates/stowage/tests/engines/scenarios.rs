@@ -1,0 +1,586 @@
+//! The seed scenarios, each run on Docker and on Podman.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use crate::env::{read, Env, Kind, IMAGE};
+use crate::harness::mounts_under;
+
+/// A name unique to the engine, so scenarios on both run side by side.
+fn unique(kind: Kind, name: &str) -> String {
+    format!("{name}-{}", kind.name())
+}
+
+/// `volume create` through the engine with Stowage as the driver.
+fn create(env: &Env, kind: Kind, name: &str, opts: &[&str]) {
+    let mut args = vec!["volume", "create", "--driver", &env.plugin];
+    for o in opts {
+        args.extend(["-o", o]);
+    }
+    args.push(name);
+    assert_eq!(env.engine(kind, &args).trim(), name);
+}
+
+fn consumers(env: &Env, name: &str) -> Vec<String> {
+    env.inspect(name)["consumers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().to_string())
+        .collect()
+}
+
+fn mountpoint(env: &Env, name: &str) -> PathBuf {
+    PathBuf::from(env.inspect(name)["mountpoint"].as_str().unwrap())
+}
+
+fn is_mounted(env: &Env, name: &str) -> bool {
+    mounts_under(&env.base.join("run")).contains(&mountpoint(env, name))
+}
+
+/// Waits for the engine's Unmount after a container went away.
+fn wait_released(env: &Env, name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !consumers(env, name).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "{name} still has consumers {:?}",
+            consumers(env, name)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!is_mounted(env, name), "{name} is still mounted");
+}
+
+/// Starts a detached container that sleeps, with `volumes` (`-v` values).
+fn sleeper(env: &Env, kind: Kind, name: &str, volumes: &[&str], script: &str) {
+    let mut args = vec!["run", "-d", "--name", name, "--network=none"];
+    for v in volumes {
+        args.extend(["-v", v]);
+    }
+    let script = format!("{script} sleep 600");
+    args.extend([IMAGE, "sh", "-c", &script]);
+    env.engine(kind, &args);
+}
+
+fn remove_volume(env: &Env, kind: Kind, name: &str) {
+    env.engine(kind, &["volume", "rm", name]);
+    let out = env.stowage_raw(&["volume", "inspect", name]);
+    assert!(!out.status.success(), "{name} survived its removal");
+}
+
+/// Seed "Persistent Storage": MongoDB's data outlives its container.
+pub fn mongodb_persistent_data(env: &Env, kind: Kind) {
+    let _shared = env.exclusive.read().unwrap_or_else(|e| e.into_inner());
+    let v = unique(kind, "mongodata");
+    create(env, kind, &v, &["uid=184", "gid=998"]);
+    let mount = format!("{v}:/var/lib/mongodb");
+    let first = unique(kind, "mongo-1");
+    let out = env.engine(
+        kind,
+        &[
+            "run",
+            "--name",
+            &first,
+            "--network=none",
+            "--user",
+            "184:998",
+            "-v",
+            &mount,
+            IMAGE,
+            "sh",
+            "-c",
+            "echo 'record 1' > /var/lib/mongodb/collection.wt && id -u && id -g",
+        ],
+    );
+    assert_eq!(out, "184\n998\n");
+    env.engine(kind, &["rm", &first]);
+    wait_released(env, &v);
+
+    // The "upgrade": a new container finds the data.
+    let upgrade = unique(kind, "mongo-2");
+    let mut args = vec![
+        "run",
+        "-d",
+        "--name",
+        &upgrade,
+        "--network=none",
+        "--user",
+        "184:998",
+    ];
+    args.extend(["-v", &mount, IMAGE, "sleep", "600"]);
+    env.engine(kind, &args);
+    let data = env.engine(
+        kind,
+        &["exec", &upgrade, "cat", "/var/lib/mongodb/collection.wt"],
+    );
+    assert_eq!(data, "record 1\n");
+
+    // The host sees the same data through stowage's mountpoint.
+    let info = env.inspect(&v);
+    assert_eq!(info["mounted"], true);
+    let file = mountpoint(env, &v).join("collection.wt");
+    assert_eq!(read(&file), "record 1\n");
+    let meta = std::fs::metadata(&file).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (184, 998));
+    env.engine(kind, &["rm", "-f", &upgrade]);
+    wait_released(env, &v);
+    remove_volume(env, kind, &v);
+}
+
+/// Seed "Shared Storage": a worker fills two volumes, a read-only web
+/// container serves them through symlinks.
+pub fn pulp_shared_content(env: &Env, kind: Kind) {
+    let _shared = env.exclusive.read().unwrap_or_else(|e| e.into_inner());
+    let lib = unique(kind, "pulp-lib");
+    let www = unique(kind, "pulp-www");
+    create(env, kind, &lib, &[]);
+    create(env, kind, &www, &[]);
+    let (lib_rw, www_rw) = (format!("{lib}:/var/lib/pulp"), format!("{www}:/var/www"));
+    let (lib_ro, www_ro) = (format!("{lib_rw}:ro"), format!("{www_rw}:ro"));
+
+    let worker = "mkdir -p /var/lib/pulp/content /var/www/pub \
+        && echo 'package bits' > /var/lib/pulp/content/pkg-1.0.rpm \
+        && ln -s /var/lib/pulp/content/pkg-1.0.rpm /var/www/pub/pkg-1.0.rpm";
+    env.engine(
+        kind,
+        &[
+            "run",
+            "--rm",
+            "--network=none",
+            "-v",
+            &lib_rw,
+            "-v",
+            &www_rw,
+            IMAGE,
+            "sh",
+            "-c",
+            worker,
+        ],
+    );
+    let web = env.engine(
+        kind,
+        &[
+            "run",
+            "--rm",
+            "--network=none",
+            "-v",
+            &lib_ro,
+            "-v",
+            &www_ro,
+            IMAGE,
+            "cat",
+            "/var/www/pub/pkg-1.0.rpm",
+        ],
+    );
+    assert_eq!(web, "package bits\n");
+    for target in ["/var/www/pub/new", "/var/lib/pulp/content/new"] {
+        let err = env.engine_fails(
+            kind,
+            &[
+                "run",
+                "--rm",
+                "--network=none",
+                "-v",
+                &lib_ro,
+                "-v",
+                &www_ro,
+                IMAGE,
+                "touch",
+                target,
+            ],
+        );
+        assert!(err.contains("Read-only file system"), "{err}");
+    }
+
+    // The data-container pattern: `content` only holds the volumes.
+    let content = unique(kind, "pulp-content");
+    env.engine(
+        kind,
+        &[
+            "create",
+            "--name",
+            &content,
+            "--network=none",
+            "-v",
+            &lib_rw,
+            "-v",
+            &www_rw,
+            IMAGE,
+            "true",
+        ],
+    );
+    let worker = "echo 'version 2' > /var/lib/pulp/content/pkg-2.0.rpm \
+        && ln -s /var/lib/pulp/content/pkg-2.0.rpm /var/www/pub/pkg-2.0.rpm";
+    env.engine(
+        kind,
+        &[
+            "run",
+            "--rm",
+            "--network=none",
+            "--volumes-from",
+            &content,
+            IMAGE,
+            "sh",
+            "-c",
+            worker,
+        ],
+    );
+    let from_ro = format!("{content}:ro");
+    let web = env.engine(
+        kind,
+        &[
+            "run",
+            "--rm",
+            "--network=none",
+            "--volumes-from",
+            &from_ro,
+            IMAGE,
+            "cat",
+            "/var/www/pub/pkg-2.0.rpm",
+            "/var/www/pub/pkg-1.0.rpm",
+        ],
+    );
+    assert_eq!(web, "version 2\npackage bits\n");
+    let err = env.engine_fails(
+        kind,
+        &[
+            "run",
+            "--rm",
+            "--network=none",
+            "--volumes-from",
+            &from_ro,
+            IMAGE,
+            "touch",
+            "/var/www/pub/x",
+        ],
+    );
+    assert!(err.contains("Read-only file system"), "{err}");
+    env.engine(kind, &["rm", &content]);
+    for v in [&lib, &www] {
+        wait_released(env, v);
+        remove_volume(env, kind, v);
+    }
+}
+
+/// An empty Stowage volume mounted over an image directory is seeded with
+/// its content by the engine. The ownership each engine gives the copy is
+/// what the README reports.
+pub fn copy_up(env: &Env, kind: Kind) {
+    let _shared = env.exclusive.read().unwrap_or_else(|e| e.into_inner());
+    let v = unique(kind, "seeded");
+    create(env, kind, &v, &[]);
+    let mount = format!("{v}:/seed");
+    let out = env.engine(
+        kind,
+        &[
+            "run",
+            "--rm",
+            "--network=none",
+            "-v",
+            &mount,
+            IMAGE,
+            "stat",
+            "-c",
+            "%n %u:%g %a",
+            "/seed",
+            "/seed/config.txt",
+            "/seed/sub/nested.txt",
+        ],
+    );
+    let host = env.stowage(&["volume", "mount", &v, "--consumer", "host-check"]);
+    let root = PathBuf::from(host.trim());
+    assert_eq!(read(&root.join("config.txt")), "seeded by the image\n");
+    assert_eq!(read(&root.join("sub/nested.txt")), "nested\n");
+    let owner = |p: PathBuf| {
+        let m = std::fs::metadata(p).unwrap();
+        (m.uid(), m.gid(), m.mode() & 0o7777)
+    };
+    // Files keep the image's owner on both engines.
+    assert_eq!(owner(root.join("config.txt")).0, 184, "{out}");
+    assert_eq!(owner(root.join("sub")).0, 184, "{out}");
+    // The volume root: Docker copies the image directory's owner and mode;
+    // Podman leaves the root as Stowage made it.
+    let expected_root = match kind {
+        Kind::Docker => (184, 998, 0o750),
+        Kind::Podman => (0, 0, 0o755),
+    };
+    assert_eq!(owner(root.clone()), expected_root, "{out}");
+    env.stowage(&["volume", "unmount", &v, "--consumer", "host-check"]);
+    remove_volume(env, kind, &v);
+}
+
+/// Volumes made through an engine are Stowage volumes, and the other way
+/// round.
+pub fn volumes_are_shared_with_stowage(env: &Env, kind: Kind) {
+    let _shared = env.exclusive.read().unwrap_or_else(|e| e.into_inner());
+    let from_engine = unique(kind, "from-engine");
+    create(env, kind, &from_engine, &["driver=tmpfs", "size=8m"]);
+    let info = env.inspect(&from_engine);
+    assert_eq!(
+        (info["driver"].as_str(), info["options"]["size"].as_str()),
+        (Some("tmpfs"), Some("8m"))
+    );
+
+    let from_stowage = unique(kind, "from-stowage");
+    env.stowage(&["volume", "create", &from_stowage, "-o", "mode=0777"]);
+    if kind == Kind::Podman {
+        // Podman asks plugins for their volumes only on reload.
+        env.engine(kind, &["volume", "reload"]);
+    }
+    let listed = env.engine(kind, &["volume", "ls", "--format", "{{.Name}} {{.Driver}}"]);
+    for v in [&from_engine, &from_stowage] {
+        let line = format!("{v} {}", env.plugin);
+        assert!(
+            listed.lines().any(|l| l == line),
+            "{line:?} not in:\n{listed}"
+        );
+    }
+    let status = env.engine(
+        kind,
+        &[
+            "volume",
+            "inspect",
+            "--format",
+            "{{json .Status}}",
+            &from_engine,
+        ],
+    );
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["driver"], "tmpfs");
+    assert_eq!(status["options"]["size"], "8m");
+    assert!(status["created_at"].as_str().unwrap().ends_with('Z'));
+
+    let mount = format!("{from_stowage}:/d");
+    let out = env.engine(
+        kind,
+        &[
+            "run",
+            "--rm",
+            "--network=none",
+            "-v",
+            &mount,
+            IMAGE,
+            "sh",
+            "-c",
+            "echo hi > /d/f && cat /d/f",
+        ],
+    );
+    assert_eq!(out, "hi\n");
+    for v in [&from_engine, &from_stowage] {
+        remove_volume(env, kind, v);
+    }
+}
+
+/// Docker sends a fresh mount ID per container, Podman one ID and its own
+/// count: either way the volume stays mounted while any container uses it.
+pub fn mount_ids_are_reference_counted(env: &Env, kind: Kind) {
+    let _shared = env.exclusive.read().unwrap_or_else(|e| e.into_inner());
+    let v = unique(kind, "refcount");
+    create(env, kind, &v, &[]);
+    let mount = format!("{v}:/d");
+    let (c1, c2) = (unique(kind, "ref-1"), unique(kind, "ref-2"));
+    sleeper(env, kind, &c1, &[&mount], "");
+    sleeper(env, kind, &c2, &[&mount], "");
+    let ids = consumers(env, &v);
+    match kind {
+        Kind::Docker => assert_eq!(ids.len(), 2, "{ids:?}"),
+        Kind::Podman => assert_eq!(ids.len(), 1, "{ids:?}"),
+    }
+    assert!(is_mounted(env, &v));
+    env.engine(kind, &["rm", "-f", &c1]);
+    assert!(is_mounted(env, &v), "unmounted while {c2} still uses it");
+    let out = env.engine(
+        kind,
+        &[
+            "exec",
+            &c2,
+            "sh",
+            "-c",
+            "echo still here > /d/f && cat /d/f",
+        ],
+    );
+    assert_eq!(out, "still here\n");
+    assert_eq!(read(&mountpoint(env, &v).join("f")), "still here\n");
+    env.engine(kind, &["rm", "-f", &c2]);
+    wait_released(env, &v);
+    remove_volume(env, kind, &v);
+}
+
+/// A volume whose directory vanished behind Stowage's back fails the
+/// container start clearly, and no other directory is handed out.
+pub fn missing_backing_directory(env: &Env, kind: Kind) {
+    let _shared = env.exclusive.read().unwrap_or_else(|e| e.into_inner());
+    let v = unique(kind, "vanishing");
+    create(env, kind, &v, &[]);
+    let id = mountpoint(env, &v).file_name().unwrap().to_owned();
+    std::fs::remove_dir_all(env.base.join("data/volumes").join(&id)).unwrap();
+    let err = env.engine_fails(
+        kind,
+        &[
+            "run",
+            "--rm",
+            "--network=none",
+            "-v",
+            &format!("{v}:/d"),
+            IMAGE,
+            "sh",
+            "-c",
+            "echo leaked > /d/f",
+        ],
+    );
+    assert!(err.contains("No such file or directory"), "{err}");
+    assert!(
+        err.contains("bind-mount"),
+        "the error names Stowage's failing step: {err}"
+    );
+    assert!(consumers(env, &v).is_empty());
+    assert!(!is_mounted(env, &v));
+    assert!(!env.base.join("data/volumes").join(&id).exists());
+    remove_volume(env, kind, &v);
+}
+
+/// Neither engine nor Stowage removes a volume a container uses.
+pub fn volume_in_use_is_refused(env: &Env, kind: Kind) {
+    let _shared = env.exclusive.read().unwrap_or_else(|e| e.into_inner());
+    let v = unique(kind, "busy");
+    create(env, kind, &v, &[]);
+    let c = unique(kind, "busy-user");
+    sleeper(env, kind, &c, &[&format!("{v}:/d")], "echo mine > /d/f;");
+    let err = env.engine_fails(kind, &["volume", "rm", &v]);
+    assert!(
+        err.contains("in use") || err.contains("being used"),
+        "{err}"
+    );
+    let out = env.stowage_raw(&["volume", "rm", &v]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("in use by"));
+    assert_eq!(env.engine(kind, &["exec", &c, "cat", "/d/f"]), "mine\n");
+    env.engine(kind, &["rm", "-f", &c]);
+    wait_released(env, &v);
+    remove_volume(env, kind, &v);
+}
+
+/// With Stowage stopped, a new container start fails clearly while running
+/// containers keep their data; a restart brings everything back.
+pub fn stowage_stopped_mid_run(env: &Env, kind: Kind) {
+    let _alone = env.exclusive.write().unwrap_or_else(|e| e.into_inner());
+    let v = unique(kind, "midrun");
+    create(env, kind, &v, &[]);
+    let mount = format!("{v}:/d");
+    let c = unique(kind, "midrun-user");
+    sleeper(env, kind, &c, &[&mount], "echo before > /d/f;");
+    assert_eq!(env.engine(kind, &["exec", &c, "cat", "/d/f"]), "before\n");
+
+    // A volume nobody has mounted needs Stowage to start a container.
+    let idle = unique(kind, "midrun-idle");
+    create(env, kind, &idle, &[]);
+
+    env.stowage.lock().unwrap_or_else(|e| e.into_inner()).stop();
+    let idle_mount = format!("{idle}:/d");
+    let err = env.engine_fails(
+        kind,
+        &[
+            "run",
+            "--rm",
+            "--network=none",
+            "-v",
+            &idle_mount,
+            IMAGE,
+            "true",
+        ],
+    );
+    assert!(err.contains("connection refused"), "{err}");
+    // The running container keeps its data.
+    assert_eq!(env.engine(kind, &["exec", &c, "cat", "/d/f"]), "before\n");
+
+    env.stowage
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .spawn();
+    let out = env.engine(
+        kind,
+        &[
+            "run",
+            "--rm",
+            "--network=none",
+            "-v",
+            &mount,
+            IMAGE,
+            "cat",
+            "/d/f",
+        ],
+    );
+    assert_eq!(out, "before\n");
+    let out = env.engine(
+        kind,
+        &[
+            "run",
+            "--rm",
+            "--network=none",
+            "-v",
+            &idle_mount,
+            IMAGE,
+            "ls",
+            "/d",
+        ],
+    );
+    assert_eq!(out, "");
+    env.engine(kind, &["rm", "-f", &c]);
+    wait_released(env, &v);
+    remove_volume(env, kind, &v);
+    remove_volume(env, kind, &idle);
+}
+
+/// Restarting Stowage (kill -9) and the engine under a running container:
+/// the container keeps its data and later runs still work.
+pub fn restart_engine_and_stowage(env: &Env, kind: Kind) {
+    let _alone = env.exclusive.write().unwrap_or_else(|e| e.into_inner());
+    let v = unique(kind, "keeper");
+    create(env, kind, &v, &[]);
+    let mount = format!("{v}:/d");
+    let c = unique(kind, "keeper-user");
+    sleeper(env, kind, &c, &[&mount], "echo alive > /d/a;");
+    assert_eq!(env.engine(kind, &["exec", &c, "cat", "/d/a"]), "alive\n");
+
+    {
+        let mut stowage = env.stowage.lock().unwrap_or_else(|e| e.into_inner());
+        stowage.kill9();
+        stowage.spawn();
+    }
+    if kind == Kind::Docker {
+        let mut dockerd = env.dockerd.lock().unwrap_or_else(|e| e.into_inner());
+        dockerd.stop();
+        dockerd.start();
+    }
+    env.engine(kind, &["exec", &c, "sh", "-c", "echo again >> /d/a"]);
+    // Docker forgets a volume whose Get fails after its restart.
+    let known = env.engine(kind, &["volume", "inspect", "--format", "{{.Name}}", &v]);
+    assert_eq!(known.trim(), v, "{v} forgotten after restart");
+    if kind == Kind::Docker {
+        let listed = env.engine(kind, &["volume", "ls", "-q"]);
+        assert!(
+            listed.lines().any(|l| l == v),
+            "{v} not listed after restart:\n{listed}"
+        );
+    }
+    let out = env.engine(
+        kind,
+        &[
+            "run",
+            "--rm",
+            "--network=none",
+            "-v",
+            &mount,
+            IMAGE,
+            "cat",
+            "/d/a",
+        ],
+    );
+    assert_eq!(out, "alive\nagain\n");
+    assert!(is_mounted(env, &v));
+    env.engine(kind, &["rm", "-f", &c]);
+    wait_released(env, &v);
+    remove_volume(env, kind, &v);
+}
