@@ -27,6 +27,7 @@ fn main() {
         ),
         ("pulp_shared_content", scenarios::pulp_shared_content),
         ("copy_up", scenarios::copy_up),
+        ("implicit_create", scenarios::implicit_create),
         (
             "volumes_are_shared_with_stowage",
             scenarios::volumes_are_shared_with_stowage,

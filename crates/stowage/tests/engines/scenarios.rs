@@ -584,3 +584,56 @@ pub fn restart_engine_and_stowage(env: &Env, kind: Kind) {
     wait_released(env, &v);
     remove_volume(env, kind, &v);
 }
+
+/// `--mount type=volume,volume-driver=...` creates the volume on first use
+/// (Docker). Podman 4.3 refuses the option; nothing is created then.
+pub fn implicit_create(env: &Env, kind: Kind) {
+    let _shared = env.exclusive.read().unwrap_or_else(|e| e.into_inner());
+    let v = unique(kind, "implicit");
+    let spec = format!(
+        "type=volume,src={v},dst=/data,volume-driver={},volume-opt=uid=184",
+        env.plugin
+    );
+    let script = "echo made > /data/f && stat -c %u /data";
+    match kind {
+        Kind::Docker => {
+            let out = env.engine(
+                kind,
+                &[
+                    "run",
+                    "--rm",
+                    "--network=none",
+                    "--mount",
+                    &spec,
+                    IMAGE,
+                    "sh",
+                    "-c",
+                    script,
+                ],
+            );
+            assert_eq!(out, "184\n");
+            let info = env.inspect(&v);
+            assert_eq!(info["options"]["uid"], "184");
+            let host = env.stowage(&["volume", "mount", &v, "--consumer", "host-check"]);
+            assert_eq!(read(&PathBuf::from(host.trim()).join("f")), "made\n");
+            env.stowage(&["volume", "unmount", &v, "--consumer", "host-check"]);
+            remove_volume(env, kind, &v);
+        }
+        Kind::Podman => {
+            let err = env.engine_fails(
+                kind,
+                &[
+                    "run",
+                    "--rm",
+                    "--network=none",
+                    "--mount",
+                    &spec,
+                    IMAGE,
+                    "true",
+                ],
+            );
+            assert!(err.contains("volume-driver"), "{err}");
+            assert!(!env.stowage_raw(&["volume", "inspect", &v]).status.success());
+        }
+    }
+}
