@@ -1,6 +1,8 @@
 //! Bad input at every door gets a clear error and changes nothing.
 
-use crate::harness::Daemon;
+use stowage_testkit::Daemon;
+
+use crate::BIN;
 
 /// Everything an attacker could have changed: the volumes and the mounts.
 fn snapshot(d: &Daemon) -> (Vec<serde_json::Value>, Vec<std::path::PathBuf>) {
@@ -9,7 +11,7 @@ fn snapshot(d: &Daemon) -> (Vec<serde_json::Value>, Vec<std::path::PathBuf>) {
 
 #[test]
 fn bad_cli_input_is_refused_and_changes_nothing() {
-    let d = Daemon::start();
+    let d = Daemon::start(BIN);
     d.ok(&["volume", "create", "existing"]);
     d.ok(&["volume", "mount", "existing", "--consumer", "c1"]);
     let srv = d.base().join("srv");
@@ -80,7 +82,7 @@ fn bad_cli_input_is_refused_and_changes_nothing() {
 
 #[test]
 fn malformed_and_oversized_rest_bodies_are_refused() {
-    let d = Daemon::start();
+    let d = Daemon::start(BIN);
     let before = snapshot(&d);
     let post = |body: &[u8]| {
         let mut req = format!(

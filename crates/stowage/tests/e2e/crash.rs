@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use crate::harness::{stderr_of, Daemon};
+use stowage_testkit::{stderr_of, Daemon};
+
+use crate::BIN;
 
 /// Checks that every volume with consumers is mounted exactly once at its
 /// mountpoint, that nothing else is mounted under the run root, and that
@@ -47,7 +49,7 @@ fn assert_store_matches_kernel(d: &Daemon) -> Vec<serde_json::Value> {
 
 #[test]
 fn eight_clients_on_one_name() {
-    let mut d = Daemon::start();
+    let mut d = Daemon::start(BIN);
     let d_ref = &d;
     std::thread::scope(|s| {
         for t in 0..8 {
@@ -132,7 +134,7 @@ fn next(seed: &mut u64) -> u64 {
 fn kill9_storm_loses_nothing_and_leaves_no_orphan_mount() {
     const WORKERS: usize = 4;
     const OPS: usize = 1000;
-    let d = Daemon::start();
+    let d = Daemon::start(BIN);
     let host = format!("unix://{}", d.socket().display());
     let d = Arc::new(Mutex::new(d));
     // Workers hold the gate for reading during one operation; the checker
@@ -185,7 +187,7 @@ fn kill9_storm_loses_nothing_and_leaves_no_orphan_mount() {
                         _ => vec!["volume", "rm", "--force", &name],
                     };
                     let _op = gate.read().unwrap();
-                    let out = std::process::Command::new(crate::harness::BIN)
+                    let out = std::process::Command::new(crate::BIN)
                         .env("STOWAGE_HOST", &host)
                         .args(&args)
                         .output()

@@ -3,7 +3,9 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use crate::harness::{fs_type_at, stderr_of, Daemon, BIN};
+use stowage_testkit::{fs_type_at, stderr_of, Daemon};
+
+use crate::BIN;
 
 fn mountpoint(d: &Daemon, name: &str) -> PathBuf {
     PathBuf::from(d.inspect(name)["mountpoint"].as_str().unwrap())
@@ -11,7 +13,7 @@ fn mountpoint(d: &Daemon, name: &str) -> PathBuf {
 
 #[test]
 fn local_volume_lifecycle() {
-    let d = Daemon::start();
+    let d = Daemon::start(BIN);
     let create = [
         "volume",
         "create",
@@ -115,7 +117,7 @@ fn local_volume_lifecycle() {
 
 #[test]
 fn tmpfs_volume_lifecycle() {
-    let d = Daemon::start();
+    let d = Daemon::start(BIN);
     d.ok(&[
         "volume",
         "create",
@@ -144,7 +146,7 @@ fn tmpfs_volume_lifecycle() {
 
 #[test]
 fn bind_volume_lifecycle_never_deletes_host_data() {
-    let d = Daemon::start();
+    let d = Daemon::start(BIN);
     let srv = d.base().join("srv/data");
     std::fs::create_dir_all(&srv).unwrap();
     std::fs::write(srv.join("existing"), b"host data").unwrap();
@@ -164,7 +166,7 @@ fn bind_volume_lifecycle_never_deletes_host_data() {
 
 #[test]
 fn bind_source_swapped_for_a_symlink_is_refused_at_mount() {
-    let d = Daemon::start();
+    let d = Daemon::start(BIN);
     let srv = d.base().join("srv/data");
     std::fs::create_dir_all(&srv).unwrap();
     let opt = format!("path={}", srv.display());
@@ -182,7 +184,7 @@ fn bind_source_swapped_for_a_symlink_is_refused_at_mount() {
 
 #[test]
 fn volumes_and_mounts_survive_a_restart() {
-    let mut d = Daemon::start();
+    let mut d = Daemon::start(BIN);
     d.ok(&["volume", "create", "keep"]);
     d.ok(&["volume", "create", "mem", "-d", "tmpfs"]);
     let keep = PathBuf::from(d.ok(&["volume", "mount", "keep", "--consumer", "c"]).trim());
@@ -205,7 +207,7 @@ fn is_mounted(p: &Path) -> bool {
 
 #[test]
 fn a_second_daemon_on_the_same_data_root_refuses_to_start() {
-    let d = Daemon::start();
+    let d = Daemon::start(BIN);
     let out = std::process::Command::new(BIN)
         .arg("serve")
         .arg("--data-root")
@@ -254,7 +256,7 @@ fn help_explains_every_command() {
 
 #[test]
 fn prune_removes_only_volumes_without_consumers() {
-    let d = Daemon::start();
+    let d = Daemon::start(BIN);
     for n in ["a", "b", "c"] {
         d.ok(&["volume", "create", n]);
     }

@@ -3,5 +3,7 @@
 
 mod bad_input;
 mod crash;
-mod harness;
 mod lifecycle;
+
+/// The binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_stowage");

@@ -3,23 +3,17 @@
 //! plugin socket. Every scenario runs on both engines. Needs root, docker.io,
 //! podman, runc and busybox-static (scripts/test.sh installs them).
 
-#[path = "../e2e/harness.rs"]
-#[allow(dead_code)]
-mod harness;
-
-mod env;
 mod scenarios;
 
 use libtest_mimic::{Arguments, Failed, Trial};
-
-use env::{Env, Kind};
+use stowage_testkit::{Env, Kind};
 
 type Scenario = fn(&Env, Kind);
 
 fn main() {
     let args = Arguments::from_args();
-    harness::require_root();
-    let env: &'static Env = Box::leak(Box::new(Env::start()));
+    stowage_testkit::require_root();
+    let env: &'static Env = Box::leak(Box::new(Env::start(env!("CARGO_BIN_EXE_stowage"))));
     let scenarios: &[(&str, Scenario)] = &[
         (
             "mongodb_persistent_data",

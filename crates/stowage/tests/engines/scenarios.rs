@@ -4,8 +4,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::env::{read, Env, Kind, IMAGE};
-use crate::harness::mounts_under;
+use stowage_testkit::engines::read;
+use stowage_testkit::{mounts_under, Env, Kind, IMAGE};
 
 /// A name unique to the engine, so scenarios on both run side by side.
 fn unique(kind: Kind, name: &str) -> String {

@@ -8,8 +8,6 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_stowage");
-
 pub fn require_root() {
     assert!(
         rustix::process::geteuid().is_root(),
@@ -18,6 +16,8 @@ pub fn require_root() {
 }
 
 pub struct Daemon {
+    /// The `stowage` binary under test.
+    pub bin: PathBuf,
     /// Removed (with everything in it) when the daemon is dropped.
     _dir: tempfile::TempDir,
     pub data: PathBuf,
@@ -28,16 +28,18 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    pub fn start() -> Daemon {
-        Daemon::start_with(&[])
+    /// Starts `bin serve` on fresh temporary roots.
+    pub fn start(bin: &str) -> Daemon {
+        Daemon::start_with(bin, &[])
     }
 
     /// Starts a daemon with extra `serve` arguments.
-    pub fn start_with(extra: &[&str]) -> Daemon {
+    pub fn start_with(bin: &str, extra: &[&str]) -> Daemon {
         require_root();
         let dir = tempfile::tempdir().unwrap();
         let base = dir.path().canonicalize().unwrap();
         let mut d = Daemon {
+            bin: bin.into(),
             data: base.join("data"),
             run: base.join("run"),
             _dir: dir,
@@ -64,7 +66,7 @@ impl Daemon {
             .append(true)
             .open(self.base().join("daemon.log"))
             .unwrap();
-        let child = Command::new(BIN)
+        let child = Command::new(&self.bin)
             .arg("serve")
             .arg("--data-root")
             .arg(&self.data)
@@ -118,7 +120,7 @@ impl Daemon {
 
     /// Runs the CLI against this daemon.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
+        Command::new(&self.bin)
             .env(
                 "STOWAGE_HOST",
                 format!("unix://{}", self.socket().display()),

@@ -7,7 +7,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use crate::harness::{mounts_under, Daemon, BIN};
+use crate::daemon::{mounts_under, Daemon};
 
 /// The image every scenario runs: busybox, a `mongodb` user (184:998) and
 /// a `/seed` directory owned by it for the copy-up scenario.
@@ -43,6 +43,7 @@ pub struct Env {
     pub plugin: String,
     pub stowage: Mutex<Daemon>,
     stowage_host: String,
+    stowage_bin: PathBuf,
     pub dockerd: Mutex<Dockerd>,
     podman_conf: PathBuf,
     podman_storage: PathBuf,
@@ -51,11 +52,14 @@ pub struct Env {
 }
 
 impl Env {
-    pub fn start() -> Env {
+    /// Starts Stowage (`bin`), a private dockerd and Podman's private
+    /// configuration, and imports the test image into both engines.
+    pub fn start(bin: &str) -> Env {
         let plugin = format!("stowage-e2e-{}", std::process::id());
-        let stowage = Daemon::start_with(&["--docker-spec", &plugin]);
+        let stowage = Daemon::start_with(bin, &["--docker-spec", &plugin]);
         let base = stowage.base();
         let stowage_host = format!("unix://{}", stowage.socket().display());
+        let stowage_bin = stowage.bin.clone();
         let plugin_socket = base.join("plugins/stowage.sock");
 
         let mut dockerd = Dockerd {
@@ -104,6 +108,7 @@ volume_path = "{p}/volumes"
             plugin,
             stowage: Mutex::new(stowage),
             stowage_host,
+            stowage_bin,
             dockerd: Mutex::new(dockerd),
             podman_conf,
             podman_storage,
@@ -218,7 +223,7 @@ volume_path = "{p}/volumes"
     }
 
     pub fn stowage_raw(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
+        Command::new(&self.stowage_bin)
             .env("STOWAGE_HOST", &self.stowage_host)
             .args(args)
             .stdin(Stdio::null())

@@ -1,0 +1,9 @@
+//! Harnesses for Stowage's end-to-end tests and benchmarks: a daemon on
+//! temporary roots driven through its CLI ([`daemon`]), and the container
+//! engines that drive its plugin socket ([`engines`]).
+
+pub mod daemon;
+pub mod engines;
+
+pub use daemon::{fs_type_at, mounts_under, require_root, stderr_of, Daemon};
+pub use engines::{Env, Kind, IMAGE};
