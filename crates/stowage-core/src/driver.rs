@@ -5,24 +5,47 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
+use stowage_sys::UserNamespace;
+
 use crate::error::{Error, Result};
 use crate::options::Options;
 use crate::volume::VolumeRecord;
+
+/// How a mount presents the volume.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct MountSpec<'a> {
+    /// Present owners through this user namespace.
+    pub idmap: Option<&'a UserNamespace>,
+    /// SELinux context, for drivers that label by mount option.
+    pub context: Option<&'a str>,
+}
 
 /// A kind of volume. Every method must be idempotent: after a crash the
 /// service calls them again on half-done work.
 pub trait Driver: Send + Sync + 'static {
     /// The name users pass as `--driver`.
     fn name(&self) -> &'static str;
-    /// Checks options before anything is recorded: unknown keys, values,
-    /// and for imported paths the path itself.
+    /// Checks the driver's own options before anything is recorded: unknown
+    /// keys, values, and for imported paths the path itself. Options every
+    /// driver takes (`owner`, `label`, ...) are checked by the service and
+    /// not passed here.
     fn validate(&self, options: &Options) -> Result<()>;
     /// Provisions the volume's storage.
     fn create(&self, volume: &VolumeRecord) -> Result<()>;
     /// Releases the volume's storage. Never deletes data it did not create.
     fn remove(&self, volume: &VolumeRecord) -> Result<()>;
-    /// Presents the volume's data on the empty directory `target`.
-    fn mount(&self, volume: &VolumeRecord, target: &Path) -> Result<()>;
+    /// Presents the volume's data on the empty directory `target` as `spec`
+    /// says. A filesystem that refuses idmapping must fail with `EINVAL`,
+    /// so the service can fall back to changing owners.
+    fn mount(&self, volume: &VolumeRecord, target: &Path, spec: MountSpec<'_>) -> Result<()>;
+    /// Whether the driver applies `MountSpec::context` as a mount option.
+    /// Otherwise the service relabels the files.
+    fn labels_by_mount_option(&self) -> bool {
+        false
+    }
+    /// The on-disk owner (uid, gid) of the volume's root, which
+    /// `owner=UID:GID` presents as UID:GID.
+    fn root_owner(&self, volume: &VolumeRecord) -> Result<(u32, u32)>;
 }
 
 /// The drivers a service knows, by name.

@@ -11,11 +11,12 @@ pub mod layout;
 mod locks;
 pub mod name;
 pub mod options;
+pub mod ownership;
 pub mod service;
 pub mod store;
 pub mod volume;
 
-pub use driver::{Driver, DriverSet};
+pub use driver::{Driver, DriverSet, MountSpec};
 pub use error::{Error, ErrorKind, Result};
 pub use layout::Layout;
 pub use name::VolumeName;

@@ -15,10 +15,12 @@ const MAX_ENTRIES: usize = 64;
 /// Fails on the first option of `opts` not in `valid`, listing the valid ones.
 pub fn check_known(driver: &str, opts: &Options, valid: &[&'static str]) -> Result<()> {
     if let Some(option) = opts.keys().find(|k| !valid.contains(&k.as_str())) {
+        let mut valid = valid.to_vec();
+        valid.extend_from_slice(crate::ownership::COMMON_OPTIONS);
         return Err(Error::UnknownOption {
             driver: driver.to_string(),
             option: option.clone(),
-            valid: valid.to_vec(),
+            valid,
         });
     }
     Ok(())
@@ -131,7 +133,8 @@ mod tests {
         let err = check_known("local", &opts(&[("colour", "red")]), &["uid", "gid"]).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "unknown option \"colour\" for driver local; valid options: uid, gid"
+            "unknown option \"colour\" for driver local; valid options: uid, gid, \
+             owner, uidmap, gidmap, ownership, allow-root, label"
         );
     }
 

@@ -6,14 +6,16 @@
 //! operation (`state` or `pending`) whose outcome is unknown, which
 //! [`VolumeService::reconcile`] then finishes or rolls back on start.
 
+mod present;
 mod reconcile;
 
+use std::collections::HashMap;
 use std::io;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use stowage_sys::Sys;
+use stowage_sys::{IdMapping, Sys, UserNamespace};
 use time::OffsetDateTime;
 use tracing::{info, warn};
 
@@ -23,6 +25,7 @@ use crate::layout::Layout;
 use crate::locks::KeyedLocks;
 use crate::name::{validate_consumer, VolumeName};
 use crate::options::check_map_limits;
+use crate::ownership;
 use crate::store::{Collection, Precondition, Revision, Store};
 use crate::volume::{CreateRequest, PendingOp, Volume, VolumeFilter, VolumeRecord, VolumeState};
 
@@ -38,6 +41,8 @@ pub struct VolumeService {
     sys: Arc<dyn Sys>,
     layout: Layout,
     locks: KeyedLocks,
+    /// One user namespace per distinct mapping, made once and reused.
+    namespaces: Mutex<HashMap<IdMapping, Arc<UserNamespace>>>,
 }
 
 /// A record as loaded, with the revision to compare-and-swap against.
@@ -59,6 +64,7 @@ impl VolumeService {
             sys,
             layout,
             locks: KeyedLocks::default(),
+            namespaces: Mutex::default(),
         }
     }
 
@@ -82,7 +88,10 @@ impl VolumeService {
         let driver = self.drivers.get(driver_name)?;
         check_map_limits("options", &req.options)?;
         check_map_limits("labels", &req.labels)?;
-        driver.validate(&req.options)?;
+        let (common, own) = ownership::split(&req.options);
+        ownership::OwnershipSpec::parse(&common)?;
+        ownership::Label::parse(&common)?;
+        driver.validate(&own)?;
 
         let _guard = self.locks.lock(name.as_str());
         if let Some(existing) = self.load(&name)? {
@@ -115,6 +124,7 @@ impl VolumeService {
             consumers: Default::default(),
             state: VolumeState::Creating,
             pending: None,
+            presentation: Default::default(),
         };
         let mut loaded = self.insert(record)?;
         if let Err(e) = driver.create(&loaded.record) {
@@ -173,8 +183,8 @@ impl VolumeService {
             consumer: consumer.to_string(),
         });
         self.save(&mut loaded)?;
-        let driver = self.drivers.get(&loaded.record.driver)?;
-        if let Err(e) = self.present(driver.as_ref(), &loaded.record) {
+        let driver = self.drivers.get(&loaded.record.driver)?.clone();
+        if let Err(e) = self.present(driver.as_ref(), &mut loaded.record) {
             loaded.record.consumers.remove(consumer);
             loaded.record.pending = None;
             self.save(&mut loaded)?;
@@ -272,17 +282,25 @@ impl VolumeService {
         self.erase(loaded)
     }
 
-    /// Makes the volume's mountpoint and mounts the driver's data on it.
-    fn present(&self, driver: &dyn Driver, record: &VolumeRecord) -> Result<()> {
+    /// Makes the volume's mountpoint and mounts the driver's data on it as
+    /// the volume's options ask, recording how in `record.presentation`.
+    fn present(&self, driver: &dyn Driver, record: &mut VolumeRecord) -> Result<()> {
         let target = self.layout.mountpoint(&record.id);
         match self.sys.create_dir(&target, 0o700) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(Error::io("create mountpoint", &target)(e)),
         }
-        driver.mount(record, &target).inspect_err(|_| {
-            let _ = self.sys.remove_dir(&target);
-        })
+        match self.mount_presented(driver, record, &target) {
+            Ok(presentation) => {
+                record.presentation = presentation;
+                Ok(())
+            }
+            Err(e) => {
+                let _ = self.sys.remove_dir(&target);
+                Err(e)
+            }
+        }
     }
 
     /// Detaches `count` stacked mounts from the volume's mountpoint, then
@@ -326,6 +344,7 @@ impl VolumeService {
             consumers: r.consumers.iter().cloned().collect(),
             status: r.state,
             mounted: !r.consumers.is_empty(),
+            presentation: r.presentation.clone(),
         }
     }
 

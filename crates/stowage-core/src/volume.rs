@@ -9,6 +9,7 @@ use time::OffsetDateTime;
 use crate::error::{Error, Result};
 use crate::name::VolumeName;
 use crate::options::Options;
+use crate::ownership::Presentation;
 
 /// Where a volume is in its lifecycle. A volume is only ever seen in
 /// `Creating` or `Removing` after a crash, until reconciliation finishes or
@@ -50,6 +51,9 @@ pub struct VolumeRecord {
     pub state: VolumeState,
     #[serde(default)]
     pub pending: Option<PendingOp>,
+    /// How the volume was presented at its last mount.
+    #[serde(default)]
+    pub presentation: Presentation,
 }
 
 impl VolumeRecord {
@@ -94,6 +98,8 @@ pub struct Volume {
     /// `ready`, or `creating` / `removing` while an operation is in flight.
     pub status: VolumeState,
     pub mounted: bool,
+    /// Ownership method and SELinux label of the last mount.
+    pub presentation: Presentation,
 }
 
 /// A conjunction of conditions for `list`.
@@ -169,6 +175,7 @@ mod tests {
             consumers: BTreeSet::new(),
             state: VolumeState::Ready,
             pending: None,
+            presentation: Presentation::default(),
         };
         assert!(f.matches(&rec));
         rec.consumers.insert("c".into());

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use stowage_core::options::{check_known, Options};
-use stowage_core::{Driver, Error, Layout, Result, VolumeRecord};
+use stowage_core::{Driver, Error, Layout, MountSpec, Result, VolumeRecord};
 use stowage_sys::{FileId, Sys};
 
 const OPTIONS: &[&str] = &["path"];
@@ -114,11 +114,20 @@ impl Driver for Bind {
         Ok(())
     }
 
-    fn mount(&self, volume: &VolumeRecord, target: &Path) -> Result<()> {
+    fn mount(&self, volume: &VolumeRecord, target: &Path, spec: MountSpec<'_>) -> Result<()> {
         let source = self.checked_path(&volume.options)?;
         self.sys
-            .bind_mount(source, target, true)
+            .bind_mount(source, target, true, spec.idmap)
             .map_err(Error::io("bind-mount", source))
+    }
+
+    fn root_owner(&self, volume: &VolumeRecord) -> Result<(u32, u32)> {
+        let source = self.checked_path(&volume.options)?;
+        let info = self
+            .sys
+            .inspect_nofollow(source)
+            .map_err(Error::io("inspect", source))?;
+        Ok((info.uid, info.gid))
     }
 }
 

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use stowage_core::options::{self, check_known, Options};
-use stowage_core::{Driver, Error, Layout, Result, VolumeRecord};
+use stowage_core::{Driver, Error, Layout, MountSpec, Result, VolumeRecord};
 use stowage_sys::Sys;
 
 use crate::{exists_ok, missing_ok};
@@ -55,10 +55,19 @@ impl Driver for Local {
         missing_ok(self.sys.remove_tree(&dir)).map_err(Error::io("remove", &dir))
     }
 
-    fn mount(&self, volume: &VolumeRecord, target: &Path) -> Result<()> {
+    fn mount(&self, volume: &VolumeRecord, target: &Path, spec: MountSpec<'_>) -> Result<()> {
         let dir = self.layout.volume_dir(&volume.id);
         self.sys
-            .bind_mount(&dir, target, false)
+            .bind_mount(&dir, target, false, spec.idmap)
             .map_err(Error::io("bind-mount", &dir))
+    }
+
+    fn root_owner(&self, volume: &VolumeRecord) -> Result<(u32, u32)> {
+        let dir = self.layout.volume_dir(&volume.id);
+        let info = self
+            .sys
+            .inspect_nofollow(&dir)
+            .map_err(Error::io("inspect", &dir))?;
+        Ok((info.uid, info.gid))
     }
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use stowage_core::options::{self, check_known, Options};
-use stowage_core::{Driver, Error, Result, VolumeRecord};
+use stowage_core::{Driver, Error, MountSpec, Result, VolumeRecord};
 use stowage_sys::{Sys, TmpfsOptions};
 
 const OPTIONS: &[&str] = &["size", "mode", "uid", "gid"];
@@ -27,6 +27,7 @@ impl Tmpfs {
             mode: options::mode(opts, "mode")?.unwrap_or(DEFAULT_MODE),
             uid: options::id(opts, "uid")?.unwrap_or(0),
             gid: options::id(opts, "gid")?.unwrap_or(0),
+            context: None,
         })
     }
 }
@@ -49,10 +50,22 @@ impl Driver for Tmpfs {
         Ok(())
     }
 
-    fn mount(&self, volume: &VolumeRecord, target: &Path) -> Result<()> {
-        let opts = Self::mount_options(&volume.options)?;
+    fn mount(&self, volume: &VolumeRecord, target: &Path, spec: MountSpec<'_>) -> Result<()> {
+        let mut opts = Self::mount_options(&volume.options)?;
+        opts.context = spec.context.map(str::to_string);
         self.sys
-            .mount_tmpfs(&format!("stowage-{}", volume.id), target, &opts)
+            .mount_tmpfs(&format!("stowage-{}", volume.id), target, &opts, spec.idmap)
             .map_err(Error::io("mount tmpfs on", target))
+    }
+
+    /// tmpfs takes `context=` at mount time: no relabelling needed.
+    fn labels_by_mount_option(&self) -> bool {
+        true
+    }
+
+    /// A fresh tmpfs's root belongs to its `uid` and `gid` options.
+    fn root_owner(&self, volume: &VolumeRecord) -> Result<(u32, u32)> {
+        let opts = Self::mount_options(&volume.options)?;
+        Ok((opts.uid, opts.gid))
     }
 }

@@ -6,16 +6,20 @@
 //! with `openat2(RESOLVE_NO_SYMLINKS)`: a symlink swapped into any component
 //! makes the call fail instead of mounting somewhere else.
 
+mod idmap;
 mod linux;
 mod mountinfo;
 mod recording;
+mod tree;
 
 use std::io;
 use std::path::{Path, PathBuf};
 
+pub use idmap::{IdMapping, IdRange, UserNamespace};
 pub use linux::LinuxSys;
 pub use mountinfo::{parse_mountinfo, MountEntry};
 pub use recording::{Call, RecordingSys};
+pub use tree::TreeStats;
 
 /// Identity of a file: device and inode, as `stat` reports them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -29,6 +33,9 @@ pub struct FileId {
 pub struct DirInfo {
     pub id: FileId,
     pub is_dir: bool,
+    pub uid: u32,
+    pub gid: u32,
+    pub mode: u32,
 }
 
 /// Options of a tmpfs mount, already validated by the caller.
@@ -39,6 +46,8 @@ pub struct TmpfsOptions {
     pub mode: u32,
     pub uid: u32,
     pub gid: u32,
+    /// SELinux `context=` mount option, already validated.
+    pub context: Option<String>,
 }
 
 /// The syscalls Stowage needs, at the granularity its callers think in.
@@ -58,11 +67,37 @@ pub trait Sys: Send + Sync + 'static {
     fn inspect_nofollow(&self, path: &Path) -> io::Result<DirInfo>;
     /// Bind-mounts `source` onto the directory `target`; both are resolved
     /// without following symlinks. `recursive` carries submounts along.
-    fn bind_mount(&self, source: &Path, target: &Path, recursive: bool) -> io::Result<()>;
-    /// Mounts a fresh tmpfs onto the directory `target`.
-    fn mount_tmpfs(&self, source_name: &str, target: &Path, opts: &TmpfsOptions) -> io::Result<()>;
+    /// With `idmap`, the mount presents owners through that namespace; a
+    /// filesystem that refuses idmapping fails with `EINVAL`.
+    fn bind_mount(
+        &self,
+        source: &Path,
+        target: &Path,
+        recursive: bool,
+        idmap: Option<&UserNamespace>,
+    ) -> io::Result<()>;
+    /// Mounts a fresh tmpfs onto the directory `target`, idmapped if asked.
+    fn mount_tmpfs(
+        &self,
+        source_name: &str,
+        target: &Path,
+        opts: &TmpfsOptions,
+        idmap: Option<&UserNamespace>,
+    ) -> io::Result<()>;
+    /// Creates a user namespace holding `mapping`.
+    fn user_namespace(&self, mapping: &IdMapping) -> io::Result<UserNamespace>;
+    /// Changes the owner of every entry under `root` (itself included)
+    /// whose owner `mapping` covers to the mapped id, never following a
+    /// symlink, on `threads` threads.
+    fn chown_tree(&self, root: &Path, mapping: &IdMapping, threads: usize)
+        -> io::Result<TreeStats>;
+    /// Sets the `security.selinux` attribute of every entry under `root`
+    /// (itself included) to `context`, never following a symlink.
+    fn relabel_tree(&self, root: &Path, context: &str, threads: usize) -> io::Result<TreeStats>;
     /// Detaches the topmost mount at `target` (never following a symlink).
     fn unmount(&self, target: &Path) -> io::Result<()>;
+    /// Whether SELinux is enabled on this host.
+    fn selinux_enabled(&self) -> bool;
     /// The current mount table of this process's mount namespace.
     fn mount_table(&self) -> io::Result<Vec<MountEntry>>;
 }

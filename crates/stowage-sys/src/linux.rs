@@ -10,7 +10,12 @@ use rustix::mount::{
     UnmountFlags,
 };
 
-use crate::{parse_mountinfo, DirInfo, FileId, MountEntry, Sys, TmpfsOptions};
+use std::os::fd::AsRawFd;
+
+use crate::{
+    parse_mountinfo, tree, DirInfo, FileId, IdMapping, MountEntry, Sys, TmpfsOptions, TreeStats,
+    UserNamespace,
+};
 
 /// Talks to the running Linux kernel.
 #[derive(Debug, Default, Clone, Copy)]
@@ -26,6 +31,48 @@ fn open_nofollow(path: &Path, flags: OFlags) -> io::Result<OwnedFd> {
         Mode::empty(),
         ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
     )?)
+}
+
+/// Turns a raw syscall return into `io::Result`.
+fn check(rc: libc::c_long) -> io::Result<libc::c_long> {
+    if rc == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+/// Idmaps the detached mount `mount` (and its submounts if `recursive`)
+/// through `userns`. rustix has no wrapper for mount_setattr(2).
+fn set_idmap(mount: &OwnedFd, userns: &UserNamespace, recursive: bool) -> io::Result<()> {
+    let userns_fd = userns
+        .fd
+        .as_ref()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "recorded namespace"))?;
+    let attr = libc::mount_attr {
+        attr_set: libc::MOUNT_ATTR_IDMAP,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: userns_fd.as_raw_fd() as u64,
+    };
+    let mut flags = libc::AT_EMPTY_PATH;
+    if recursive {
+        flags |= libc::AT_RECURSIVE;
+    }
+    // SAFETY: mount_setattr reads `size` bytes at `&attr`, a live and fully
+    // initialised mount_attr; the path is a NUL-terminated empty string;
+    // both descriptors stay open for the duration of the call.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            mount.as_raw_fd(),
+            c"".as_ptr(),
+            flags,
+            &attr as *const libc::mount_attr,
+            std::mem::size_of::<libc::mount_attr>(),
+        )
+    })?;
+    Ok(())
 }
 
 /// Attaches the detached mount `mount` onto the directory at `target`.
@@ -85,10 +132,19 @@ impl Sys for LinuxSys {
                 ino: st.st_ino,
             },
             is_dir: rfs::FileType::from_raw_mode(st.st_mode) == rfs::FileType::Directory,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            mode: st.st_mode & 0o7777,
         })
     }
 
-    fn bind_mount(&self, source: &Path, target: &Path, recursive: bool) -> io::Result<()> {
+    fn bind_mount(
+        &self,
+        source: &Path,
+        target: &Path,
+        recursive: bool,
+        idmap: Option<&UserNamespace>,
+    ) -> io::Result<()> {
         let source = open_nofollow(source, OFlags::PATH | OFlags::DIRECTORY)?;
         let mut flags = OpenTreeFlags::OPEN_TREE_CLONE
             | OpenTreeFlags::OPEN_TREE_CLOEXEC
@@ -97,10 +153,19 @@ impl Sys for LinuxSys {
             flags |= OpenTreeFlags::AT_RECURSIVE;
         }
         let tree = rmount::open_tree(&source, "", flags)?;
+        if let Some(userns) = idmap {
+            set_idmap(&tree, userns, recursive)?;
+        }
         attach(&tree, target)
     }
 
-    fn mount_tmpfs(&self, source_name: &str, target: &Path, opts: &TmpfsOptions) -> io::Result<()> {
+    fn mount_tmpfs(
+        &self,
+        source_name: &str,
+        target: &Path,
+        opts: &TmpfsOptions,
+        idmap: Option<&UserNamespace>,
+    ) -> io::Result<()> {
         let fs = rmount::fsopen("tmpfs", FsOpenFlags::FSOPEN_CLOEXEC)?;
         rmount::fsconfig_set_string(&fs, "source", source_name)?;
         if let Some(size) = &opts.size {
@@ -109,12 +174,18 @@ impl Sys for LinuxSys {
         rmount::fsconfig_set_string(&fs, "mode", format!("{:o}", opts.mode).as_str())?;
         rmount::fsconfig_set_string(&fs, "uid", opts.uid.to_string().as_str())?;
         rmount::fsconfig_set_string(&fs, "gid", opts.gid.to_string().as_str())?;
+        if let Some(context) = &opts.context {
+            rmount::fsconfig_set_string(&fs, "context", context.as_str())?;
+        }
         rmount::fsconfig_create(&fs)?;
         let mount = rmount::fsmount(
             &fs,
             FsMountFlags::FSMOUNT_CLOEXEC,
             MountAttrFlags::MOUNT_ATTR_NOSUID | MountAttrFlags::MOUNT_ATTR_NODEV,
         )?;
+        if let Some(userns) = idmap {
+            set_idmap(&mount, userns, false)?;
+        }
         attach(&mount, target)
     }
 
@@ -123,11 +194,95 @@ impl Sys for LinuxSys {
         Ok(())
     }
 
+    fn user_namespace(&self, mapping: &IdMapping) -> io::Result<UserNamespace> {
+        let fd = new_user_namespace(mapping)?;
+        Ok(UserNamespace {
+            fd: Some(fd),
+            mapping: mapping.clone(),
+        })
+    }
+
+    fn chown_tree(
+        &self,
+        root: &Path,
+        mapping: &IdMapping,
+        threads: usize,
+    ) -> io::Result<TreeStats> {
+        tree::chown_tree(root, mapping, threads)
+    }
+
+    fn relabel_tree(&self, root: &Path, context: &str, threads: usize) -> io::Result<TreeStats> {
+        tree::relabel_tree(root, context, threads)
+    }
+
+    fn selinux_enabled(&self) -> bool {
+        Path::new("/sys/fs/selinux").exists()
+    }
+
     fn mount_table(&self) -> io::Result<Vec<MountEntry>> {
         Ok(parse_mountinfo(&std::fs::read_to_string(
             "/proc/self/mountinfo",
         )?))
     }
+}
+
+/// Makes a user namespace holding `mapping` and returns a descriptor for
+/// it. A forked child unshares its user namespace, says so through a pipe
+/// and waits to be killed; the parent writes the child's uid and gid maps,
+/// opens `/proc/PID/ns/user` and kills it. The descriptor keeps the
+/// namespace alive.
+fn new_user_namespace(mapping: &IdMapping) -> io::Result<OwnedFd> {
+    if mapping.uids.is_empty() || mapping.gids.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "a user namespace needs both uid and gid ranges",
+        ));
+    }
+    let (ready_r, ready_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+    // SAFETY: after fork only this thread exists in the child. It makes
+    // only async-signal-safe system calls (unshare, write, pause, _exit) on
+    // stack buffers and descriptors it owns, allocates nothing and takes no
+    // lock, so no state held by the parent's other threads is observed.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: see above; _exit never returns.
+        unsafe {
+            let ok = libc::unshare(libc::CLONE_NEWUSER) == 0;
+            let byte = [u8::from(ok)];
+            libc::write(ready_w.as_raw_fd(), byte.as_ptr().cast(), 1);
+            // The parent kills us once it holds the namespace; the loop
+            // only guards against stray signals.
+            loop {
+                libc::pause();
+            }
+        }
+    }
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    drop(ready_w);
+    let result = (|| {
+        let mut byte = [0u8; 1];
+        std::io::Read::read_exact(&mut std::fs::File::from(ready_r), &mut byte)?;
+        if byte[0] != 1 {
+            return Err(io::Error::other(
+                "unshare(CLONE_NEWUSER) failed in the helper",
+            ));
+        }
+        let proc = Path::new("/proc").join(pid.to_string());
+        std::fs::write(proc.join("uid_map"), IdMapping::map_file(&mapping.uids))?;
+        std::fs::write(proc.join("gid_map"), IdMapping::map_file(&mapping.gids))?;
+        let ns = std::fs::File::open(proc.join("ns/user"))?;
+        Ok(OwnedFd::from(ns))
+    })();
+    let mut status = 0;
+    // SAFETY: signalling and reaping our own child, with a valid status
+    // pointer.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+        libc::waitpid(pid, &mut status, 0);
+    }
+    result
 }
 
 #[cfg(test)]
@@ -149,5 +304,88 @@ mod tests {
         assert_eq!(err.raw_os_error(), Some(libc::ELOOP));
         let err = sys.inspect_nofollow(&dir.path().join("link")).unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::ELOOP));
+    }
+
+    fn tree(base: &Path) {
+        std::fs::create_dir_all(base.join("a/b")).unwrap();
+        std::fs::write(base.join("a/f"), b"x").unwrap();
+        std::fs::write(base.join("a/b/g"), b"y").unwrap();
+        symlink("/etc/passwd", base.join("a/link")).unwrap();
+        for p in ["", "a", "a/b", "a/f", "a/b/g"] {
+            std::os::unix::fs::chown(base.join(p), Some(15149), Some(15149)).unwrap();
+        }
+    }
+
+    fn owner(p: &Path) -> (u32, u32) {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::symlink_metadata(p).unwrap();
+        (m.uid(), m.gid())
+    }
+
+    fn single(disk: u32, container: u32) -> IdMapping {
+        let r = vec![crate::IdRange {
+            disk,
+            container,
+            count: 1,
+        }];
+        IdMapping {
+            uids: r.clone(),
+            gids: r,
+        }
+    }
+
+    #[test]
+    fn idmapped_bind_mount_presents_owners_through_the_mapping() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::create_dir_all(&dst).unwrap();
+        tree(&src);
+        let sys = LinuxSys;
+        let userns = sys.user_namespace(&single(15149, 184)).unwrap();
+        sys.bind_mount(&src, &dst, false, Some(&userns)).unwrap();
+        let seen = (owner(&dst), owner(&dst.join("a/b/g")));
+        sys.unmount(&dst).unwrap();
+        assert_eq!(seen, ((184, 184), (184, 184)));
+        assert_eq!(owner(&src.join("a/b/g")), (15149, 15149), "disk unchanged");
+    }
+
+    #[test]
+    fn chown_tree_maps_owners_and_never_follows_symlinks() {
+        let dir = tempfile::tempdir().unwrap();
+        tree(dir.path());
+        let passwd = owner(Path::new("/etc/passwd"));
+        let stats = LinuxSys
+            .chown_tree(dir.path(), &single(15149, 184), 2)
+            .unwrap();
+        for p in ["", "a", "a/b", "a/f", "a/b/g"] {
+            assert_eq!(owner(&dir.path().join(p)), (184, 184), "{p}");
+        }
+        // The symlink belonged to root, outside the mapping: untouched, and
+        // its target was never followed.
+        assert_eq!(owner(&dir.path().join("a/link")), (0, 0));
+        assert_eq!(owner(Path::new("/etc/passwd")), passwd);
+        assert_eq!((stats.entries, stats.changed), (6, 5));
+        let again = LinuxSys
+            .chown_tree(dir.path(), &single(15149, 184), 2)
+            .unwrap();
+        assert_eq!(again.changed, 0);
+    }
+
+    #[test]
+    fn relabel_tree_sets_the_selinux_attribute_on_every_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        tree(dir.path());
+        let ctx = "system_u:object_r:container_file_t:s0";
+        let stats = LinuxSys.relabel_tree(dir.path(), ctx, 2).unwrap();
+        assert_eq!((stats.entries, stats.changed), (6, 6));
+        for p in ["", "a", "a/b", "a/f", "a/b/g", "a/link"] {
+            let path = dir.path().join(p);
+            let mut buf = [0u8; 256];
+            let n = rfs::lgetxattr(&path, "security.selinux", &mut buf[..]).unwrap();
+            assert_eq!(&buf[..n], ctx.as_bytes(), "{p}");
+        }
+        let again = LinuxSys.relabel_tree(dir.path(), ctx, 2).unwrap();
+        assert_eq!(again.changed, 0);
     }
 }

@@ -6,7 +6,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use crate::{DirInfo, FileId, MountEntry, Sys, TmpfsOptions};
+use crate::{DirInfo, FileId, IdMapping, MountEntry, Sys, TmpfsOptions, TreeStats, UserNamespace};
 
 /// One call made through [`RecordingSys`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,20 +19,28 @@ pub enum Call {
         source: PathBuf,
         target: PathBuf,
         recursive: bool,
+        idmap: Option<IdMapping>,
     },
     MountTmpfs {
         target: PathBuf,
         opts: TmpfsOptions,
+        idmap: Option<IdMapping>,
     },
     Unmount(PathBuf),
+    UserNamespace(IdMapping),
+    ChownTree(PathBuf, IdMapping),
+    RelabelTree(PathBuf, String),
 }
 
 #[derive(Default)]
 struct State {
     calls: Vec<Call>,
     dirs: BTreeSet<PathBuf>,
+    /// Owner and mode per directory, where set.
+    owners: BTreeMap<PathBuf, (u32, u32, u32)>,
     /// Mount stack per target, bottom first: the source of each mount.
     mounts: BTreeMap<PathBuf, Vec<String>>,
+    selinux: bool,
     /// Failures to inject: the next call whose debug form contains the key
     /// fails with the errno.
     failures: Vec<(String, i32)>,
@@ -57,6 +65,11 @@ impl RecordingSys {
     /// Forgets the recorded calls (the simulated state stays).
     pub fn clear_calls(&self) {
         self.lock().calls.clear();
+    }
+
+    /// Pretends SELinux is enabled (or not).
+    pub fn set_selinux(&self, enabled: bool) {
+        self.lock().selinux = enabled;
     }
 
     /// Pretends `path` exists as a directory (a host directory to import).
@@ -147,10 +160,11 @@ impl Sys for RecordingSys {
     }
 
     fn set_owner_mode(&self, path: &Path, uid: u32, gid: u32, mode: u32) -> io::Result<()> {
-        let s = self.record(Call::SetOwnerMode(path.into(), uid, gid, mode))?;
+        let mut s = self.record(Call::SetOwnerMode(path.into(), uid, gid, mode))?;
         if !s.dirs.contains(path) {
             return Err(errno(libc::ENOENT));
         }
+        s.owners.insert(path.into(), (uid, gid, mode));
         Ok(())
     }
 
@@ -161,17 +175,28 @@ impl Sys for RecordingSys {
         }
         // A stable fake identity: the index of the path in sorted order.
         let ino = s.dirs.iter().position(|d| d == path).unwrap_or(0) as u64 + 1;
+        let (uid, gid, mode) = s.owners.get(path).copied().unwrap_or((0, 0, 0o755));
         Ok(DirInfo {
             id: FileId { dev: 1, ino },
             is_dir: true,
+            uid,
+            gid,
+            mode,
         })
     }
 
-    fn bind_mount(&self, source: &Path, target: &Path, recursive: bool) -> io::Result<()> {
+    fn bind_mount(
+        &self,
+        source: &Path,
+        target: &Path,
+        recursive: bool,
+        idmap: Option<&UserNamespace>,
+    ) -> io::Result<()> {
         let mut s = self.record(Call::BindMount {
             source: source.into(),
             target: target.into(),
             recursive,
+            idmap: idmap.map(|u| u.mapping.clone()),
         })?;
         if !s.dirs.contains(source) || !s.dirs.contains(target) {
             return Err(errno(libc::ENOENT));
@@ -181,10 +206,17 @@ impl Sys for RecordingSys {
         Ok(())
     }
 
-    fn mount_tmpfs(&self, source_name: &str, target: &Path, opts: &TmpfsOptions) -> io::Result<()> {
+    fn mount_tmpfs(
+        &self,
+        source_name: &str,
+        target: &Path,
+        opts: &TmpfsOptions,
+        idmap: Option<&UserNamespace>,
+    ) -> io::Result<()> {
         let mut s = self.record(Call::MountTmpfs {
             target: target.into(),
             opts: opts.clone(),
+            idmap: idmap.map(|u| u.mapping.clone()),
         })?;
         if !s.dirs.contains(target) {
             return Err(errno(libc::ENOENT));
@@ -203,6 +235,43 @@ impl Sys for RecordingSys {
             return Err(errno(libc::EINVAL));
         }
         Ok(())
+    }
+
+    fn user_namespace(&self, mapping: &IdMapping) -> io::Result<UserNamespace> {
+        drop(self.record(Call::UserNamespace(mapping.clone()))?);
+        Ok(UserNamespace::recorded(mapping.clone()))
+    }
+
+    fn chown_tree(
+        &self,
+        root: &Path,
+        mapping: &IdMapping,
+        _threads: usize,
+    ) -> io::Result<TreeStats> {
+        let mut s = self.record(Call::ChownTree(root.into(), mapping.clone()))?;
+        if !s.dirs.contains(root) {
+            return Err(errno(libc::ENOENT));
+        }
+        let (uid, gid, mode) = s.owners.get(root).copied().unwrap_or((0, 0, 0o755));
+        let new_uid = mapping.uid_to_container(uid).unwrap_or(uid);
+        let new_gid = mapping.gid_to_container(gid).unwrap_or(gid);
+        s.owners.insert(root.into(), (new_uid, new_gid, mode));
+        Ok(TreeStats {
+            entries: 1,
+            changed: u64::from((new_uid, new_gid) != (uid, gid)),
+        })
+    }
+
+    fn relabel_tree(&self, root: &Path, context: &str, _threads: usize) -> io::Result<TreeStats> {
+        drop(self.record(Call::RelabelTree(root.into(), context.to_string()))?);
+        Ok(TreeStats {
+            entries: 1,
+            changed: 1,
+        })
+    }
+
+    fn selinux_enabled(&self) -> bool {
+        self.lock().selinux
     }
 
     fn mount_table(&self) -> io::Result<Vec<MountEntry>> {

@@ -99,8 +99,9 @@ impl VolumeService {
             return Ok(None);
         }
         if have == 0 {
-            let driver = self.drivers.get(&loaded.record.driver)?;
-            self.present(driver.as_ref(), &loaded.record)?;
+            let driver = self.drivers.get(&loaded.record.driver)?.clone();
+            self.present(driver.as_ref(), &mut loaded.record)?;
+            self.save(&mut loaded)?;
             report.mounts_restored += 1;
         } else if have > 1 {
             // Stacked by an interrupted retry: keep the bottom one.

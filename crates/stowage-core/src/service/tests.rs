@@ -33,11 +33,18 @@ impl Driver for DirDriver {
             _ => Ok(()),
         }
     }
-    fn mount(&self, v: &VolumeRecord, target: &Path) -> Result<()> {
+    fn mount(&self, v: &VolumeRecord, target: &Path, spec: crate::MountSpec<'_>) -> Result<()> {
         let dir = Path::new("/data").join(&v.id);
         self.sys
-            .bind_mount(&dir, target, false)
+            .bind_mount(&dir, target, false, spec.idmap)
             .map_err(Error::io("bind", target))
+    }
+    fn root_owner(&self, v: &VolumeRecord) -> Result<(u32, u32)> {
+        let info = self
+            .sys
+            .inspect_nofollow(&Path::new("/data").join(&v.id))
+            .map_err(Error::io("inspect", "/data"))?;
+        Ok((info.uid, info.gid))
     }
 }
 
@@ -260,14 +267,19 @@ fn reconcile_finishes_or_rolls_back_each_half_done_operation() {
     f.svc.mount("stacked", "c").unwrap();
     let stacked = f.svc.layout.mountpoint(&id("stacked"));
     f.sys
-        .bind_mount(&Path::new("/data").join(id("stacked")), &stacked, false)
+        .bind_mount(
+            &Path::new("/data").join(id("stacked")),
+            &stacked,
+            false,
+            None,
+        )
         .unwrap();
     // An orphan mount with no volume at all.
     let orphan = f.svc.layout.mountpoint("deadbeef");
     f.sys.create_dir(&orphan, 0o700).unwrap();
     f.sys.add_dir("/data/deadbeef");
     f.sys
-        .bind_mount(Path::new("/data/deadbeef"), &orphan, false)
+        .bind_mount(Path::new("/data/deadbeef"), &orphan, false, None)
         .unwrap();
 
     let restarted = service(&f.sys, &f.store);
