@@ -9,11 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use hyper::{Method, Request};
-use hyper_util::rt::TokioIo;
-use tokio::net::UnixStream;
+use hyper::Method;
+use stowage_bench::Conn;
 
 const TARGET_CYCLES_PER_SEC: f64 = 500.0;
 
@@ -88,38 +85,6 @@ fn median(runs: &[Run]) -> Run {
         op_p99_ms: med(|r| r.op_p99_ms),
         cycle_p50_ms: med(|r| r.cycle_p50_ms),
         cycle_p99_ms: med(|r| r.cycle_p99_ms),
-    }
-}
-
-/// A keep-alive HTTP/1 connection to the daemon.
-struct Conn {
-    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
-}
-
-impl Conn {
-    async fn open(socket: &Path) -> Result<Conn> {
-        let stream = UnixStream::connect(socket).await?;
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(conn);
-        Ok(Conn { sender })
-    }
-
-    async fn call(&mut self, method: Method, path: &str, body: Option<String>) -> Result<()> {
-        let mut req = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", "stowage");
-        if body.is_some() {
-            req = req.header("content-type", "application/json");
-        }
-        let req = req.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
-        let resp = self.sender.send_request(req).await?;
-        let status = resp.status();
-        let bytes = resp.into_body().collect().await?.to_bytes();
-        if !status.is_success() {
-            bail!("{path}: {status} {}", String::from_utf8_lossy(&bytes));
-        }
-        Ok(())
     }
 }
 

@@ -141,6 +141,9 @@ fn read_dir(
         Err(e) => return Err(e.into()),
     };
     let mut dir = rfs::Dir::read_from(&fd)?;
+    // Counted locally and added once per directory: two threads bumping
+    // shared counters per entry would bounce one cache line between cores.
+    let (mut seen, mut changes) = (0, 0);
     while let Some(entry) = dir.read() {
         let entry = entry?;
         let name = entry.file_name();
@@ -152,14 +155,16 @@ fn read_dir(
             Err(rustix::io::Errno::NOENT) => continue,
             Err(e) => return Err(e.into()),
         };
-        entries.fetch_add(1, Ordering::Relaxed);
+        seen += 1;
         if action(fd.as_fd(), name, &st)? {
-            changed.fetch_add(1, Ordering::Relaxed);
+            changes += 1;
         }
         if rfs::FileType::from_raw_mode(st.st_mode) == rfs::FileType::Directory {
             subdirs.push(rel.join(std::ffi::OsStr::from_bytes(name.to_bytes())));
         }
     }
+    entries.fetch_add(seen, Ordering::Relaxed);
+    changed.fetch_add(changes, Ordering::Relaxed);
     Ok(())
 }
 
