@@ -10,9 +10,11 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 
-# Debian packages the tests use: mount tools; Docker, Podman and runc for
+# Debian packages the tests use: mount tools and mkfs for the filesystem
+# images; Docker, Podman, runc and crun for
 # the engine tests; a static busybox to build their test image from.
-packages=(mount util-linux tar docker.io podman runc busybox-static)
+packages=(mount util-linux tar e2fsprogs xfsprogs btrfs-progs docker.io podman runc crun
+          busybox-static)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

@@ -4,6 +4,7 @@
 mod bad_input;
 mod crash;
 mod lifecycle;
+mod ownership;
 
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_stowage");
