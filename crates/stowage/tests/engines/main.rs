@@ -23,6 +23,14 @@ fn main() {
         ("copy_up", scenarios::copy_up),
         ("implicit_create", scenarios::implicit_create),
         (
+            "owner_maps_a_host_directory",
+            scenarios::owner_maps_a_host_directory,
+        ),
+        (
+            "two_uids_share_a_directory_through_their_own_owner",
+            scenarios::two_uids_share_a_directory_through_their_own_owner,
+        ),
+        (
             "volumes_are_shared_with_stowage",
             scenarios::volumes_are_shared_with_stowage,
         ),

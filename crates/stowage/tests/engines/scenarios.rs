@@ -637,3 +637,151 @@ pub fn implicit_create(env: &Env, kind: Kind) {
         }
     }
 }
+
+/// A host directory owned by an unrelated user, made for `owner`.
+fn host_dir(env: &Env, kind: Kind, name: &str) -> PathBuf {
+    let dir = env.base.join("srv").join(unique(kind, name));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("collection.wt"), "record from the host\n").unwrap();
+    for p in [dir.clone(), dir.join("collection.wt")] {
+        std::os::unix::fs::chown(&p, Some(15149), Some(15149)).unwrap();
+    }
+    dir
+}
+
+fn disk_owner(p: &std::path::Path) -> (u32, u32) {
+    let m = std::fs::metadata(p).unwrap();
+    (m.uid(), m.gid())
+}
+
+/// The seeds' MongoDB case: the data belongs to host user 15149, the
+/// container runs as 184:998, nothing is chowned.
+pub fn owner_maps_a_host_directory(env: &Env, kind: Kind) {
+    let _shared = env.exclusive.read().unwrap_or_else(|e| e.into_inner());
+    let dir = host_dir(env, kind, "mongodb");
+    let v = unique(kind, "mongo-owned");
+    create(
+        env,
+        kind,
+        &v,
+        &[
+            "driver=bind",
+            &format!("path={}", dir.display()),
+            "owner=184:998",
+        ],
+    );
+    let mount = format!("{v}:/var/lib/mongodb");
+    let script = "cat /var/lib/mongodb/collection.wt \
+        && echo 'record from mongod' > /var/lib/mongodb/journal \
+        && stat -c '%u:%g' /var/lib/mongodb /var/lib/mongodb/collection.wt /var/lib/mongodb/journal";
+    let out = env.engine(
+        kind,
+        &[
+            "run",
+            "--rm",
+            "--network=none",
+            "--user",
+            "184:998",
+            "-v",
+            &mount,
+            IMAGE,
+            "sh",
+            "-c",
+            script,
+        ],
+    );
+    assert_eq!(out, "record from the host\n184:998\n184:998\n184:998\n");
+    // On disk, everything still belongs to 15149.
+    for f in ["", "collection.wt", "journal"] {
+        assert_eq!(disk_owner(&dir.join(f)), (15149, 15149), "{f}");
+    }
+    let info = env.inspect(&v);
+    assert_eq!(
+        info["presentation"]["ownership"]["method"], "idmap",
+        "{info}"
+    );
+    remove_volume(env, kind, &v);
+    assert!(
+        dir.join("journal").exists(),
+        "removing a bind volume keeps the data"
+    );
+}
+
+/// Two containers running as different uids share one host directory,
+/// each through a volume with its own `owner`.
+pub fn two_uids_share_a_directory_through_their_own_owner(env: &Env, kind: Kind) {
+    let _shared = env.exclusive.read().unwrap_or_else(|e| e.into_inner());
+    let dir = host_dir(env, kind, "shared");
+    let path = format!("path={}", dir.display());
+    let (a, b) = (
+        unique(kind, "shared-as-1000"),
+        unique(kind, "shared-as-2000"),
+    );
+    create(env, kind, &a, &["driver=bind", &path, "owner=1000:1000"]);
+    create(env, kind, &b, &["driver=bind", &path, "owner=2000:2000"]);
+    let writer = unique(kind, "writer-1000");
+    let mut args = vec![
+        "run",
+        "-d",
+        "--name",
+        &writer,
+        "--network=none",
+        "--user",
+        "1000:1000",
+    ];
+    let mount_a = format!("{a}:/data");
+    args.extend([
+        "-v",
+        &mount_a,
+        IMAGE,
+        "sh",
+        "-c",
+        "echo from-1000 > /data/a && sleep 600",
+    ]);
+    env.engine(kind, &args);
+    let mount_b = format!("{b}:/data");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let out = loop {
+        let out = env.engine_raw(
+            kind,
+            &[
+                "run",
+                "--rm",
+                "--network=none",
+                "--user",
+                "2000:2000",
+                "-v",
+                &mount_b,
+                IMAGE,
+                "sh",
+                "-c",
+                "cat /data/a && echo from-2000 > /data/b && stat -c '%u' /data/a /data/b",
+            ],
+        );
+        if out.status.success() || Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "from-1000\n2000\n2000\n"
+    );
+    assert_eq!(
+        env.engine(kind, &["exec", &writer, "cat", "/data/b"]),
+        "from-2000\n"
+    );
+    for f in ["a", "b"] {
+        assert_eq!(disk_owner(&dir.join(f)), (15149, 15149), "{f}");
+    }
+    env.engine(kind, &["rm", "-f", &writer]);
+    for v in [&a, &b] {
+        wait_released(env, v);
+        remove_volume(env, kind, v);
+    }
+}
