@@ -238,6 +238,36 @@ volume_path = "{p}/volumes"
         v[0].clone()
     }
 
+    /// What `podman run --userns=auto` with crun needs on this machine:
+    /// subordinate ids for the `containers` user and a cgroup v1 hugetlb
+    /// hierarchy (see DESIGN.md). Idempotent.
+    pub fn prepare_userns_auto(&self) {
+        for file in ["/etc/subuid", "/etc/subgid"] {
+            let text = std::fs::read_to_string(file).unwrap_or_default();
+            if !text.lines().any(|l| l.starts_with("containers:")) {
+                let mut f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(file)
+                    .unwrap();
+                std::io::Write::write_all(&mut f, b"containers:2147483647:2147483648\n").unwrap();
+            }
+        }
+        let hugetlb = Path::new("/sys/fs/cgroup/hugetlb");
+        let mounted = mounts_under(Path::new("/sys/fs/cgroup"))
+            .iter()
+            .any(|m| m == hugetlb);
+        if !mounted {
+            std::fs::create_dir_all(hugetlb).unwrap();
+            let status = Command::new("mount")
+                .args(["-t", "cgroup", "-o", "hugetlb", "cgroup"])
+                .arg(hugetlb)
+                .status()
+                .unwrap();
+            assert!(status.success(), "mounting the hugetlb cgroup");
+        }
+    }
+
     pub fn teardown(&self) {
         for kind in [Kind::Docker, Kind::Podman] {
             let ids = self.engine_raw(kind, &["ps", "-aq"]);

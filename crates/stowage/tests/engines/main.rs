@@ -55,7 +55,18 @@ fn main() {
             scenarios::restart_engine_and_stowage,
         ),
     ];
+    // Scenarios of one engine's own feature run on that engine only.
+    let podman_only: &[(&str, Scenario)] = &[(
+        "userns_auto_with_idmap",
+        scenarios::podman_userns_auto_with_idmap,
+    )];
     let mut trials = Vec::new();
+    for &(name, scenario) in podman_only {
+        trials.push(Trial::test(format!("{name}::podman"), move || {
+            scenario(env, Kind::Podman);
+            Ok::<(), Failed>(())
+        }));
+    }
     for &(name, scenario) in scenarios {
         for kind in [Kind::Docker, Kind::Podman] {
             trials.push(Trial::test(format!("{name}::{}", kind.name()), move || {

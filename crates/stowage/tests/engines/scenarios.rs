@@ -785,3 +785,57 @@ pub fn two_uids_share_a_directory_through_their_own_owner(env: &Env, kind: Kind)
         remove_volume(env, kind, v);
     }
 }
+
+/// Podman's own user namespaces: `--userns=auto` with `:idmap` on crun
+/// gives the container's uid its access to a Stowage volume. (The kernel
+/// does not idmap an idmapped mount again, so this is for volumes without
+/// `owner`; the README says so.)
+pub fn podman_userns_auto_with_idmap(env: &Env, kind: Kind) {
+    assert_eq!(kind, Kind::Podman, "a Podman feature");
+    let _shared = env.exclusive.read().unwrap_or_else(|e| e.into_inner());
+    env.prepare_userns_auto();
+    let v = unique(kind, "userns");
+    create(env, kind, &v, &["uid=184", "gid=998"]);
+    let mount = format!("{v}:/data:idmap");
+    let out = env.engine(
+        kind,
+        &[
+            "run",
+            "--rm",
+            "--network=none",
+            "--runtime",
+            "crun",
+            "--userns=auto",
+            "--user",
+            "184:998",
+            "-v",
+            &mount,
+            IMAGE,
+            "sh",
+            "-c",
+            "cat /proc/self/uid_map && echo in-userns > /data/f && stat -c '%u:%g' /data /data/f",
+        ],
+    );
+    let mut lines = out.lines();
+    let uid_map: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(uid_map[0], "0");
+    assert_ne!(
+        uid_map[1], "0",
+        "the container runs in its own user namespace: {out}"
+    );
+    assert_eq!(lines.collect::<Vec<_>>(), ["184:998", "184:998"], "{out}");
+    let file = mountpoint_on_disk(env, &v).join("f");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "in-userns\n");
+    assert_eq!(
+        disk_owner(&file),
+        (184, 998),
+        "writes land as the volume's owner"
+    );
+    remove_volume(env, kind, &v);
+}
+
+/// A local volume's directory under the data root.
+fn mountpoint_on_disk(env: &Env, name: &str) -> PathBuf {
+    let id = mountpoint(env, name).file_name().unwrap().to_owned();
+    env.base.join("data/volumes").join(id)
+}
