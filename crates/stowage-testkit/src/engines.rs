@@ -238,6 +238,40 @@ volume_path = "{p}/volumes"
         v[0].clone()
     }
 
+    /// Starts Podman's API service (the Docker-compatible one) on a socket
+    /// of its own; the caller stops the returned child.
+    pub fn podman_service(&self) -> (Child, String) {
+        let socket = self
+            .base
+            .join(format!("podman-{}.sock", std::process::id()));
+        let host = format!("unix://{}", socket.display());
+        let child = Command::new(Kind::Podman.program())
+            .env("CONTAINERS_CONF", &self.podman_conf)
+            .env("CONTAINERS_STORAGE_CONF", &self.podman_storage)
+            .args(["system", "service", "--time=0", &host])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "podman system service did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        (child, host)
+    }
+
+    /// The Docker API socket of the private dockerd.
+    pub fn docker_host(&self) -> String {
+        self.dockerd
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .host()
+    }
+
     /// What `podman run --userns=auto` with crun needs on this machine:
     /// subordinate ids for the `containers` user and a cgroup v1 hugetlb
     /// hierarchy (see DESIGN.md). Idempotent.

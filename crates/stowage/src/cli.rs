@@ -98,12 +98,32 @@ pub struct CreateArgs {
     pub driver: String,
     /// Driver option KEY=VALUE, repeatable.
     /// local: uid, gid, mode. tmpfs: size (64m, 1g, 50%), mode, uid, gid.
-    /// bind: path (absolute, no symlinks).
+    /// bind: path (absolute, no symlinks). Every driver: owner=UID:GID,
+    /// uidmap=DISK:CONTAINER:COUNT[,...] and gidmap=... (repeatable),
+    /// ownership=auto|idmap|chown, allow-root=true, label=shared|private|CONTEXT.
     #[arg(short = 'o', long = "opt", value_name = "KEY=VALUE", value_parser = key_value)]
     pub opts: Vec<(String, String)>,
     /// Label KEY=VALUE (or KEY), repeatable.
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = label)]
     pub labels: Vec<(String, String)>,
+    /// Set owner= to the uid:gid that owns PATH in IMAGE, as the engine's
+    /// API reports it (for example mongo:/data/db).
+    #[arg(long, value_name = "IMAGE:PATH")]
+    pub owner_from_image: Option<String>,
+    /// Which engine to ask for --owner-from-image.
+    #[arg(long, value_enum, default_value_t = EngineKind::Docker)]
+    pub engine: EngineKind,
+    /// The engine's API socket [default: $DOCKER_HOST or
+    /// unix:///var/run/docker.sock; for podman $CONTAINER_HOST or
+    /// unix:///run/podman/podman.sock, served by `podman system service`].
+    #[arg(long, value_name = "unix:///PATH")]
+    pub engine_host: Option<String>,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EngineKind {
+    Docker,
+    Podman,
 }
 
 #[derive(Args, Debug)]

@@ -33,6 +33,20 @@ impl Client {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> Result<(StatusCode, Bytes)> {
+        let resp = self.open(method, path, body).await?;
+        let status = resp.status();
+        let body = resp.into_body().collect().await?.to_bytes();
+        Ok((status, body))
+    }
+
+    /// Sends one request; returns the response with its body unread, for
+    /// answers too large to hold in memory.
+    pub async fn open(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>> {
         let stream = UnixStream::connect(&self.socket).await.with_context(|| {
             format!(
                 "cannot connect to the stowage daemon at {} (is `stowage serve` running?)",
@@ -54,10 +68,7 @@ impl Client {
             }
             None => Bytes::new(),
         };
-        let resp = sender.send_request(req.body(Full::new(bytes))?).await?;
-        let status = resp.status();
-        let body = resp.into_body().collect().await?.to_bytes();
-        Ok((status, body))
+        Ok(sender.send_request(req.body(Full::new(bytes))?).await?)
     }
 
     /// Sends one request and decodes a successful JSON answer; an error

@@ -74,7 +74,20 @@ async fn volume(client: &Client, cmd: VolumeCommand) -> Result<ExitCode> {
 }
 
 async fn create(client: &Client, args: CreateArgs) -> Result<ExitCode> {
-    let options = unique("option", args.opts)?;
+    let mut options = unique("option", args.opts)?;
+    if let Some(spec) = &args.owner_from_image {
+        if options.contains_key("owner") {
+            bail!("give either -o owner= or --owner-from-image, not both");
+        }
+        let (image, path) = crate::engine::parse_image_path(spec)?;
+        let host = args
+            .engine_host
+            .clone()
+            .unwrap_or_else(|| crate::engine::default_host(args.engine));
+        let (uid, gid) = crate::engine::image_path_owner(args.engine, &host, image, path).await?;
+        eprintln!("{path} in {image} belongs to {uid}:{gid}");
+        options.insert("owner".to_string(), format!("{uid}:{gid}"));
+    }
     let labels = unique("label", args.labels)?;
     let body = json!({
         "name": args.name,
@@ -87,14 +100,23 @@ async fn create(client: &Client, args: CreateArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Options that may repeat; their values are joined with commas.
+const REPEATABLE: &[&str] = &["uidmap", "gidmap"];
+
 /// Refuses a key given twice with different values rather than silently
-/// keeping one.
+/// keeping one, except the repeatable map options, which accumulate.
 fn unique(what: &str, pairs: Vec<(String, String)>) -> Result<BTreeMap<String, String>> {
-    let mut map = BTreeMap::new();
+    let mut map: BTreeMap<String, String> = BTreeMap::new();
     for (k, v) in pairs {
-        if let Some(old) = map.insert(k.clone(), v.clone()) {
-            if old != v {
-                bail!("{what} {k} given twice ({old:?} and {v:?})");
+        match map.get_mut(&k) {
+            Some(old) if REPEATABLE.contains(&k.as_str()) => {
+                old.push(',');
+                old.push_str(&v);
+            }
+            Some(old) if *old != v => bail!("{what} {k} given twice ({old:?} and {v:?})"),
+            Some(_) => {}
+            None => {
+                map.insert(k, v);
             }
         }
     }
@@ -236,4 +258,33 @@ async fn prune(client: &Client, force: bool) -> Result<ExitCode> {
     }
     println!("Total: {} volume(s) removed", removed.len());
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(p: &[(&str, &str)]) -> Vec<(String, String)> {
+        p.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn map_options_accumulate_and_others_must_agree() {
+        let m = unique(
+            "option",
+            pairs(&[
+                ("uidmap", "0:1000:10"),
+                ("uidmap", "20:2000:5"),
+                ("uid", "1"),
+                ("uid", "1"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(m["uidmap"], "0:1000:10,20:2000:5");
+        assert_eq!(m["uid"], "1");
+        let err = unique("option", pairs(&[("uid", "1"), ("uid", "2")])).unwrap_err();
+        assert!(err.to_string().contains("given twice"), "{err}");
+    }
 }

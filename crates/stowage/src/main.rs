@@ -4,6 +4,7 @@ mod cli;
 mod client;
 mod commands;
 mod daemon;
+mod engine;
 
 use std::process::ExitCode;
 

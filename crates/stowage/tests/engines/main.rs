@@ -22,6 +22,7 @@ fn main() {
         ("pulp_shared_content", scenarios::pulp_shared_content),
         ("copy_up", scenarios::copy_up),
         ("implicit_create", scenarios::implicit_create),
+        ("owner_from_image", scenarios::owner_from_image),
         (
             "owner_maps_a_host_directory",
             scenarios::owner_maps_a_host_directory,

@@ -839,3 +839,63 @@ fn mountpoint_on_disk(env: &Env, name: &str) -> PathBuf {
     let id = mountpoint(env, name).file_name().unwrap().to_owned();
     env.base.join("data/volumes").join(id)
 }
+
+/// `--owner-from-image` asks the engine's API who owns a path in an image
+/// and sets `owner` from it.
+pub fn owner_from_image(env: &Env, kind: Kind) {
+    let _shared = env.exclusive.read().unwrap_or_else(|e| e.into_inner());
+    let (service, host) = match kind {
+        Kind::Docker => (None, env.docker_host()),
+        Kind::Podman => {
+            let (child, host) = env.podman_service();
+            (Some(child), host)
+        }
+    };
+    let v = unique(kind, "from-image");
+    let spec = format!("{IMAGE}:/seed");
+    let out = env.stowage_raw(&[
+        "volume",
+        "create",
+        &v,
+        "--owner-from-image",
+        &spec,
+        "--engine",
+        kind.name(),
+        "--engine-host",
+        &host,
+    ]);
+    let missing = env.stowage_raw(&[
+        "volume",
+        "create",
+        "never",
+        "--owner-from-image",
+        &format!("{IMAGE}:/no/such/dir"),
+        "--engine",
+        kind.name(),
+        "--engine-host",
+        &host,
+    ]);
+    if let Some(mut child) = service {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("/seed in stowage-e2e-bb:latest belongs to 184:998"));
+    assert_eq!(env.inspect(&v)["options"]["owner"], "184:998");
+    assert!(!missing.status.success());
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert!(err.contains("/no/such/dir"), "{err}");
+    assert!(!env
+        .stowage_raw(&["volume", "inspect", "never"])
+        .status
+        .success());
+    // No helper container is left behind.
+    let left = env.engine(kind, &["ps", "-a", "--filter", "status=created", "-q"]);
+    assert_eq!(left.trim(), "", "helper containers left: {left}");
+    env.stowage(&["volume", "rm", &v]);
+}
