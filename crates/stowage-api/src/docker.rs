@@ -175,6 +175,7 @@ fn describe(v: Volume) -> PluginVolume {
             "consumers": v.consumers,
             "created_at": created_at,
             "state": v.status,
+            "presentation": v.presentation,
         }),
         name: v.name,
         created_at,
