@@ -30,6 +30,13 @@ pub trait Driver: Send + Sync + 'static {
     /// driver takes (`owner`, `label`, ...) are checked by the service and
     /// not passed here.
     fn validate(&self, options: &Options) -> Result<()>;
+    /// Whether `create` and `remove` make or delete data on the host.
+    /// Drivers whose storage is found elsewhere (`bind`) or made at mount
+    /// time (`tmpfs`) say no: the service then creates and removes their
+    /// volumes with one store write and never calls those two.
+    fn provisions_storage(&self) -> bool {
+        true
+    }
     /// Provisions the volume's storage.
     fn create(&self, volume: &VolumeRecord) -> Result<()>;
     /// Releases the volume's storage. Never deletes data it did not create.

@@ -22,4 +22,4 @@ pub use layout::Layout;
 pub use name::VolumeName;
 pub use service::{ReconcileReport, VolumeService};
 pub use store::{Collection, MemoryStore, Precondition, Revision, Store, StoreError, Versioned};
-pub use volume::{CreateRequest, PendingOp, Volume, VolumeFilter, VolumeRecord, VolumeState};
+pub use volume::{CreateRequest, Volume, VolumeFilter, VolumeRecord, VolumeState};

@@ -1,10 +1,14 @@
 //! The volume service: the one place every operation goes through.
 //!
-//! Crash safety follows one rule: the store records the intent before the
-//! kernel is touched, and the outcome after. A volume's record therefore
-//! always says what the kernel should look like, or names the one
-//! operation (`state` or `pending`) whose outcome is unknown, which
-//! [`VolumeService::reconcile`] then finishes or rolls back on start.
+//! Crash safety: a volume's record always says what the kernel should look
+//! like, or names the one operation whose outcome is unknown
+//! (`state: creating | removing`, for drivers that make or delete data),
+//! which [`VolumeService::reconcile`] finishes or rolls back on start. For
+//! mounts the kernel's mount table is the journal: a mount is made before
+//! its consumer is recorded and released after, so a mount that no
+//! recorded consumer accounts for is exactly an interrupted mount or
+//! unmount, and reconcile removes it. Replies go out only after the
+//! outcome is durable.
 
 mod present;
 mod reconcile;
@@ -27,7 +31,7 @@ use crate::name::{validate_consumer, VolumeName};
 use crate::options::check_map_limits;
 use crate::ownership;
 use crate::store::{Collection, Precondition, Revision, Store};
-use crate::volume::{CreateRequest, PendingOp, Volume, VolumeFilter, VolumeRecord, VolumeState};
+use crate::volume::{CreateRequest, Volume, VolumeFilter, VolumeRecord, VolumeState};
 
 pub use reconcile::ReconcileReport;
 
@@ -123,9 +127,16 @@ impl VolumeService {
             created_at: now_seconds(),
             consumers: Default::default(),
             state: VolumeState::Creating,
-            pending: None,
             presentation: Default::default(),
         };
+        if !driver.provisions_storage() {
+            // Nothing to make on the host: one write creates the volume.
+            let record = VolumeRecord {
+                state: VolumeState::Ready,
+                ..record
+            };
+            return Ok(self.view(&self.insert(record)?.record));
+        }
         let mut loaded = self.insert(record)?;
         if let Err(e) = driver.create(&loaded.record) {
             if let Err(cleanup) = driver.remove(&loaded.record) {
@@ -174,23 +185,19 @@ impl VolumeService {
         }
         let first = loaded.record.consumers.is_empty();
         loaded.record.consumers.insert(consumer.to_string());
-        if !first {
-            // Already presented: recording the consumer is the whole change.
-            self.save(&mut loaded)?;
+        if first {
+            // The kernel goes first: after a crash, a mount that no recorded
+            // consumer accounts for is an unacknowledged one, and reconcile
+            // removes it.
+            let driver = self.drivers.get(&loaded.record.driver)?.clone();
+            self.present(driver.as_ref(), &mut loaded.record)?;
+            if let Err(e) = self.save(&mut loaded) {
+                let _ = self.withdraw(&loaded.record.id, 1);
+                return Err(e);
+            }
             return Ok(target);
         }
-        loaded.record.pending = Some(PendingOp::Mount {
-            consumer: consumer.to_string(),
-        });
-        self.save(&mut loaded)?;
-        let driver = self.drivers.get(&loaded.record.driver)?.clone();
-        if let Err(e) = self.present(driver.as_ref(), &mut loaded.record) {
-            loaded.record.consumers.remove(consumer);
-            loaded.record.pending = None;
-            self.save(&mut loaded)?;
-            return Err(e);
-        }
-        loaded.record.pending = None;
+        // Already presented: recording the consumer is the whole change.
         self.save(&mut loaded)?;
         Ok(target)
     }
@@ -209,23 +216,19 @@ impl VolumeService {
         if !loaded.record.consumers.contains(consumer) {
             return Ok(());
         }
-        if loaded.record.consumers.len() > 1 {
-            loaded.record.consumers.remove(consumer);
-            return self.save(&mut loaded);
-        }
-        loaded.record.pending = Some(PendingOp::Unmount {
-            consumer: consumer.to_string(),
-        });
-        self.save(&mut loaded)?;
-        if let Err(e) = self.withdraw(&loaded.record.id, 1) {
-            // Still mounted: the volume stays as it was.
-            loaded.record.pending = None;
-            self.save(&mut loaded)?;
-            return Err(e);
-        }
         loaded.record.consumers.remove(consumer);
-        loaded.record.pending = None;
-        self.save(&mut loaded)
+        self.save(&mut loaded)?;
+        if loaded.record.consumers.is_empty() {
+            // The record goes first: after a crash, reconcile finishes the
+            // unmount of a volume that no consumer holds.
+            if let Err(e) = self.withdraw(&loaded.record.id, 1) {
+                // Still mounted: the consumer keeps it.
+                loaded.record.consumers.insert(consumer.to_string());
+                self.save(&mut loaded)?;
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 
     /// Removes a volume. A volume with consumers is refused unless `force`,
@@ -246,6 +249,17 @@ impl VolumeService {
                 name: name.to_string(),
                 consumers: loaded.record.consumers.iter().cloned().collect(),
             });
+        }
+        let driver = self.drivers.get(&loaded.record.driver)?.clone();
+        if !driver.provisions_storage() {
+            // Nothing on disk to release: deleting the record is the whole
+            // change. A mount left behind by a crash is removed at start.
+            let mounted = self.mount_count(&loaded.record.id)?;
+            self.erase(&loaded)?;
+            if let Err(e) = self.withdraw(&loaded.record.id, mounted) {
+                warn!(volume = %name, error = %e, "removed, but its mount remains until restart");
+            }
+            return Ok(());
         }
         loaded.record.state = VolumeState::Removing;
         self.save(&mut loaded)?;

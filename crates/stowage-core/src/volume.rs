@@ -22,16 +22,6 @@ pub enum VolumeState {
     Removing,
 }
 
-/// A kernel operation that was journaled but whose outcome was not yet
-/// recorded. Reconciliation rolls a pending mount back (it was never
-/// acknowledged) and finishes a pending unmount.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "op")]
-pub enum PendingOp {
-    Mount { consumer: String },
-    Unmount { consumer: String },
-}
-
 /// The persisted record of one volume (stored as JSON; new fields must have
 /// serde defaults so that older records still load).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,8 +39,6 @@ pub struct VolumeRecord {
     #[serde(default)]
     pub consumers: BTreeSet<String>,
     pub state: VolumeState,
-    #[serde(default)]
-    pub pending: Option<PendingOp>,
     /// How the volume was presented at its last mount.
     #[serde(default)]
     pub presentation: Presentation,
@@ -174,7 +162,6 @@ mod tests {
             created_at: OffsetDateTime::UNIX_EPOCH,
             consumers: BTreeSet::new(),
             state: VolumeState::Ready,
-            pending: None,
             presentation: Presentation::default(),
         };
         assert!(f.matches(&rec));

@@ -106,6 +106,10 @@ impl Driver for Bind {
         self.checked_path(opts).map(drop)
     }
 
+    fn provisions_storage(&self) -> bool {
+        false
+    }
+
     fn create(&self, _volume: &VolumeRecord) -> Result<()> {
         Ok(())
     }

@@ -42,6 +42,10 @@ impl Driver for Tmpfs {
         Self::mount_options(opts).map(drop)
     }
 
+    fn provisions_storage(&self) -> bool {
+        false
+    }
+
     fn create(&self, _volume: &VolumeRecord) -> Result<()> {
         Ok(())
     }

@@ -6,7 +6,7 @@ use tracing::{info, warn};
 
 use super::{Loaded, VolumeService};
 use crate::error::{Error, Result};
-use crate::volume::{PendingOp, VolumeState};
+use crate::volume::VolumeState;
 
 /// What reconciliation found and did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -14,9 +14,9 @@ pub struct ReconcileReport {
     pub volumes: usize,
     pub creates_rolled_back: usize,
     pub removes_finished: usize,
-    pub mounts_rolled_back: usize,
-    pub unmounts_finished: usize,
     pub mounts_restored: usize,
+    /// Mounts no consumer accounts for (interrupted mounts and unmounts,
+    /// orphans) and stacked duplicates, all removed.
     pub stale_mounts_removed: usize,
     /// Volumes that could not be brought in line, with the reason. They are
     /// left as recorded and retried at the next start.
@@ -74,21 +74,6 @@ impl VolumeService {
                 return Ok(None);
             }
             VolumeState::Ready => {}
-        }
-        if let Some(pending) = loaded.record.pending.take() {
-            match pending {
-                // Never acknowledged: undo.
-                PendingOp::Mount { consumer } => {
-                    loaded.record.consumers.remove(&consumer);
-                    report.mounts_rolled_back += 1;
-                }
-                // The caller asked to let go: finish.
-                PendingOp::Unmount { consumer } => {
-                    loaded.record.consumers.remove(&consumer);
-                    report.unmounts_finished += 1;
-                }
-            }
-            self.save(&mut loaded)?;
         }
         let have = self.mount_count(&loaded.record.id)?;
         if loaded.record.consumers.is_empty() {
