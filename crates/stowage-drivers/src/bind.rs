@@ -5,7 +5,7 @@
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use stowage_core::options::{check_known, Options};
 use stowage_core::{Driver, Error, Layout, MountSpec, Result, VolumeRecord};
@@ -16,11 +16,56 @@ const OPTIONS: &[&str] = &["path"];
 pub struct Bind {
     sys: Arc<dyn Sys>,
     layout: Layout,
+    /// Identities of the roots and of every directory above them, read
+    /// once: they do not change while the daemon runs.
+    roots: OnceLock<Roots>,
+}
+
+struct Roots {
+    /// The roots themselves.
+    ids: Vec<FileId>,
+    /// The roots and all their ancestors.
+    chains: HashSet<FileId>,
 }
 
 impl Bind {
     pub fn new(sys: Arc<dyn Sys>, layout: Layout) -> Self {
-        Bind { sys, layout }
+        Bind {
+            sys,
+            layout,
+            roots: OnceLock::new(),
+        }
+    }
+
+    fn identities(&self, p: &Path) -> Result<HashSet<FileId>> {
+        p.ancestors()
+            .map(|a| {
+                self.sys
+                    .inspect_nofollow(a)
+                    .map(|i| i.id)
+                    .map_err(Error::io("inspect", a))
+            })
+            .collect()
+    }
+
+    fn roots(&self) -> Result<&Roots> {
+        if let Some(r) = self.roots.get() {
+            return Ok(r);
+        }
+        let mut roots = Roots {
+            ids: Vec::new(),
+            chains: HashSet::new(),
+        };
+        for root in [&self.layout.data_root, &self.layout.run_root] {
+            let id = self
+                .sys
+                .inspect_nofollow(root)
+                .map_err(Error::io("inspect", root))?
+                .id;
+            roots.ids.push(id);
+            roots.chains.extend(self.identities(root)?);
+        }
+        Ok(self.roots.get_or_init(|| roots))
     }
 
     /// Checks the imported path and returns it.
@@ -55,7 +100,7 @@ impl Bind {
         if !info.is_dir {
             return Err(bad("is not a directory"));
         }
-        if self.layout.contains(path) || self.overlaps_roots(path)? {
+        if self.layout.contains(path) || self.overlaps_roots(path, info.id)? {
             return Err(bad(
                 "must not be inside or contain stowage's data or run root",
             ));
@@ -65,34 +110,13 @@ impl Bind {
 
     /// Compares file identities, not just strings, so that another path to
     /// a root (a bind mount of it elsewhere) is caught too.
-    fn overlaps_roots(&self, path: &Path) -> Result<bool> {
-        let ids = |p: &Path| -> Result<HashSet<FileId>> {
-            p.ancestors()
-                .map(|a| {
-                    self.sys
-                        .inspect_nofollow(a)
-                        .map(|i| i.id)
-                        .map_err(Error::io("inspect", a))
-                })
-                .collect()
-        };
-        let path_chain = ids(path)?;
-        let path_id = self
-            .sys
-            .inspect_nofollow(path)
-            .map_err(Error::io("inspect", path))?
-            .id;
-        for root in [&self.layout.data_root, &self.layout.run_root] {
-            let root_id = self
-                .sys
-                .inspect_nofollow(root)
-                .map_err(Error::io("inspect", root))?
-                .id;
-            if path_chain.contains(&root_id) || ids(root)?.contains(&path_id) {
-                return Ok(true);
-            }
-        }
-        Ok(false)
+    fn overlaps_roots(&self, path: &Path, path_id: FileId) -> Result<bool> {
+        let roots = self.roots()?;
+        let inside = self
+            .identities(path)?
+            .iter()
+            .any(|id| roots.ids.contains(id));
+        Ok(inside || roots.chains.contains(&path_id))
     }
 }
 
@@ -125,8 +149,14 @@ impl Driver for Bind {
             .map_err(Error::io("bind-mount", source))
     }
 
+    /// Only reads the owner: `mount`, which follows, checks the path.
     fn root_owner(&self, volume: &VolumeRecord) -> Result<(u32, u32)> {
-        let source = self.checked_path(&volume.options)?;
+        let path = volume
+            .options
+            .get("path")
+            .map(String::as_str)
+            .unwrap_or_default();
+        let source = Path::new(path);
         let info = self
             .sys
             .inspect_nofollow(source)
