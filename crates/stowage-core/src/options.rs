@@ -54,18 +54,20 @@ pub fn check_map_limits(what: &str, map: &BTreeMap<String, String>) -> Result<()
     Ok(())
 }
 
-/// An optional numeric id option (`uid`, `gid`); `u32::MAX` is the kernel's
-/// "no change" value and is refused.
+/// An optional numeric id option (`uid`, `gid`).
 pub fn id(opts: &Options, key: &str) -> Result<Option<u32>> {
-    let Some(value) = opts.get(key) else {
-        return Ok(None);
-    };
-    match value.parse::<u32>() {
-        Ok(v) if v != u32::MAX && !value.starts_with('+') => Ok(Some(v)),
+    opts.get(key).map(|v| parse_id(key, v, v)).transpose()
+}
+
+/// Parses `part`, one uid or gid within the value of option `key`.
+/// `u32::MAX` is the kernel's "no change" value and is refused.
+pub fn parse_id(key: &str, value: &str, part: &str) -> Result<u32> {
+    match part.parse::<u32>() {
+        Ok(v) if v != u32::MAX && !part.starts_with('+') => Ok(v),
         _ => Err(Error::invalid_option(
             key,
             value,
-            "expected a number from 0 to 4294967294",
+            format!("{part:?} is not an id from 0 to 4294967294"),
         )),
     }
 }

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use stowage_sys::{IdMapping, IdRange};
 
 use crate::error::{Error, Result};
-use crate::options::Options;
+use crate::options::{parse_id, Options};
 
 /// Options every driver takes; the service handles them.
 pub const COMMON_OPTIONS: &[&str] = &[
@@ -207,17 +207,6 @@ impl OwnershipSpec {
 
 fn overlaps(a: u32, a_len: u32, b: u32, b_len: u32) -> bool {
     u64::from(a) < u64::from(b) + u64::from(b_len) && u64::from(b) < u64::from(a) + u64::from(a_len)
-}
-
-fn parse_id(key: &str, value: &str, part: &str) -> Result<u32> {
-    match part.parse::<u32>() {
-        Ok(v) if v != u32::MAX && !part.starts_with('+') => Ok(v),
-        _ => Err(Error::invalid_option(
-            key,
-            value,
-            format!("{part:?} is not an id from 0 to 4294967294"),
-        )),
-    }
 }
 
 fn parse_owner(value: &str) -> Result<(u32, u32)> {
