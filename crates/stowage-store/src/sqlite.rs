@@ -1,15 +1,16 @@
 //! The embedded store: one SQLite database in WAL mode with
 //! `synchronous=FULL`, so every commit is fsync'd before it returns.
 //!
-//! Writes go through one writer thread that commits whatever has queued up
-//! in a single transaction (group commit): concurrent operations share one
-//! fsync instead of queueing for one each. Reads use their own connections,
-//! which WAL lets run beside the writer.
+//! Writes are group-committed by whichever caller finds no commit in
+//! flight: it becomes the leader and commits everything queued in one
+//! transaction, while writes arriving meanwhile wait and go in the next
+//! batch. Concurrent operations share one fsync; a lone caller commits on
+//! its own thread with no hand-off. Reads use their own connections, which
+//! WAL lets run beside the writer.
 
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::mpsc;
-use std::sync::Mutex;
-use std::thread;
+use std::sync::{Condvar, Mutex};
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use stowage_core::store::{Collection, Precondition, Revision, Store, StoreError, Versioned};
@@ -51,13 +52,21 @@ enum Write {
     },
 }
 
-struct Request {
-    write: Write,
-    reply: mpsc::SyncSender<Result<Revision, StoreError>>,
+/// Writes waiting for a commit, and the outcomes of committed ones.
+#[derive(Default)]
+struct Queue {
+    next_ticket: u64,
+    waiting: Vec<(u64, Write)>,
+    done: HashMap<u64, Result<Revision, StoreError>>,
+    /// A leader is committing right now.
+    committing: bool,
 }
 
 pub struct SqliteStore {
-    writer: Mutex<mpsc::Sender<Request>>,
+    queue: Mutex<Queue>,
+    committed: Condvar,
+    /// Only the current leader uses it.
+    writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
     path: std::path::PathBuf,
 }
@@ -113,29 +122,54 @@ impl SqliteStore {
         conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)
             .map_err(backend)?;
         migrate(&mut conn)?;
-        let (tx, rx) = mpsc::channel();
-        thread::Builder::new()
-            .name("store-writer".into())
-            .spawn(move || writer_loop(conn, rx))
-            .map_err(|e| StoreError::Backend(format!("spawn writer: {e}")))?;
         Ok(SqliteStore {
-            writer: Mutex::new(tx),
+            queue: Mutex::default(),
+            committed: Condvar::new(),
+            writer: Mutex::new(conn),
             readers: Mutex::new(Vec::new()),
             path: path.to_path_buf(),
         })
     }
 
+    /// Queues `write` and returns once it is committed, leading the commit
+    /// of everything queued if no one else is.
     fn write(&self, write: Write) -> Result<Revision, StoreError> {
-        let (reply, answer) = mpsc::sync_channel(1);
-        let sent = self
-            .writer
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .send(Request { write, reply });
-        sent.map_err(|_| StoreError::Backend("store writer has stopped".into()))?;
-        answer
-            .recv()
-            .map_err(|_| StoreError::Backend("store writer has stopped".into()))?
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let ticket = q.next_ticket;
+        q.next_ticket += 1;
+        q.waiting.push((ticket, write));
+        loop {
+            if let Some(result) = q.done.remove(&ticket) {
+                return result;
+            }
+            if q.committing {
+                q = self.committed.wait(q).unwrap_or_else(|e| e.into_inner());
+                continue;
+            }
+            q.committing = true;
+            let n = q.waiting.len().min(MAX_BATCH);
+            let batch: Vec<(u64, Write)> = q.waiting.drain(..n).collect();
+            drop(q);
+            let results = {
+                let mut conn = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+                commit_batch(&mut conn, &batch)
+            };
+            q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            q.committing = false;
+            match results {
+                Ok(results) => {
+                    for ((t, _), r) in batch.into_iter().zip(results) {
+                        q.done.insert(t, r);
+                    }
+                }
+                Err(e) => {
+                    for (t, _) in batch {
+                        q.done.insert(t, Err(StoreError::Backend(e.to_string())));
+                    }
+                }
+            }
+            self.committed.notify_all();
+        }
     }
 
     /// Runs `f` on a pooled read connection.
@@ -154,35 +188,11 @@ impl SqliteStore {
     }
 }
 
-fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Request>) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(r) => batch.push(r),
-                Err(_) => break,
-            }
-        }
-        match commit_batch(&mut conn, &batch) {
-            Ok(results) => {
-                for (req, result) in batch.into_iter().zip(results) {
-                    let _ = req.reply.send(result);
-                }
-            }
-            Err(e) => {
-                for req in batch {
-                    let _ = req.reply.send(Err(StoreError::Backend(e.to_string())));
-                }
-            }
-        }
-    }
-}
-
 /// Applies a batch in one transaction. A failed precondition fails only its
 /// own write; a database error fails the whole batch, which is rolled back.
 fn commit_batch(
     conn: &mut Connection,
-    batch: &[Request],
+    batch: &[(u64, Write)],
 ) -> rusqlite::Result<Vec<Result<Revision, StoreError>>> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut revision: Revision =
@@ -190,8 +200,8 @@ fn commit_batch(
             r.get(0)
         })?;
     let mut results = Vec::with_capacity(batch.len());
-    for req in batch {
-        let (collection, key) = match &req.write {
+    for (_, write) in batch {
+        let (collection, key) = match write {
             Write::Put {
                 collection, key, ..
             }
@@ -206,7 +216,7 @@ fn commit_batch(
                 |r| r.get(0),
             )
             .optional()?;
-        let expected = match &req.write {
+        let expected = match write {
             Write::Put { expect, .. } => *expect,
             Write::Delete { expect, .. } => Precondition::Revision(*expect),
         };
@@ -217,7 +227,7 @@ fn commit_batch(
             continue;
         }
         revision += 1;
-        match &req.write {
+        match write {
             Write::Put { value, .. } => {
                 tx.execute(
                     "INSERT INTO entries (collection, key, revision, value) VALUES (?1, ?2, ?3, ?4)
