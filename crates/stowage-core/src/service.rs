@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use stowage_sys::{IdMapping, Sys, UserNamespace};
+use stowage_sys::{IdMapping, MountEntry, Sys, UserNamespace};
 use time::OffsetDateTime;
 use tracing::{info, warn};
 
@@ -110,7 +110,7 @@ impl VolumeService {
             } else if r.labels != req.labels {
                 "labels"
             } else {
-                return Ok(self.view(r));
+                return self.view(r);
             };
             return Err(Error::Conflict {
                 name: name.to_string(),
@@ -135,7 +135,7 @@ impl VolumeService {
                 state: VolumeState::Ready,
                 ..record
             };
-            return Ok(self.view(&self.insert(record)?.record));
+            return self.view(&self.insert(record)?.record);
         }
         let mut loaded = self.insert(record)?;
         if let Err(e) = driver.create(&loaded.record) {
@@ -147,21 +147,22 @@ impl VolumeService {
         }
         loaded.record.state = VolumeState::Ready;
         self.save(&mut loaded)?;
-        Ok(self.view(&loaded.record))
+        self.view(&loaded.record)
     }
 
     pub fn inspect(&self, name: &str) -> Result<Volume> {
         let name = VolumeName::parse(name)?;
         let loaded = self.load(&name)?.ok_or_else(|| not_found(&name))?;
-        Ok(self.view(&loaded.record))
+        self.view(&loaded.record)
     }
 
     pub fn list(&self, filter: &VolumeFilter) -> Result<Vec<Volume>> {
+        let table = self.mount_table()?;
         let mut out: Vec<Volume> = self
             .list_records()?
             .iter()
             .filter(|l| filter.matches(&l.record))
-            .map(|l| self.view(&l.record))
+            .map(|l| self.view_with(&l.record, &table))
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
@@ -338,26 +339,37 @@ impl VolumeService {
         Ok(())
     }
 
-    /// How many mounts are stacked on the volume's mountpoint right now.
-    fn mount_count(&self, id: &str) -> Result<usize> {
-        let table = self
-            .sys
+    fn mount_table(&self) -> Result<Vec<MountEntry>> {
+        self.sys
             .mount_table()
-            .map_err(Error::io("read mount table", "/proc/self/mountinfo"))?;
-        Ok(stowage_sys::mounts_at(&table, &self.layout.mountpoint(id)))
+            .map_err(Error::io("read mount table", "/proc/self/mountinfo"))
     }
 
-    fn view(&self, r: &VolumeRecord) -> Volume {
+    /// How many mounts are stacked on the volume's mountpoint right now.
+    fn mount_count(&self, id: &str) -> Result<usize> {
+        Ok(stowage_sys::mounts_at(
+            &self.mount_table()?,
+            &self.layout.mountpoint(id),
+        ))
+    }
+
+    /// A volume as callers see it, `mounted` read from the kernel.
+    fn view(&self, r: &VolumeRecord) -> Result<Volume> {
+        Ok(self.view_with(r, &self.mount_table()?))
+    }
+
+    fn view_with(&self, r: &VolumeRecord, table: &[MountEntry]) -> Volume {
+        let mountpoint = self.layout.mountpoint(&r.id);
         Volume {
             name: r.name.to_string(),
             driver: r.driver.clone(),
             options: r.options.clone(),
             labels: r.labels.clone(),
             created_at: r.created_at,
-            mountpoint: self.layout.mountpoint(&r.id),
+            mounted: stowage_sys::mounts_at(table, &mountpoint) > 0,
+            mountpoint,
             consumers: r.consumers.iter().cloned().collect(),
             status: r.state,
-            mounted: !r.consumers.is_empty(),
             presentation: r.presentation.clone(),
         }
     }

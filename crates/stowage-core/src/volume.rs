@@ -85,6 +85,7 @@ pub struct Volume {
     pub consumers: Vec<String>,
     /// `ready`, or `creating` / `removing` while an operation is in flight.
     pub status: VolumeState,
+    /// Whether the kernel has the volume mounted at `mountpoint` now.
     pub mounted: bool,
     /// Ownership method and SELinux label of the last mount.
     pub presentation: Presentation,

@@ -315,6 +315,27 @@ fn reconcile_finishes_or_rolls_back_each_half_done_operation() {
 }
 
 #[test]
+fn a_volume_that_cannot_be_presented_at_start_says_it_is_not_mounted() {
+    let f = fixture();
+    let v = f.svc.create(req("v")).unwrap();
+    f.svc.mount("v", "c").unwrap();
+    assert!(f.svc.inspect("v").unwrap().mounted);
+    // A reboot loses the mount, and the data directory is gone too.
+    f.sys.unmount(&v.mountpoint).unwrap();
+    let id = record(&f.store, "v").unwrap().id;
+    f.sys.remove_tree(&Path::new("/data").join(id)).unwrap();
+    let restarted = service(&f.sys, &f.store);
+    let report = restarted.reconcile().unwrap();
+    assert_eq!(report.failures.len(), 1, "{report:?}");
+    let after = restarted.inspect("v").unwrap();
+    assert_eq!(after.consumers, vec!["c"]);
+    assert!(
+        !after.mounted,
+        "the view follows the kernel, not the record"
+    );
+}
+
+#[test]
 fn concurrent_clients_on_one_name_keep_store_and_mounts_in_agreement() {
     let f = Arc::new(fixture());
     let threads: Vec<_> = (0..8)
