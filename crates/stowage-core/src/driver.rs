@@ -30,17 +30,22 @@ pub trait Driver: Send + Sync + 'static {
     /// driver takes (`owner`, `label`, ...) are checked by the service and
     /// not passed here.
     fn validate(&self, options: &Options) -> Result<()>;
-    /// Whether `create` and `remove` make or delete data on the host.
-    /// Drivers whose storage is found elsewhere (`bind`) or made at mount
-    /// time (`tmpfs`) say no: the service then creates and removes their
-    /// volumes with one store write and never calls those two.
+    /// Whether `create` and `remove` make or delete data on the host. A
+    /// driver that provisions overrides all three; the others (storage
+    /// found elsewhere, like `bind`, or made at mount time, like `tmpfs`)
+    /// have their volumes created and removed with one store write, and
+    /// these two are never called for them.
     fn provisions_storage(&self) -> bool {
-        true
+        false
     }
     /// Provisions the volume's storage.
-    fn create(&self, volume: &VolumeRecord) -> Result<()>;
+    fn create(&self, _volume: &VolumeRecord) -> Result<()> {
+        Ok(())
+    }
     /// Releases the volume's storage. Never deletes data it did not create.
-    fn remove(&self, volume: &VolumeRecord) -> Result<()>;
+    fn remove(&self, _volume: &VolumeRecord) -> Result<()> {
+        Ok(())
+    }
     /// Presents the volume's data on the empty directory `target` as `spec`
     /// says. A filesystem that refuses idmapping must fail with `EINVAL`,
     /// so the service can fall back to changing owners.

@@ -130,18 +130,6 @@ impl Driver for Bind {
         self.checked_path(opts).map(drop)
     }
 
-    fn provisions_storage(&self) -> bool {
-        false
-    }
-
-    fn create(&self, _volume: &VolumeRecord) -> Result<()> {
-        Ok(())
-    }
-
-    fn remove(&self, _volume: &VolumeRecord) -> Result<()> {
-        Ok(())
-    }
-
     fn mount(&self, volume: &VolumeRecord, target: &Path, spec: MountSpec<'_>) -> Result<()> {
         let source = self.checked_path(&volume.options)?;
         self.sys

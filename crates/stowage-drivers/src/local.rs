@@ -36,6 +36,10 @@ impl Driver for Local {
         Ok(())
     }
 
+    fn provisions_storage(&self) -> bool {
+        true
+    }
+
     fn create(&self, volume: &VolumeRecord) -> Result<()> {
         let dir = self.layout.volume_dir(&volume.id);
         exists_ok(self.sys.create_dir(&dir, 0o700)).map_err(Error::io("create directory", &dir))?;

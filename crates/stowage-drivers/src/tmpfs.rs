@@ -42,18 +42,6 @@ impl Driver for Tmpfs {
         Self::mount_options(opts).map(drop)
     }
 
-    fn provisions_storage(&self) -> bool {
-        false
-    }
-
-    fn create(&self, _volume: &VolumeRecord) -> Result<()> {
-        Ok(())
-    }
-
-    fn remove(&self, _volume: &VolumeRecord) -> Result<()> {
-        Ok(())
-    }
-
     fn mount(&self, volume: &VolumeRecord, target: &Path, spec: MountSpec<'_>) -> Result<()> {
         let mut opts = Self::mount_options(&volume.options)?;
         opts.context = spec.context.map(str::to_string);

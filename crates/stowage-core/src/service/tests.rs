@@ -19,6 +19,9 @@ impl Driver for DirDriver {
     fn validate(&self, options: &Options) -> Result<()> {
         check_known("dir", options, &["colour"])
     }
+    fn provisions_storage(&self) -> bool {
+        true
+    }
     fn create(&self, v: &VolumeRecord) -> Result<()> {
         let dir = Path::new("/data").join(&v.id);
         match self.sys.create_dir(&dir, 0o755) {
