@@ -14,12 +14,11 @@ mod present;
 mod reconcile;
 
 use std::collections::HashMap;
-use std::io;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use stowage_sys::{IdMapping, MountEntry, Sys, UserNamespace};
+use stowage_sys::{exists_ok, missing_ok, IdMapping, MountEntry, Sys, UserNamespace};
 use time::OffsetDateTime;
 use tracing::{info, warn};
 
@@ -70,14 +69,6 @@ impl VolumeService {
             locks: KeyedLocks::default(),
             namespaces: Mutex::default(),
         }
-    }
-
-    pub fn layout(&self) -> &Layout {
-        &self.layout
-    }
-
-    pub fn driver_names(&self) -> Vec<&'static str> {
-        self.drivers.names().collect()
     }
 
     /// Creates a volume, or returns the existing one if it was created with
@@ -301,11 +292,8 @@ impl VolumeService {
     /// the volume's options ask, recording how in `record.presentation`.
     fn present(&self, driver: &dyn Driver, record: &mut VolumeRecord) -> Result<()> {
         let target = self.layout.mountpoint(&record.id);
-        match self.sys.create_dir(&target, 0o700) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(Error::io("create mountpoint", &target)(e)),
-        }
+        exists_ok(self.sys.create_dir(&target, 0o700))
+            .map_err(Error::io("create mountpoint", &target))?;
         match self.mount_presented(driver, record, &target) {
             Ok(presentation) => {
                 record.presentation = presentation;
@@ -331,10 +319,8 @@ impl VolumeService {
                 Err(e) => return Err(Error::io("unmount", &target)(e)),
             }
         }
-        match self.sys.remove_dir(&target) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => warn!(path = %target.display(), error = %e, "cannot remove mountpoint"),
+        if let Err(e) = missing_ok(self.sys.remove_dir(&target)) {
+            warn!(path = %target.display(), error = %e, "cannot remove mountpoint");
         }
         Ok(())
     }
@@ -347,10 +333,12 @@ impl VolumeService {
 
     /// How many mounts are stacked on the volume's mountpoint right now.
     fn mount_count(&self, id: &str) -> Result<usize> {
-        Ok(stowage_sys::mounts_at(
-            &self.mount_table()?,
-            &self.layout.mountpoint(id),
-        ))
+        Ok(self.mounts_in(&self.mount_table()?, id))
+    }
+
+    /// How many mounts `table` stacks on the volume's mountpoint.
+    fn mounts_in(&self, table: &[MountEntry], id: &str) -> usize {
+        stowage_sys::mounts_at(table, &self.layout.mountpoint(id))
     }
 
     /// A volume as callers see it, `mounted` read from the kernel.

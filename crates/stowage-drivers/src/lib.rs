@@ -11,7 +11,6 @@ mod bind;
 mod local;
 mod tmpfs;
 
-use std::io;
 use std::sync::Arc;
 
 use stowage_core::{DriverSet, Layout};
@@ -27,20 +26,4 @@ pub fn builtin(sys: Arc<dyn Sys>, layout: &Layout) -> DriverSet {
         .with(Arc::new(Local::new(sys.clone(), layout.clone())))
         .with(Arc::new(Tmpfs::new(sys.clone())))
         .with(Arc::new(Bind::new(sys, layout.clone())))
-}
-
-/// Treats "already there" as success, for idempotent creation.
-fn exists_ok(r: io::Result<()>) -> io::Result<()> {
-    match r {
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-        other => other,
-    }
-}
-
-/// Treats "already gone" as success, for idempotent removal.
-fn missing_ok(r: io::Result<()>) -> io::Result<()> {
-    match r {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        other => other,
-    }
 }

@@ -5,9 +5,7 @@ use std::sync::Arc;
 
 use stowage_core::options::{self, check_known, Options};
 use stowage_core::{Driver, Error, Layout, MountSpec, Result, VolumeRecord};
-use stowage_sys::Sys;
-
-use crate::{exists_ok, missing_ok};
+use stowage_sys::{exists_ok, missing_ok, Sys};
 
 const OPTIONS: &[&str] = &["uid", "gid", "mode"];
 const DEFAULT_MODE: u32 = 0o755;

@@ -102,6 +102,22 @@ pub trait Sys: Send + Sync + 'static {
     fn mount_table(&self) -> io::Result<Vec<MountEntry>>;
 }
 
+/// Treats "already there" as success, for idempotent creation.
+pub fn exists_ok(r: io::Result<()>) -> io::Result<()> {
+    match r {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        other => other,
+    }
+}
+
+/// Treats "already gone" as success, for idempotent removal.
+pub fn missing_ok(r: io::Result<()>) -> io::Result<()> {
+    match r {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
 /// Whether an unmount failed because nothing is mounted there.
 pub fn is_not_mounted(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOENT))

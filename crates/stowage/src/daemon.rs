@@ -185,11 +185,8 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
 /// Binds a fresh unix socket at `path` (replacing a stale one: the root
 /// locks prove no live daemon owns it), readable and writable by root only.
 fn bind_socket(path: &Path) -> Result<UnixListener> {
-    match fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("removing stale {}", path.display())),
-    }
+    stowage_sys::missing_ok(fs::remove_file(path))
+        .with_context(|| format!("removing stale {}", path.display()))?;
     let listener =
         UnixListener::bind(path).with_context(|| format!("listening on {}", path.display()))?;
     fs::set_permissions(path, fs::Permissions::from_mode(0o660))?;

@@ -2,6 +2,7 @@
 
 use std::collections::HashSet;
 
+use stowage_sys::{exists_ok, MountEntry};
 use tracing::{info, warn};
 
 use super::{Loaded, VolumeService};
@@ -29,18 +30,17 @@ impl VolumeService {
     pub fn reconcile(&self) -> Result<ReconcileReport> {
         let mut report = ReconcileReport::default();
         for dir in [self.layout.volumes_dir(), self.layout.mounts_dir()] {
-            match self.sys.create_dir(&dir, 0o700) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(Error::io("create directory", &dir)(e)),
-            }
+            exists_ok(self.sys.create_dir(&dir, 0o700))
+                .map_err(Error::io("create directory", &dir))?;
         }
+        // Read once: each step below changes only its own volume's mounts.
+        let table = self.mount_table()?;
         let mut presented = HashSet::new();
         for loaded in self.list_records()? {
             report.volumes += 1;
             let name = loaded.record.name.to_string();
             let _guard = self.locks.lock(&name);
-            match self.reconcile_one(loaded, &mut report) {
+            match self.reconcile_one(loaded, &table, &mut report) {
                 Ok(Some(id)) => {
                     presented.insert(id);
                 }
@@ -51,7 +51,7 @@ impl VolumeService {
                 }
             }
         }
-        self.remove_stale_mounts(&presented, &mut report)?;
+        self.remove_stale_mounts(&table, &presented, &mut report)?;
         info!(?report, "reconciled store with mount table");
         Ok(report)
     }
@@ -60,6 +60,7 @@ impl VolumeService {
     fn reconcile_one(
         &self,
         mut loaded: Loaded,
+        table: &[MountEntry],
         report: &mut ReconcileReport,
     ) -> Result<Option<String>> {
         match loaded.record.state {
@@ -75,7 +76,7 @@ impl VolumeService {
             }
             VolumeState::Ready => {}
         }
-        let have = self.mount_count(&loaded.record.id)?;
+        let have = self.mounts_in(table, &loaded.record.id);
         if loaded.record.consumers.is_empty() {
             if have > 0 {
                 report.stale_mounts_removed += have;
@@ -105,14 +106,11 @@ impl VolumeService {
     /// volume that should be presented there.
     fn remove_stale_mounts(
         &self,
+        table: &[MountEntry],
         presented: &HashSet<String>,
         report: &mut ReconcileReport,
     ) -> Result<()> {
         let mounts_dir = self.layout.mounts_dir();
-        let table = self
-            .sys
-            .mount_table()
-            .map_err(Error::io("read mount table", "/proc/self/mountinfo"))?;
         let entries = self
             .sys
             .list_dir(&mounts_dir)
@@ -121,7 +119,7 @@ impl VolumeService {
             if presented.contains(&id) {
                 continue;
             }
-            let count = stowage_sys::mounts_at(&table, &mounts_dir.join(&id));
+            let count = self.mounts_in(table, &id);
             match self.withdraw(&id, count) {
                 Ok(()) if count > 0 => {
                     warn!(id = %id, count, "removed stale mount");

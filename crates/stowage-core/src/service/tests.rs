@@ -24,17 +24,11 @@ impl Driver for DirDriver {
     }
     fn create(&self, v: &VolumeRecord) -> Result<()> {
         let dir = Path::new("/data").join(&v.id);
-        match self.sys.create_dir(&dir, 0o755) {
-            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(Error::io("mkdir", dir)(e)),
-            _ => Ok(()),
-        }
+        stowage_sys::exists_ok(self.sys.create_dir(&dir, 0o755)).map_err(Error::io("mkdir", dir))
     }
     fn remove(&self, v: &VolumeRecord) -> Result<()> {
         let dir = Path::new("/data").join(&v.id);
-        match self.sys.remove_tree(&dir) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(Error::io("rm", dir)(e)),
-            _ => Ok(()),
-        }
+        stowage_sys::missing_ok(self.sys.remove_tree(&dir)).map_err(Error::io("rm", dir))
     }
     fn mount(&self, v: &VolumeRecord, target: &Path, spec: crate::MountSpec<'_>) -> Result<()> {
         let dir = Path::new("/data").join(&v.id);
