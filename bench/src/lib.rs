@@ -1,6 +1,7 @@
 //! Shared pieces of Stowage's benchmarks.
 
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::{bail, Result};
 use http_body_util::{BodyExt, Full};
@@ -47,4 +48,11 @@ impl Conn {
         }
         Ok(bytes)
     }
+}
+
+/// The median of some durations.
+pub fn median(v: &[Duration]) -> Duration {
+    let mut v = v.to_vec();
+    v.sort();
+    v[v.len() / 2]
 }

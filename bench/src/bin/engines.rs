@@ -9,6 +9,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use stowage_bench::median;
 use stowage_testkit::{require_root, Env, Kind, IMAGE};
 
 const TARGET_OVERHEAD: f64 = 0.10;
@@ -23,9 +24,7 @@ struct Samples {
 }
 
 fn median_ms(v: &[Duration]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort();
-    v[v.len() / 2].as_secs_f64() * 1e3
+    median(v).as_secs_f64() * 1e3
 }
 
 fn timed(env: &Env, kind: Kind, args: &[&str]) -> Duration {

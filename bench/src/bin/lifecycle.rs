@@ -4,13 +4,14 @@
 //! `rmdir` processes. Every Stowage state change is fsync'd before its
 //! reply; the by-hand cycle persists nothing.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use hyper::Method;
 use stowage_bench::Conn;
+use stowage_testkit::Daemon;
 
 const TARGET_CYCLES_PER_SEC: f64 = 500.0;
 
@@ -188,58 +189,20 @@ fn by_hand_run(dir: &Path, clients: usize, seconds: f64) -> Result<Run> {
     Ok(summarize(cycles.len(), start.elapsed(), ops, cycles))
 }
 
-struct Daemon {
-    child: Child,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_daemon(base: &Path) -> Result<(Daemon, PathBuf)> {
-    let exe = std::env::current_exe()?;
-    let stowage = exe.with_file_name("stowage");
-    let log = std::fs::File::create(base.join("daemon.log"))?;
-    let child = Command::new(&stowage)
-        .arg("serve")
-        .arg("--data-root")
-        .arg(base.join("data"))
-        .arg("--run-root")
-        .arg(base.join("run"))
-        .stderr(log)
-        .stdout(Stdio::null())
-        .spawn()
-        .with_context(|| format!("starting {}", stowage.display()))?;
-    let daemon = Daemon { child };
-    let socket = base.join("run/stowage.sock");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-        if Instant::now() > deadline {
-            bail!(
-                "daemon did not start; see {}",
-                base.join("daemon.log").display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    Ok((daemon, socket))
-}
-
 #[tokio::main]
 async fn main() -> Result<()> {
     let s = settings()?;
     // On the root filesystem, like /var/lib/stowage: fsync costs what it
     // costs for a real data root.
-    let tmp = tempfile::Builder::new()
-        .prefix("stowage-bench")
-        .tempdir_in("/var/tmp")?;
-    let base = tmp.path().canonicalize()?;
-    let hand_dir = base.join("by-hand");
+    let stowage = std::env::current_exe()?.with_file_name("stowage");
+    let daemon = Daemon::start_in(
+        stowage.to_str().context("path")?,
+        Path::new("/var/tmp"),
+        &[],
+    );
+    let socket = daemon.socket();
+    let hand_dir = daemon.base().join("by-hand");
     std::fs::create_dir_all(&hand_dir)?;
-    let (_daemon, socket) = start_daemon(&base)?;
 
     println!(
         "bench/lifecycle: create+mount+unmount+remove on the local driver; median of {} runs of {}s",

@@ -9,27 +9,18 @@
 //!
 //! Between runs the tree goes back to 15149 (untimed). Caches are warm.
 
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use hyper::Method;
-use stowage_bench::Conn;
+use stowage_bench::{median, Conn};
 use stowage_sys::{IdMapping, IdRange, LinuxSys, Sys};
-use stowage_testkit::{require_root, Daemon};
+use stowage_testkit::{owner, require_root, run, Daemon};
 
 const DISK: u32 = 15149;
 const OWNER: (u32, u32) = (184, 998);
-
-fn run(cmd: &str, args: &[&str]) -> Result<()> {
-    let status = Command::new(cmd).args(args).status()?;
-    if !status.success() {
-        bail!("{cmd} {args:?} failed with {status}");
-    }
-    Ok(())
-}
 
 /// `n` empty files in directories of 1000, all owned by `DISK`.
 fn build_tree(root: &Path, n: usize) -> Result<()> {
@@ -66,16 +57,6 @@ fn mapping(from: (u32, u32), to: (u32, u32)) -> IdMapping {
 fn reset(root: &Path) -> Result<()> {
     LinuxSys.chown_tree(root, &mapping(OWNER, (DISK, DISK)), 2)?;
     Ok(())
-}
-
-fn owner(p: &Path) -> Result<(u32, u32)> {
-    let m = std::fs::symlink_metadata(p)?;
-    Ok((m.uid(), m.gid()))
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
 }
 
 /// create + mount through the REST socket; returns the time and the
@@ -143,23 +124,28 @@ async fn main() -> Result<()> {
     let mnt = base.join("mnt");
     std::fs::create_dir(&mnt)?;
     let inodes = sizes.iter().sum::<usize>() + sizes.len() * 2000 + 10_000;
-    run("truncate", &["-s", "8G", image.to_str().unwrap()])?;
+    run("truncate", &["-s", "8G", image.to_str().unwrap()]);
     run(
         "mkfs.ext4",
         &["-q", "-N", &inodes.to_string(), image.to_str().unwrap()],
-    )?;
+    );
     run(
         "mount",
         &["-o", "loop", image.to_str().unwrap(), mnt.to_str().unwrap()],
-    )?;
+    );
     let result = bench(&base, &mnt, &sizes, runs).await;
-    let _ = run("umount", &["-l", mnt.to_str().unwrap()]);
+    // Cleanup must not panic over the result.
+    let _ = Command::new("umount").arg("-l").arg(&mnt).status();
     result
 }
 
 async fn bench(base: &Path, mnt: &Path, sizes: &[usize], runs: usize) -> Result<()> {
     let stowage = std::env::current_exe()?.with_file_name("stowage");
-    let daemon = Daemon::start(stowage.to_str().context("path")?);
+    let daemon = Daemon::start_in(
+        stowage.to_str().context("path")?,
+        Path::new("/var/tmp"),
+        &[],
+    );
     let mut conn = Conn::open(&daemon.socket()).await?;
     let _ = base;
 
@@ -186,7 +172,7 @@ async fn bench(base: &Path, mnt: &Path, sizes: &[usize], runs: usize) -> Result<
         for r in 0..runs {
             let name = format!("idmap-{n}-{r}");
             let (t, mp) = create_and_mount(&mut conn, &name, &tree, "idmap").await?;
-            if owner(&mp)? != OWNER || owner(&tree)? != (DISK, DISK) {
+            if owner(&mp) != OWNER || owner(&tree) != (DISK, DISK) {
                 bail!("idmap run did not present the tree as 184:998");
             }
             idmap.push(t);
@@ -209,7 +195,7 @@ async fn bench(base: &Path, mnt: &Path, sizes: &[usize], runs: usize) -> Result<
         for r in 0..slow_runs {
             let name = format!("chown-{n}-{r}");
             let (t, _) = create_and_mount(&mut conn, &name, &tree, "chown").await?;
-            if owner(&tree)? != OWNER || owner(&tree.join("d0/f0"))? != OWNER {
+            if owner(&tree) != OWNER || owner(&tree.join("d0/f0")) != OWNER {
                 bail!("the fallback did not change the owners");
             }
             fallback.push(t);
@@ -221,16 +207,23 @@ async fn bench(base: &Path, mnt: &Path, sizes: &[usize], runs: usize) -> Result<
         let mut chown = Vec::new();
         for _ in 0..slow_runs {
             let t = Instant::now();
-            run("chown", &["-R", "184:998", tree.to_str().unwrap()])?;
+            let status = Command::new("chown")
+                .arg("-R")
+                .arg("184:998")
+                .arg(&tree)
+                .status()?;
             chown.push(t.elapsed());
+            if !status.success() {
+                bail!("chown -R failed with {status}");
+            }
             reset(&tree)?;
         }
 
         let (i, s, f, c) = (
-            median(idmap),
-            median(syscalls),
-            median(fallback),
-            median(chown),
+            median(&idmap),
+            median(&syscalls),
+            median(&fallback),
+            median(&chown),
         );
         println!(
             "{:>9} | {:>8.3} ms | {:>8.1} µs | {:>9.1} ms | {:>8.1} ms | {:>12.0}x | {:>14.2}x",

@@ -35,8 +35,15 @@ impl Daemon {
 
     /// Starts a daemon with extra `serve` arguments.
     pub fn start_with(bin: &str, extra: &[&str]) -> Daemon {
+        Daemon::start_in(bin, &std::env::temp_dir(), extra)
+    }
+
+    /// Starts a daemon whose roots live under `parent` (benches put them
+    /// on the root filesystem, where fsync costs what it costs for a real
+    /// data root).
+    pub fn start_in(bin: &str, parent: &Path, extra: &[&str]) -> Daemon {
         require_root();
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir_in(parent).unwrap();
         let base = dir.path().canonicalize().unwrap();
         let mut d = Daemon {
             bin: bin.into(),
@@ -206,6 +213,23 @@ pub fn fs_type_at(path: &Path) -> Option<String> {
         .rev()
         .find(|m| m.mount_point == path)
         .map(|m| m.fs_type)
+}
+
+/// The owner (uid, gid) of `p` itself, a symlink included.
+pub fn owner(p: &Path) -> (u32, u32) {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    (m.uid(), m.gid())
+}
+
+/// Runs a command that must succeed; panics with its stderr otherwise.
+pub fn run(cmd: &str, args: &[&str]) {
+    let out = Command::new(cmd).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 pub fn stderr_of(out: &Output) -> String {

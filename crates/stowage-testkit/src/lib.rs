@@ -5,5 +5,5 @@
 pub mod daemon;
 pub mod engines;
 
-pub use daemon::{fs_type_at, mounts_under, require_root, stderr_of, Daemon};
+pub use daemon::{fs_type_at, mounts_under, owner, require_root, run, stderr_of, Daemon};
 pub use engines::{Env, Kind, IMAGE};

@@ -2,29 +2,14 @@
 //! tmpfs images made here, and the chown fallback on overlay, which refuses
 //! idmapping.
 
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use stowage_testkit::Daemon;
+use stowage_testkit::{owner, run, Daemon};
 
 use crate::BIN;
 
 const DISK: u32 = 15149;
-
-fn run(cmd: &str, args: &[&str]) {
-    let out = Command::new(cmd).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn owner(p: &Path) -> (u32, u32) {
-    let m = std::fs::symlink_metadata(p).unwrap();
-    (m.uid(), m.gid())
-}
 
 /// Mounts a fresh filesystem of `kind` at `base/<kind>` and returns a
 /// directory in it holding a file, both owned by `DISK`.

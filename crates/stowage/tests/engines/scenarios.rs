@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use stowage_testkit::engines::read;
-use stowage_testkit::{mounts_under, Env, Kind, IMAGE};
+use stowage_testkit::{mounts_under, owner, Env, Kind, IMAGE};
 
 /// A name unique to the engine, so scenarios on both run side by side.
 fn unique(kind: Kind, name: &str) -> String {
@@ -649,11 +649,6 @@ fn host_dir(env: &Env, kind: Kind, name: &str) -> PathBuf {
     dir
 }
 
-fn disk_owner(p: &std::path::Path) -> (u32, u32) {
-    let m = std::fs::metadata(p).unwrap();
-    (m.uid(), m.gid())
-}
-
 /// The seeds' MongoDB case: the data belongs to host user 15149, the
 /// container runs as 184:998, nothing is chowned.
 pub fn owner_maps_a_host_directory(env: &Env, kind: Kind) {
@@ -693,7 +688,7 @@ pub fn owner_maps_a_host_directory(env: &Env, kind: Kind) {
     assert_eq!(out, "record from the host\n184:998\n184:998\n184:998\n");
     // On disk, everything still belongs to 15149.
     for f in ["", "collection.wt", "journal"] {
-        assert_eq!(disk_owner(&dir.join(f)), (15149, 15149), "{f}");
+        assert_eq!(owner(&dir.join(f)), (15149, 15149), "{f}");
     }
     let info = env.inspect(&v);
     assert_eq!(
@@ -777,7 +772,7 @@ pub fn two_uids_share_a_directory_through_their_own_owner(env: &Env, kind: Kind)
         "from-2000\n"
     );
     for f in ["a", "b"] {
-        assert_eq!(disk_owner(&dir.join(f)), (15149, 15149), "{f}");
+        assert_eq!(owner(&dir.join(f)), (15149, 15149), "{f}");
     }
     env.engine(kind, &["rm", "-f", &writer]);
     for v in [&a, &b] {
@@ -827,7 +822,7 @@ pub fn podman_userns_auto_with_idmap(env: &Env, kind: Kind) {
     let file = mountpoint_on_disk(env, &v).join("f");
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "in-userns\n");
     assert_eq!(
-        disk_owner(&file),
+        owner(&file),
         (184, 998),
         "writes land as the volume's owner"
     );
