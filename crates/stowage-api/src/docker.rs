@@ -28,6 +28,9 @@ use crate::{DoorError, MAX_BODY_BYTES};
 
 /// The option that picks the Stowage driver; not passed on to it.
 pub const DRIVER_OPTION: &str = "driver";
+/// Options that create the volume as a copy of a snapshot or of a volume.
+pub const FROM_SNAPSHOT_OPTION: &str = "from-snapshot";
+pub const CLONE_OF_OPTION: &str = "clone-of";
 
 /// The content type of the plugin protocol.
 const CONTENT_TYPE: &str = "application/vnd.docker.plugins.v1+json";
@@ -193,11 +196,15 @@ async fn capabilities() -> Response {
 async fn create(State(svc): State<Svc>, PluginBody(req): PluginBody<CreateBody>) -> Response {
     let mut options = req.opts.unwrap_or_default();
     let driver = options.remove(DRIVER_OPTION);
+    let from_snapshot = options.remove(FROM_SNAPSHOT_OPTION);
+    let clone_of = options.remove(CLONE_OF_OPTION);
     let request = CreateRequest {
         name: req.name,
         driver,
         options,
         labels: BTreeMap::new(),
+        from_snapshot,
+        clone_of,
     };
     call(svc, move |s| s.create(request), |_| json!({ "Err": "" })).await
 }

@@ -11,7 +11,10 @@ use axum::routing::{self, MethodRouter};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use stowage_core::{CreateRequest, Error, Volume, VolumeFilter, VolumeService};
+use stowage_core::options::parse_size;
+use stowage_core::{
+    CreateRequest, Error, Snapshot, SnapshotRequest, Volume, VolumeFilter, VolumeService,
+};
 
 use crate::DoorError;
 
@@ -48,6 +51,15 @@ pub fn routes() -> Vec<Route> {
         route(Method::DELETE, "/v1/volumes/{name}", delete(remove)),
         route(Method::POST, "/v1/volumes/{name}/mount", post(mount)),
         route(Method::POST, "/v1/volumes/{name}/unmount", post(unmount)),
+        route(Method::POST, "/v1/volumes/{name}/resize", post(resize)),
+        route(Method::GET, "/v1/snapshots", get(list_snapshots)),
+        route(Method::POST, "/v1/snapshots", post(create_snapshot)),
+        route(Method::GET, "/v1/snapshots/{name}", get(inspect_snapshot)),
+        route(
+            Method::DELETE,
+            "/v1/snapshots/{name}",
+            delete(remove_snapshot),
+        ),
     ]
 }
 
@@ -246,6 +258,74 @@ struct PruneResponse {
 async fn prune(State(svc): State<Svc>) -> Result<Json<PruneResponse>, ApiError> {
     let removed = blocking(move || svc.prune()).await?;
     Ok(Json(PruneResponse { removed }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResizeRequest {
+    /// Bytes, or a size with a unit such as `20G`.
+    size: SizeValue,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SizeValue {
+    Bytes(u64),
+    Text(String),
+}
+
+async fn resize(
+    State(svc): State<Svc>,
+    Path(name): Path<String>,
+    Body(req): Body<ResizeRequest>,
+) -> Result<Json<Volume>, ApiError> {
+    let size = match req.size {
+        SizeValue::Bytes(n) => parse_size("size", &n.to_string())?,
+        SizeValue::Text(t) => parse_size("size", &t)?,
+    };
+    Ok(Json(blocking(move || svc.resize(&name, size)).await?))
+}
+
+async fn list_snapshots(
+    State(svc): State<Svc>,
+    Query(params): Params,
+) -> Result<Json<Vec<Snapshot>>, ApiError> {
+    let mut volume = None;
+    for (key, value) in params {
+        if key != "volume" || volume.is_some() {
+            return Err(ApiError {
+                status: StatusCode::BAD_REQUEST,
+                code: "invalid_request",
+                message: format!("unexpected query parameter {key:?}; use volume=NAME once"),
+            });
+        }
+        volume = Some(value);
+    }
+    Ok(Json(
+        blocking(move || svc.list_snapshots(volume.as_deref())).await?,
+    ))
+}
+
+async fn create_snapshot(
+    State(svc): State<Svc>,
+    Body(req): Body<SnapshotRequest>,
+) -> Result<Json<Snapshot>, ApiError> {
+    Ok(Json(blocking(move || svc.create_snapshot(req)).await?))
+}
+
+async fn inspect_snapshot(
+    State(svc): State<Svc>,
+    Path(name): Path<String>,
+) -> Result<Json<Snapshot>, ApiError> {
+    Ok(Json(blocking(move || svc.inspect_snapshot(&name)).await?))
+}
+
+async fn remove_snapshot(
+    State(svc): State<Svc>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    blocking(move || svc.remove_snapshot(&name)).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[cfg(test)]

@@ -5,11 +5,23 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use stowage_sys::UserNamespace;
+use stowage_sys::{CopyMethod, Usage, UserNamespace};
 
 use crate::error::{Error, Result};
 use crate::options::Options;
+use crate::snapshot::SnapshotRecord;
 use crate::volume::VolumeRecord;
+
+/// Where a new volume's data comes from.
+#[derive(Debug, Clone, Copy)]
+pub enum Source<'a> {
+    Snapshot(&'a SnapshotRecord),
+    /// A live volume, mounted at the path if it is in use.
+    Volume(&'a VolumeRecord, Option<&'a Path>),
+}
+
+/// Progress of a long copy: (bytes done, bytes to copy).
+pub type Progress<'a> = &'a mut dyn FnMut(u64, u64);
 
 /// How a mount presents the volume.
 #[derive(Debug, Default, Clone, Copy)]
@@ -56,8 +68,60 @@ pub trait Driver: Send + Sync + 'static {
         false
     }
     /// The on-disk owner (uid, gid) of the volume's root, which
-    /// `owner=UID:GID` presents as UID:GID.
+    /// `owner=UID:GID` presents as UID:GID. Called while not mounted.
     fn root_owner(&self, volume: &VolumeRecord) -> Result<(u32, u32)>;
+
+    /// Undoes, on a volume found mounted at start, whatever a crash may
+    /// have left half done (a frozen filesystem).
+    fn recover(&self, _volume: &VolumeRecord, _mounted_at: &Path) -> Result<()> {
+        Ok(())
+    }
+    /// The size in bytes a volume created with `options` will have, if
+    /// the driver enforces one. Checked against the space on the host.
+    fn requested_size(&self, _options: &Options) -> Result<Option<u64>> {
+        Ok(None)
+    }
+    /// Grows the volume to `size` bytes; it is mounted at `mounted_at`
+    /// when in use. Smaller sizes have been refused by the caller.
+    fn resize(&self, _volume: &VolumeRecord, _size: u64, _mounted_at: Option<&Path>) -> Result<()> {
+        Err(self.unsupported("resizing"))
+    }
+    /// Capacity and use, for volumes with a size.
+    fn usage(&self, _volume: &VolumeRecord, _mounted_at: Option<&Path>) -> Result<Option<Usage>> {
+        Ok(None)
+    }
+    /// Copies the volume's data, consistently even while mounted at
+    /// `mounted_at`, to the new snapshot `snapshot`.
+    fn snapshot(
+        &self,
+        _volume: &VolumeRecord,
+        _mounted_at: Option<&Path>,
+        _snapshot: &SnapshotRecord,
+        _progress: Progress<'_>,
+    ) -> Result<CopyMethod> {
+        Err(self.unsupported("snapshots"))
+    }
+    /// Deletes a snapshot's data; absent data is not an error.
+    fn remove_snapshot(&self, _snapshot: &SnapshotRecord) -> Result<()> {
+        Ok(())
+    }
+    /// Provisions the volume's storage as a copy of `source`. Like
+    /// `create`, it must be undone by `remove`.
+    fn create_from(
+        &self,
+        _volume: &VolumeRecord,
+        _source: Source<'_>,
+        _progress: Progress<'_>,
+    ) -> Result<CopyMethod> {
+        Err(self.unsupported("clones and restores"))
+    }
+
+    fn unsupported(&self, what: &str) -> Error {
+        Error::Unsupported {
+            driver: self.name().to_string(),
+            what: what.to_string(),
+        }
+    }
 }
 
 /// The drivers a service knows, by name.

@@ -19,6 +19,8 @@ pub enum ErrorKind {
     Conflict,
     /// The volume is in a state that forbids the operation (in use).
     FailedPrecondition,
+    /// Not enough space (or another resource) to do what was asked.
+    ResourceExhausted,
     /// Stowage or the kernel failed.
     Internal,
 }
@@ -31,6 +33,7 @@ impl ErrorKind {
             ErrorKind::NotFound => "not_found",
             ErrorKind::Conflict => "conflict",
             ErrorKind::FailedPrecondition => "failed_precondition",
+            ErrorKind::ResourceExhausted => "resource_exhausted",
             ErrorKind::Internal => "internal",
         }
     }
@@ -42,6 +45,7 @@ impl ErrorKind {
             ErrorKind::NotFound => 404,
             ErrorKind::Conflict => 409,
             ErrorKind::FailedPrecondition => 409,
+            ErrorKind::ResourceExhausted => 507,
             ErrorKind::Internal => 500,
         }
     }
@@ -73,6 +77,16 @@ pub enum Error {
     InvalidLabel { label: String, reason: String },
     #[error("invalid filter {filter:?}: {reason}")]
     InvalidFilter { filter: String, reason: String },
+    #[error("driver {driver} does not support {what}")]
+    Unsupported { driver: String, what: String },
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("no such snapshot: {name}")]
+    SnapshotNotFound { name: String },
+    #[error("snapshot {name} already exists of another volume")]
+    SnapshotConflict { name: String },
+    #[error("not enough space: {0}")]
+    NoSpace(String),
     #[error("no such volume: {name}")]
     NotFound { name: String },
     #[error("volume {name} already exists with different {what}")]
@@ -104,9 +118,12 @@ impl Error {
             | Error::InvalidOption { .. }
             | Error::MissingOption { .. }
             | Error::InvalidLabel { .. }
-            | Error::InvalidFilter { .. } => ErrorKind::InvalidArgument,
-            Error::NotFound { .. } => ErrorKind::NotFound,
-            Error::Conflict { .. } => ErrorKind::Conflict,
+            | Error::InvalidFilter { .. }
+            | Error::Unsupported { .. }
+            | Error::InvalidRequest(_) => ErrorKind::InvalidArgument,
+            Error::NotFound { .. } | Error::SnapshotNotFound { .. } => ErrorKind::NotFound,
+            Error::Conflict { .. } | Error::SnapshotConflict { .. } => ErrorKind::Conflict,
+            Error::NoSpace(_) => ErrorKind::ResourceExhausted,
             Error::Busy { .. } | Error::InUse { .. } => ErrorKind::FailedPrecondition,
             Error::Store(StoreError::Conflict { .. }) => ErrorKind::Conflict,
             Error::Io { .. } | Error::Store(_) => ErrorKind::Internal,

@@ -29,6 +29,26 @@ impl Layout {
         self.volumes_dir().join(id)
     }
 
+    /// Parent of the block volumes' image files.
+    pub fn images_dir(&self) -> PathBuf {
+        self.data_root.join("images")
+    }
+
+    /// The image file of a block volume.
+    pub fn image(&self, id: &str) -> PathBuf {
+        self.images_dir().join(format!("{id}.img"))
+    }
+
+    /// Parent of the snapshots' data.
+    pub fn snapshots_dir(&self) -> PathBuf {
+        self.data_root.join("snapshots")
+    }
+
+    /// The data of one snapshot: an image file or a directory, by driver.
+    pub fn snapshot(&self, id: &str) -> PathBuf {
+        self.snapshots_dir().join(id)
+    }
+
     /// Parent of the published mount points.
     pub fn mounts_dir(&self) -> PathBuf {
         self.run_root.join("mounts")

@@ -13,13 +13,15 @@ pub mod name;
 pub mod options;
 pub mod ownership;
 pub mod service;
+pub mod snapshot;
 pub mod store;
 pub mod volume;
 
-pub use driver::{Driver, DriverSet, MountSpec};
+pub use driver::{Driver, DriverSet, MountSpec, Progress, Source};
 pub use error::{Error, ErrorKind, Result};
 pub use layout::Layout;
 pub use name::VolumeName;
 pub use service::{ReconcileReport, VolumeService};
+pub use snapshot::{Snapshot, SnapshotRecord, SnapshotRequest};
 pub use store::{Collection, MemoryStore, Precondition, Revision, Store, StoreError, Versioned};
 pub use volume::{CreateRequest, Volume, VolumeFilter, VolumeRecord, VolumeState};

@@ -31,6 +31,14 @@ impl KeyedLocks {
             key: key.to_string(),
         }
     }
+
+    /// Locks several keys, always in sorted order, so that two callers
+    /// asking for the same keys in different orders cannot deadlock.
+    pub(crate) fn lock_all(&self, mut keys: Vec<String>) -> Vec<KeyGuard<'_>> {
+        keys.sort();
+        keys.dedup();
+        keys.iter().map(|k| self.lock(k)).collect()
+    }
 }
 
 impl Drop for KeyGuard<'_> {

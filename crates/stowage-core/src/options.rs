@@ -119,9 +119,74 @@ pub fn tmpfs_size(opts: &Options, key: &str) -> Result<Option<String>> {
     Ok(Some(format!("{number}{suffix}")))
 }
 
+/// An optional size in bytes (see [`parse_size`]).
+pub fn size(opts: &Options, key: &str) -> Result<Option<u64>> {
+    opts.get(key).map(|v| parse_size(key, v)).transpose()
+}
+
+/// Parses a positive size: a byte count with an optional binary suffix
+/// `K`, `M`, `G`, `T` or `P` (also written `Ki`, `KiB`, ...; powers of
+/// 1024, as `truncate` and Docker read them).
+pub fn parse_size(key: &str, value: &str) -> Result<u64> {
+    let bad = |why: &str| Error::invalid_option(key, value, why);
+    let upper = value.trim().to_ascii_uppercase();
+    let split = upper
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(upper.len());
+    let (digits, suffix) = upper.split_at(split);
+    if digits.is_empty() {
+        return Err(bad("expected a size such as 512M, 10G or 1073741824"));
+    }
+    let shift = match suffix.trim_end_matches("IB").trim_end_matches(['I', 'B']) {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        "P" => 50,
+        _ => return Err(bad("unknown unit; use K, M, G, T or P (powers of 1024)")),
+    };
+    let number: u64 = digits.parse().map_err(|_| bad("number too large"))?;
+    if number == 0 {
+        return Err(bad("a size must be positive"));
+    }
+    number
+        .checked_mul(1 << shift)
+        .filter(|n| *n <= i64::MAX as u64)
+        .ok_or_else(|| bad("size too large"))
+}
+
+/// Formats a byte count the way [`parse_size`] reads it, exactly.
+pub fn format_size(bytes: u64) -> String {
+    for (shift, unit) in [(40, "T"), (30, "G"), (20, "M"), (10, "K")] {
+        if bytes >= 1 << shift && bytes.is_multiple_of(1 << shift) {
+            return format!("{}{unit}", bytes >> shift);
+        }
+    }
+    bytes.to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn byte_sizes() {
+        for (text, bytes) in [
+            ("10G", 10 << 30),
+            ("512m", 512 << 20),
+            ("1GiB", 1 << 30),
+            ("4Ki", 4096),
+            ("1048576", 1 << 20),
+            ("2T", 2 << 40),
+        ] {
+            assert_eq!(parse_size("size", text).unwrap(), bytes, "{text}");
+            assert_eq!(parse_size("size", &format_size(bytes)).unwrap(), bytes);
+        }
+        for bad in ["-1", "10Q", "0", "", "G", "1.5G", "99999999999P", "1 G B"] {
+            assert!(parse_size("size", bad).is_err(), "{bad}");
+        }
+    }
 
     fn opts(pairs: &[(&str, &str)]) -> Options {
         pairs

@@ -10,8 +10,10 @@
 //! unmount, and reconcile removes it. Replies go out only after the
 //! outcome is durable.
 
+mod capacity;
 mod present;
 mod reconcile;
+mod snapshots;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -22,13 +24,14 @@ use stowage_sys::{exists_ok, missing_ok, IdMapping, MountEntry, Sys, UserNamespa
 use time::OffsetDateTime;
 use tracing::{info, warn};
 
-use crate::driver::{Driver, DriverSet};
+use crate::driver::{Driver, DriverSet, Source};
 use crate::error::{Error, Result};
 use crate::layout::Layout;
 use crate::locks::KeyedLocks;
 use crate::name::{validate_consumer, VolumeName};
 use crate::options::check_map_limits;
 use crate::ownership;
+use crate::snapshot::SnapshotRecord;
 use crate::store::{Collection, Precondition, Revision, Store};
 use crate::volume::{CreateRequest, Volume, VolumeFilter, VolumeRecord, VolumeState};
 
@@ -49,9 +52,43 @@ pub struct VolumeService {
 }
 
 /// A record as loaded, with the revision to compare-and-swap against.
-struct Loaded {
-    record: VolumeRecord,
+struct Loaded<R = VolumeRecord> {
+    record: R,
     revision: Revision,
+}
+
+/// A kind of persisted record: its collection and key.
+trait Record: Sized {
+    const COLLECTION: Collection;
+    fn key(&self) -> &str;
+    fn to_json(&self) -> Vec<u8>;
+    fn from_json(bytes: &[u8]) -> Result<Self>;
+}
+
+impl Record for VolumeRecord {
+    const COLLECTION: Collection = Collection::Volumes;
+    fn key(&self) -> &str {
+        self.name.as_str()
+    }
+    fn to_json(&self) -> Vec<u8> {
+        VolumeRecord::to_json(self)
+    }
+    fn from_json(bytes: &[u8]) -> Result<Self> {
+        VolumeRecord::from_json(bytes)
+    }
+}
+
+impl Record for SnapshotRecord {
+    const COLLECTION: Collection = Collection::Snapshots;
+    fn key(&self) -> &str {
+        self.name.as_str()
+    }
+    fn to_json(&self) -> Vec<u8> {
+        SnapshotRecord::to_json(self)
+    }
+    fn from_json(bytes: &[u8]) -> Result<Self> {
+        SnapshotRecord::from_json(bytes)
+    }
 }
 
 impl VolumeService {
@@ -79,16 +116,55 @@ impl VolumeService {
 
     fn create_inner(&self, req: CreateRequest) -> Result<Volume> {
         let name = VolumeName::parse(&req.name)?;
-        let driver_name = req.driver.as_deref().unwrap_or(DEFAULT_DRIVER);
-        let driver = self.drivers.get(driver_name)?;
+        let source_key = match (&req.from_snapshot, &req.clone_of) {
+            (Some(_), Some(_)) => {
+                return Err(Error::InvalidRequest(
+                    "give either a snapshot or a volume to copy, not both".into(),
+                ))
+            }
+            (Some(snap), None) => Some(snapshot_lock_key(&VolumeName::parse(snap)?)),
+            (None, Some(vol)) => Some(VolumeName::parse(vol)?.to_string()),
+            (None, None) => None,
+        };
         check_map_limits("options", &req.options)?;
         check_map_limits("labels", &req.labels)?;
-        let (common, own) = ownership::split(&req.options);
+        // The new name and the source are locked together: a copy is
+        // consistent, and the source cannot vanish halfway.
+        let mut keys = vec![name.to_string()];
+        keys.extend(source_key);
+        let _guards = self.locks.lock_all(keys);
+        let source = self.load_source(&req)?;
+
+        let mut options = source
+            .as_ref()
+            .map(|s| s.options().clone())
+            .unwrap_or_default();
+        if let Some(from) = source.as_ref().and_then(Copied::size) {
+            // The source may have grown since it was created.
+            options.insert("size".into(), crate::options::format_size(from));
+        }
+        options.extend(req.options.clone());
+        let driver_name = match (&req.driver, &source) {
+            (Some(d), _) => d.as_str(),
+            (None, Some(s)) => s.driver(),
+            (None, None) => DEFAULT_DRIVER,
+        };
+        let driver = self.drivers.get(driver_name)?.clone();
+        if let Some(s) = &source {
+            if s.driver() != driver.name() {
+                return Err(Error::InvalidRequest(format!(
+                    "the source is a {} volume; a copy of it must be one too, not {}",
+                    s.driver(),
+                    driver.name()
+                )));
+            }
+        }
+        let (common, own) = ownership::split(&options);
         ownership::OwnershipSpec::parse(&common)?;
         ownership::Label::parse(&common)?;
         driver.validate(&own)?;
+        let size = driver.requested_size(&own)?;
 
-        let _guard = self.locks.lock(name.as_str());
         if let Some(existing) = self.load(&name)? {
             let r = &existing.record;
             if r.state != VolumeState::Ready {
@@ -96,7 +172,7 @@ impl VolumeService {
             }
             let what = if r.driver != driver.name() {
                 "driver"
-            } else if r.options != req.options {
+            } else if r.options != options {
                 "options"
             } else if r.labels != req.labels {
                 "labels"
@@ -108,19 +184,33 @@ impl VolumeService {
                 what,
             });
         }
+        if let (Some(size), Some(from)) = (size, source.as_ref().and_then(|s| s.size())) {
+            if size < from {
+                return Err(Error::InvalidRequest(format!(
+                    "size {size} is smaller than the source's {from} bytes; volumes only grow"
+                )));
+            }
+        }
+        if let Some(size) = size {
+            self.check_space(size)?;
+        }
 
         let record = VolumeRecord {
             id: uuid::Uuid::new_v4().simple().to_string(),
             name,
             driver: driver.name().to_string(),
-            options: req.options,
+            options,
             labels: req.labels,
             created_at: now_seconds(),
             consumers: Default::default(),
             state: VolumeState::Creating,
             presentation: Default::default(),
+            size_bytes: size,
         };
         if !driver.provisions_storage() {
+            if source.is_some() {
+                return Err(driver.unsupported("clones and restores"));
+            }
             // Nothing to make on the host: one write creates the volume.
             let record = VolumeRecord {
                 state: VolumeState::Ready,
@@ -129,7 +219,11 @@ impl VolumeService {
             return self.view(&self.insert(record)?.record);
         }
         let mut loaded = self.insert(record)?;
-        if let Err(e) = driver.create(&loaded.record) {
+        let made = match &source {
+            None => driver.create(&loaded.record),
+            Some(s) => self.copy_into(driver.as_ref(), &loaded.record, s),
+        };
+        if let Err(e) = made {
             if let Err(cleanup) = driver.remove(&loaded.record) {
                 warn!(volume = %loaded.record.name, error = %cleanup, "cleanup after failed create");
             }
@@ -141,10 +235,88 @@ impl VolumeService {
         self.view(&loaded.record)
     }
 
+    /// Loads the snapshot or volume a create copies from; it must be ready.
+    fn load_source(&self, req: &CreateRequest) -> Result<Option<Copied>> {
+        if let Some(snap) = &req.from_snapshot {
+            let name = VolumeName::parse(snap)?;
+            let loaded = self
+                .load_record::<SnapshotRecord>(name.as_str())?
+                .ok_or_else(|| Error::SnapshotNotFound {
+                    name: name.to_string(),
+                })?;
+            if loaded.record.state != VolumeState::Ready {
+                return Err(Error::Busy {
+                    name: name.to_string(),
+                    state: "a snapshot still being made or removed",
+                });
+            }
+            return Ok(Some(Copied::Snapshot(loaded.record)));
+        }
+        if let Some(vol) = &req.clone_of {
+            let loaded = self.load_ready(&VolumeName::parse(vol)?)?;
+            return Ok(Some(Copied::Volume(loaded.record)));
+        }
+        Ok(None)
+    }
+
+    /// Makes `record`'s storage a copy of `source`, grown to its size.
+    fn copy_into(&self, driver: &dyn Driver, record: &VolumeRecord, source: &Copied) -> Result<()> {
+        let mut progress = progress_logger(record.name.as_str());
+        let method = match source {
+            Copied::Snapshot(snap) => {
+                driver.create_from(record, Source::Snapshot(snap), &mut progress)?
+            }
+            Copied::Volume(vol) => {
+                let mounted = self.mounted_at(&vol.id)?;
+                driver.create_from(
+                    record,
+                    Source::Volume(vol, mounted.as_deref()),
+                    &mut progress,
+                )?
+            }
+        };
+        info!(volume = %record.name, method = method.as_str(), "copied");
+        match (record.size_bytes, source.size()) {
+            (Some(size), Some(from)) if size > from => driver.resize(record, size, None),
+            _ => Ok(()),
+        }
+    }
+
+    /// Refuses a size the data root cannot hold.
+    fn check_space(&self, size: u64) -> Result<()> {
+        let root = &self.layout.data_root;
+        let free = self
+            .sys
+            .fs_usage(root)
+            .map_err(Error::io("read free space of", root))?
+            .available_bytes;
+        if size > free {
+            return Err(Error::NoSpace(format!(
+                "{size} bytes asked, {free} bytes free on {}",
+                root.display()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The volume's mountpoint, if the kernel has it mounted.
+    fn mounted_at(&self, id: &str) -> Result<Option<PathBuf>> {
+        Ok((self.mount_count(id)? > 0).then(|| self.layout.mountpoint(id)))
+    }
+
+    /// A volume, with its usage if it has a size.
     pub fn inspect(&self, name: &str) -> Result<Volume> {
         let name = VolumeName::parse(name)?;
         let loaded = self.load(&name)?.ok_or_else(|| not_found(&name))?;
-        self.view(&loaded.record)
+        if loaded.record.size_bytes.is_none() || loaded.record.state != VolumeState::Ready {
+            return self.view(&loaded.record);
+        }
+        // Reading usage may need the device: no mount may change meanwhile.
+        let _guard = self.locks.lock(name.as_str());
+        let loaded = self.load_ready(&name)?;
+        let mut volume = self.view(&loaded.record)?;
+        volume.usage = self.usage(&loaded.record)?;
+        Ok(volume)
     }
 
     pub fn list(&self, filter: &VolumeFilter) -> Result<Vec<Volume>> {
@@ -359,17 +531,13 @@ impl VolumeService {
             consumers: r.consumers.iter().cloned().collect(),
             status: r.state,
             presentation: r.presentation.clone(),
+            size_bytes: r.size_bytes,
+            usage: None,
         }
     }
 
     fn load(&self, name: &VolumeName) -> Result<Option<Loaded>> {
-        let Some(v) = self.store.get(Collection::Volumes, name.as_str())? else {
-            return Ok(None);
-        };
-        Ok(Some(Loaded {
-            record: VolumeRecord::from_json(&v.value)?,
-            revision: v.revision,
-        }))
+        self.load_record(name.as_str())
     }
 
     fn load_ready(&self, name: &VolumeName) -> Result<Loaded> {
@@ -381,45 +549,101 @@ impl VolumeService {
     }
 
     fn list_records(&self) -> Result<Vec<Loaded>> {
+        self.list_all()
+    }
+
+    fn load_record<R: Record>(&self, key: &str) -> Result<Option<Loaded<R>>> {
+        let Some(v) = self.store.get(R::COLLECTION, key)? else {
+            return Ok(None);
+        };
+        Ok(Some(Loaded {
+            record: R::from_json(&v.value)?,
+            revision: v.revision,
+        }))
+    }
+
+    fn list_all<R: Record>(&self) -> Result<Vec<Loaded<R>>> {
         self.store
-            .list(Collection::Volumes)?
+            .list(R::COLLECTION)?
             .into_iter()
             .map(|v| {
                 Ok(Loaded {
-                    record: VolumeRecord::from_json(&v.value)?,
+                    record: R::from_json(&v.value)?,
                     revision: v.revision,
                 })
             })
             .collect()
     }
 
-    fn insert(&self, record: VolumeRecord) -> Result<Loaded> {
+    fn insert<R: Record>(&self, record: R) -> Result<Loaded<R>> {
         let revision = self.store.put(
-            Collection::Volumes,
-            record.name.as_str(),
+            R::COLLECTION,
+            record.key(),
             &record.to_json(),
             Precondition::Absent,
         )?;
         Ok(Loaded { record, revision })
     }
 
-    fn save(&self, loaded: &mut Loaded) -> Result<()> {
+    fn save<R: Record>(&self, loaded: &mut Loaded<R>) -> Result<()> {
         loaded.revision = self.store.put(
-            Collection::Volumes,
-            loaded.record.name.as_str(),
+            R::COLLECTION,
+            loaded.record.key(),
             &loaded.record.to_json(),
             Precondition::Revision(loaded.revision),
         )?;
         Ok(())
     }
 
-    fn erase(&self, loaded: &Loaded) -> Result<()> {
-        self.store.delete(
-            Collection::Volumes,
-            loaded.record.name.as_str(),
-            loaded.revision,
-        )?;
+    fn erase<R: Record>(&self, loaded: &Loaded<R>) -> Result<()> {
+        self.store
+            .delete(R::COLLECTION, loaded.record.key(), loaded.revision)?;
         Ok(())
+    }
+}
+
+/// What a new volume is copied from.
+enum Copied {
+    Snapshot(SnapshotRecord),
+    Volume(VolumeRecord),
+}
+
+impl Copied {
+    fn options(&self) -> &crate::options::Options {
+        match self {
+            Copied::Snapshot(s) => &s.options,
+            Copied::Volume(v) => &v.options,
+        }
+    }
+    fn driver(&self) -> &str {
+        match self {
+            Copied::Snapshot(s) => &s.driver,
+            Copied::Volume(v) => &v.driver,
+        }
+    }
+    fn size(&self) -> Option<u64> {
+        match self {
+            Copied::Snapshot(s) => s.size_bytes,
+            Copied::Volume(v) => v.size_bytes,
+        }
+    }
+}
+
+/// Snapshot locks share the volume lock table under a prefix no volume
+/// name can have.
+fn snapshot_lock_key(name: &VolumeName) -> String {
+    format!("snapshot/{name}")
+}
+
+/// Logs a long copy's progress every 10%.
+fn progress_logger(what: &str) -> impl FnMut(u64, u64) + '_ {
+    let mut next = 0u64;
+    move |done, total| {
+        let percent = (done * 100).checked_div(total).unwrap_or(100);
+        if percent >= next {
+            info!(target: "stowage::copy", volume = what, done, total, percent, "copying");
+            next = percent + 10;
+        }
     }
 }
 

@@ -13,12 +13,14 @@ pub type Revision = u64;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Collection {
     Volumes,
+    Snapshots,
 }
 
 impl Collection {
     pub fn as_str(self) -> &'static str {
         match self {
             Collection::Volumes => "volumes",
+            Collection::Snapshots => "snapshots",
         }
     }
 }

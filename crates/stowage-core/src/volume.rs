@@ -42,6 +42,9 @@ pub struct VolumeRecord {
     /// How the volume was presented at its last mount.
     #[serde(default)]
     pub presentation: Presentation,
+    /// The enforced size, for drivers with sizes; changed by resize.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_bytes: Option<u64>,
 }
 
 impl VolumeRecord {
@@ -69,6 +72,35 @@ pub struct CreateRequest {
     pub options: Options,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Create the volume as a copy of this snapshot.
+    #[serde(default)]
+    pub from_snapshot: Option<String>,
+    /// Create the volume as a copy of this volume, consistent even while
+    /// it is in use.
+    #[serde(default)]
+    pub clone_of: Option<String>,
+}
+
+/// Capacity and use of a volume with a size.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub capacity_bytes: u64,
+    pub used_bytes: u64,
+    pub available_bytes: u64,
+    pub inodes: u64,
+    pub inodes_used: u64,
+}
+
+impl From<stowage_sys::Usage> for Usage {
+    fn from(u: stowage_sys::Usage) -> Self {
+        Usage {
+            capacity_bytes: u.capacity_bytes,
+            used_bytes: u.used_bytes,
+            available_bytes: u.available_bytes,
+            inodes: u.inodes,
+            inodes_used: u.inodes_used,
+        }
+    }
 }
 
 /// A volume as callers see it.
@@ -89,6 +121,13 @@ pub struct Volume {
     pub mounted: bool,
     /// Ownership method and SELinux label of the last mount.
     pub presentation: Presentation,
+    /// The enforced size, for drivers with sizes.
+    #[serde(default)]
+    pub size_bytes: Option<u64>,
+    /// Capacity, bytes and inodes used, for volumes with a size. Filled by
+    /// `inspect`; `list` leaves it out, as it may need the device.
+    #[serde(default)]
+    pub usage: Option<Usage>,
 }
 
 /// A conjunction of conditions for `list`.
@@ -164,6 +203,7 @@ mod tests {
             consumers: BTreeSet::new(),
             state: VolumeState::Ready,
             presentation: Presentation::default(),
+            size_bytes: None,
         };
         assert!(f.matches(&rec));
         rec.consumers.insert("c".into());

@@ -3,11 +3,13 @@
 //! - [`Local`]: a directory under the data root.
 //! - [`Tmpfs`]: a tmpfs mounted while the volume has consumers.
 //! - [`Bind`]: an existing host directory, imported without copying.
+//! - [`Block`]: a loop-backed image file with a filesystem and a size.
 //!
 //! Each is a small struct implementing [`stowage_core::Driver`]; the
 //! service keeps them in a [`DriverSet`] next to any external driver.
 
 mod bind;
+mod block;
 mod local;
 mod tmpfs;
 
@@ -17,6 +19,7 @@ use stowage_core::{DriverSet, Layout};
 use stowage_sys::Sys;
 
 pub use bind::Bind;
+pub use block::Block;
 pub use local::Local;
 pub use tmpfs::Tmpfs;
 
@@ -24,6 +27,7 @@ pub use tmpfs::Tmpfs;
 pub fn builtin(sys: Arc<dyn Sys>, layout: &Layout) -> DriverSet {
     DriverSet::new()
         .with(Arc::new(Local::new(sys.clone(), layout.clone())))
+        .with(Arc::new(Block::new(sys.clone(), layout.clone())))
         .with(Arc::new(Tmpfs::new(sys.clone())))
         .with(Arc::new(Bind::new(sys, layout.clone())))
 }

@@ -26,7 +26,7 @@ fn create(svc: &VolumeService, name: &str, driver: &str, opts: &[(&str, &str)]) 
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect::<BTreeMap<_, _>>(),
-        labels: BTreeMap::new(),
+        ..Default::default()
     })
     .unwrap()
 }
@@ -213,7 +213,7 @@ fn unknown_options_list_the_common_ones_too() {
             name: "x".into(),
             driver: Some("tmpfs".into()),
             options: [("colour".to_string(), "red".to_string())].into(),
-            labels: BTreeMap::new(),
+            ..Default::default()
         })
         .unwrap_err()
         .to_string();

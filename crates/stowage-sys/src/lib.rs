@@ -6,6 +6,7 @@
 //! with `openat2(RESOLVE_NO_SYMLINKS)`: a symlink swapped into any component
 //! makes the call fail instead of mounting somewhere else.
 
+mod block;
 mod idmap;
 mod linux;
 mod mountinfo;
@@ -15,6 +16,7 @@ mod tree;
 use std::io;
 use std::path::{Path, PathBuf};
 
+pub use block::{CopyMethod, FsInfo, LoopDevice, Usage};
 pub use idmap::{IdMapping, IdRange, UserNamespace};
 pub use linux::LinuxSys;
 pub use mountinfo::{parse_mountinfo, MountEntry};
@@ -100,6 +102,57 @@ pub trait Sys: Send + Sync + 'static {
     fn selinux_enabled(&self) -> bool;
     /// The current mount table of this process's mount namespace.
     fn mount_table(&self) -> io::Result<Vec<MountEntry>>;
+
+    /// Creates the sparse image file `path` of `size` bytes, durably. It
+    /// must not exist.
+    fn create_image(&self, path: &Path, size: u64) -> io::Result<()>;
+    /// Grows an image file to `size` bytes, durably; never shrinks it.
+    fn grow_image(&self, path: &Path, size: u64) -> io::Result<()>;
+    /// Removes a file (never following a symlink). `NotFound` if absent.
+    fn remove_file(&self, path: &Path) -> io::Result<()>;
+    /// Copies the image `src` to the new file `dst`, by reflink where the
+    /// filesystem can, reporting (bytes done, bytes to copy).
+    fn copy_image(
+        &self,
+        src: &Path,
+        dst: &Path,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> io::Result<CopyMethod>;
+    /// Attaches `image` to a free loop device that clears itself once
+    /// neither the handle nor a mount holds it. Refused if another loop
+    /// device already backs onto the image.
+    fn attach_loop(&self, image: &Path) -> io::Result<LoopDevice>;
+    /// Makes a loop device take up its image's new size.
+    fn refresh_loop(&self, device: &Path) -> io::Result<()>;
+    /// Mounts the `fs_type` filesystem on `device` onto the directory
+    /// `target`, nosuid and nodev, idmapped if asked. `options` are
+    /// `key` or `key=value` filesystem options.
+    fn mount_device(
+        &self,
+        device: &Path,
+        fs_type: &str,
+        options: &[String],
+        target: &Path,
+        idmap: Option<&UserNamespace>,
+    ) -> io::Result<()>;
+    /// Reads a filesystem's root owner and usage through a private mount
+    /// that is attached nowhere and gone when the call returns.
+    fn inspect_device(
+        &self,
+        device: &Path,
+        fs_type: &str,
+        options: &[String],
+    ) -> io::Result<FsInfo>;
+    /// Capacity and use of the filesystem holding `path`.
+    fn fs_usage(&self, path: &Path) -> io::Result<Usage>;
+    /// Freezes (`true`) or thaws the filesystem mounted at `mountpoint`.
+    fn freeze(&self, mountpoint: &Path, frozen: bool) -> io::Result<()>;
+    /// Runs an external tool (mkfs, resize2fs, ...) to completion. An exit
+    /// code outside `ok` fails, with the tool's standard error as message.
+    fn run_tool(&self, program: &str, args: &[String], ok: &[i32]) -> io::Result<()>;
+    /// Whether this process holds the capability numbered `cap` (see
+    /// capabilities(7)) in its effective set.
+    fn has_capability(&self, cap: u32) -> bool;
 }
 
 /// Treats "already there" as success, for idempotent creation.

@@ -13,8 +13,8 @@ use rustix::mount::{
 use std::os::fd::AsRawFd;
 
 use crate::{
-    parse_mountinfo, tree, DirInfo, FileId, IdMapping, MountEntry, Sys, TmpfsOptions, TreeStats,
-    UserNamespace,
+    block, parse_mountinfo, tree, CopyMethod, DirInfo, FileId, FsInfo, IdMapping, LoopDevice,
+    MountEntry, Sys, TmpfsOptions, TreeStats, Usage, UserNamespace,
 };
 
 /// Talks to the running Linux kernel.
@@ -23,7 +23,7 @@ pub struct LinuxSys;
 
 /// Opens `path` with no symlink allowed in any component, the last one
 /// included (`ELOOP`).
-fn open_nofollow(path: &Path, flags: OFlags) -> io::Result<OwnedFd> {
+pub(crate) fn open_nofollow(path: &Path, flags: OFlags) -> io::Result<OwnedFd> {
     Ok(rfs::openat2(
         CWD,
         path,
@@ -44,7 +44,11 @@ fn check(rc: libc::c_long) -> io::Result<libc::c_long> {
 
 /// Idmaps the detached mount `mount` (and its submounts if `recursive`)
 /// through `userns`. rustix has no wrapper for mount_setattr(2).
-fn set_idmap(mount: &OwnedFd, userns: &UserNamespace, recursive: bool) -> io::Result<()> {
+pub(crate) fn set_idmap(
+    mount: &OwnedFd,
+    userns: &UserNamespace,
+    recursive: bool,
+) -> io::Result<()> {
     let userns_fd = userns
         .fd
         .as_ref()
@@ -76,7 +80,7 @@ fn set_idmap(mount: &OwnedFd, userns: &UserNamespace, recursive: bool) -> io::Re
 }
 
 /// Attaches the detached mount `mount` onto the directory at `target`.
-fn attach(mount: &OwnedFd, target: &Path) -> io::Result<()> {
+pub(crate) fn attach(mount: &OwnedFd, target: &Path) -> io::Result<()> {
     let target = open_nofollow(target, OFlags::PATH | OFlags::DIRECTORY)?;
     rmount::move_mount(
         mount,
@@ -223,6 +227,77 @@ impl Sys for LinuxSys {
         Ok(parse_mountinfo(&std::fs::read_to_string(
             "/proc/self/mountinfo",
         )?))
+    }
+
+    fn create_image(&self, path: &Path, size: u64) -> io::Result<()> {
+        block::create_image(path, size)
+    }
+
+    fn grow_image(&self, path: &Path, size: u64) -> io::Result<()> {
+        block::grow_image(path, size)
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        rfs::unlinkat(CWD, path, rfs::AtFlags::empty())?;
+        Ok(())
+    }
+
+    fn copy_image(
+        &self,
+        src: &Path,
+        dst: &Path,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> io::Result<CopyMethod> {
+        block::copy_image(src, dst, progress)
+    }
+
+    fn attach_loop(&self, image: &Path) -> io::Result<LoopDevice> {
+        block::attach_loop(image)
+    }
+
+    fn refresh_loop(&self, device: &Path) -> io::Result<()> {
+        block::refresh_loop(device)
+    }
+
+    fn mount_device(
+        &self,
+        device: &Path,
+        fs_type: &str,
+        options: &[String],
+        target: &Path,
+        idmap: Option<&UserNamespace>,
+    ) -> io::Result<()> {
+        block::mount_device(device, fs_type, options, target, idmap)
+    }
+
+    fn inspect_device(
+        &self,
+        device: &Path,
+        fs_type: &str,
+        options: &[String],
+    ) -> io::Result<FsInfo> {
+        block::inspect_device(device, fs_type, options)
+    }
+
+    fn fs_usage(&self, path: &Path) -> io::Result<Usage> {
+        block::fs_usage(path)
+    }
+
+    fn freeze(&self, mountpoint: &Path, frozen: bool) -> io::Result<()> {
+        block::freeze(mountpoint, frozen)
+    }
+
+    fn run_tool(&self, program: &str, args: &[String], ok: &[i32]) -> io::Result<()> {
+        block::run_tool(program, args, ok)
+    }
+
+    fn has_capability(&self, cap: u32) -> bool {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+            .is_some_and(|set| cap < 64 && set & (1 << cap) != 0)
     }
 }
 

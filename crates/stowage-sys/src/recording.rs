@@ -6,7 +6,10 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use crate::{DirInfo, FileId, IdMapping, MountEntry, Sys, TmpfsOptions, TreeStats, UserNamespace};
+use crate::{
+    CopyMethod, DirInfo, FileId, FsInfo, IdMapping, LoopDevice, MountEntry, Sys, TmpfsOptions,
+    TreeStats, Usage, UserNamespace,
+};
 
 /// One call made through [`RecordingSys`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +33,22 @@ pub enum Call {
     UserNamespace(IdMapping),
     ChownTree(PathBuf, IdMapping),
     RelabelTree(PathBuf, String),
+    CreateImage(PathBuf, u64),
+    GrowImage(PathBuf, u64),
+    RemoveFile(PathBuf),
+    CopyImage(PathBuf, PathBuf),
+    AttachLoop(PathBuf),
+    RefreshLoop(PathBuf),
+    MountDevice {
+        device: PathBuf,
+        fs_type: String,
+        options: Vec<String>,
+        target: PathBuf,
+        idmap: Option<IdMapping>,
+    },
+    InspectDevice(PathBuf),
+    Freeze(PathBuf, bool),
+    RunTool(String, Vec<String>),
 }
 
 #[derive(Default)]
@@ -38,9 +57,13 @@ struct State {
     dirs: BTreeSet<PathBuf>,
     /// Owner and mode per directory, where set.
     owners: BTreeMap<PathBuf, (u32, u32, u32)>,
+    /// Regular files (images) and their sizes.
+    files: BTreeMap<PathBuf, u64>,
     /// Mount stack per target, bottom first: the source of each mount.
     mounts: BTreeMap<PathBuf, Vec<String>>,
     selinux: bool,
+    /// Loop devices attached so far.
+    loops: usize,
     /// Failures to inject: the next call whose debug form contains the key
     /// fails with the errno.
     failures: Vec<(String, i32)>,
@@ -96,6 +119,11 @@ impl RecordingSys {
     /// Disarms every injected failure that has not fired.
     pub fn disarm(&self) {
         self.lock().failures.clear();
+    }
+
+    /// The size of a simulated file, if it exists.
+    pub fn file_size(&self, path: &Path) -> Option<u64> {
+        self.lock().files.get(path).copied()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -292,5 +320,118 @@ impl Sys for RecordingSys {
             }
         }
         Ok(out)
+    }
+
+    fn create_image(&self, path: &Path, size: u64) -> io::Result<()> {
+        let mut s = self.record(Call::CreateImage(path.into(), size))?;
+        if s.files.contains_key(path) {
+            return Err(errno(libc::EEXIST));
+        }
+        s.files.insert(path.into(), size);
+        Ok(())
+    }
+
+    fn grow_image(&self, path: &Path, size: u64) -> io::Result<()> {
+        let mut s = self.record(Call::GrowImage(path.into(), size))?;
+        let len = s.files.get_mut(path).ok_or_else(|| errno(libc::ENOENT))?;
+        *len = (*len).max(size);
+        Ok(())
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        let mut s = self.record(Call::RemoveFile(path.into()))?;
+        s.files
+            .remove(path)
+            .map(drop)
+            .ok_or_else(|| errno(libc::ENOENT))
+    }
+
+    fn copy_image(
+        &self,
+        src: &Path,
+        dst: &Path,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> io::Result<CopyMethod> {
+        let mut s = self.record(Call::CopyImage(src.into(), dst.into()))?;
+        let len = *s.files.get(src).ok_or_else(|| errno(libc::ENOENT))?;
+        if s.files.contains_key(dst) {
+            return Err(errno(libc::EEXIST));
+        }
+        s.files.insert(dst.into(), len);
+        progress(len, len);
+        Ok(CopyMethod::SparseCopy)
+    }
+
+    fn attach_loop(&self, image: &Path) -> io::Result<LoopDevice> {
+        let mut s = self.record(Call::AttachLoop(image.into()))?;
+        if !s.files.contains_key(image) {
+            return Err(errno(libc::ENOENT));
+        }
+        s.loops += 1;
+        Ok(LoopDevice {
+            path: format!("/dev/loop{}", s.loops - 1).into(),
+            direct_io: true,
+            _fd: None,
+        })
+    }
+
+    fn refresh_loop(&self, device: &Path) -> io::Result<()> {
+        drop(self.record(Call::RefreshLoop(device.into()))?);
+        Ok(())
+    }
+
+    fn mount_device(
+        &self,
+        device: &Path,
+        fs_type: &str,
+        options: &[String],
+        target: &Path,
+        idmap: Option<&UserNamespace>,
+    ) -> io::Result<()> {
+        let mut s = self.record(Call::MountDevice {
+            device: device.into(),
+            fs_type: fs_type.into(),
+            options: options.to_vec(),
+            target: target.into(),
+            idmap: idmap.map(|u| u.mapping.clone()),
+        })?;
+        if !s.dirs.contains(target) {
+            return Err(errno(libc::ENOENT));
+        }
+        let source = device.display().to_string();
+        s.mounts.entry(target.into()).or_default().push(source);
+        Ok(())
+    }
+
+    fn inspect_device(
+        &self,
+        device: &Path,
+        _fs_type: &str,
+        _options: &[String],
+    ) -> io::Result<FsInfo> {
+        drop(self.record(Call::InspectDevice(device.into()))?);
+        Ok(FsInfo {
+            root_uid: 0,
+            root_gid: 0,
+            usage: Usage::default(),
+        })
+    }
+
+    fn fs_usage(&self, _path: &Path) -> io::Result<Usage> {
+        Ok(Usage::default())
+    }
+
+    fn freeze(&self, mountpoint: &Path, frozen: bool) -> io::Result<()> {
+        drop(self.record(Call::Freeze(mountpoint.into(), frozen))?);
+        Ok(())
+    }
+
+    fn run_tool(&self, program: &str, args: &[String], _ok: &[i32]) -> io::Result<()> {
+        drop(self.record(Call::RunTool(program.into(), args.to_vec()))?);
+        Ok(())
+    }
+
+    fn has_capability(&self, _cap: u32) -> bool {
+        true
     }
 }

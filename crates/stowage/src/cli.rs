@@ -28,6 +28,9 @@ pub enum Command {
     /// Create, list, inspect, mount and remove volumes.
     #[command(subcommand)]
     Volume(VolumeCommand),
+    /// Manage snapshots: point-in-time copies of volumes.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
     /// Show the client's and the daemon's versions.
     Version,
 }
@@ -67,6 +70,14 @@ pub enum VolumeCommand {
         #[arg(required = true)]
         names: Vec<String>,
     },
+    /// Grow a volume with a size (block, or local with size=), online if
+    /// it is in use. Shrinking is refused.
+    Resize {
+        name: String,
+        /// The new size: bytes, or with a unit (20G, 512M; powers of 1024).
+        #[arg(long)]
+        size: String,
+    },
     /// Mount a volume for a consumer and print the host path.
     Mount(MountArgs),
     /// Release a consumer's mount; the last one out unmounts.
@@ -89,16 +100,52 @@ pub enum VolumeCommand {
     },
 }
 
+#[derive(Subcommand, Debug)]
+pub enum SnapshotCommand {
+    /// Snapshot a volume, consistently even while it is in use; by reflink
+    /// in constant time where the data root allows it.
+    Create {
+        volume: String,
+        /// Snapshot name [default: VOLUME-YYYYMMDDTHHMMSSZ].
+        name: Option<String>,
+    },
+    /// List snapshots.
+    #[command(visible_alias = "list")]
+    Ls {
+        /// Only the snapshots of this volume.
+        #[arg(long)]
+        volume: Option<String>,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Show snapshots in detail, as JSON.
+    Inspect {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Remove snapshots. Volumes made from them stay.
+    #[command(visible_alias = "remove")]
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+}
+
 #[derive(Args, Debug)]
 pub struct CreateArgs {
     /// Volume name: [a-zA-Z0-9][a-zA-Z0-9_.-]*, at most 128 bytes.
     pub name: String,
-    /// Driver: local (a directory), tmpfs (memory), bind (an existing host directory).
-    #[arg(short, long, default_value = "local")]
-    pub driver: String,
+    /// Driver: local (a directory), tmpfs (memory), bind (an existing host
+    /// directory), block (a loop-backed filesystem of a fixed size)
+    /// [default: local, or the source's driver for a copy].
+    #[arg(short, long)]
+    pub driver: Option<String>,
     /// Driver option KEY=VALUE, repeatable.
-    /// local: uid, gid, mode. tmpfs: size (64m, 1g, 50%), mode, uid, gid.
-    /// bind: path (absolute, no symlinks). Every driver: owner=UID:GID,
+    /// local: uid, gid, mode, size (enforced by a project quota).
+    /// tmpfs: size (64m, 1g, 50%), mode, uid, gid.
+    /// bind: path (absolute, no symlinks).
+    /// block: size (required: 512M, 10G), fs=ext4|xfs, inode-ratio=BYTES,
+    /// inode-size=BYTES, reserved=PERCENT. Every driver: owner=UID:GID,
     /// uidmap=DISK:CONTAINER:COUNT[,...] and gidmap=... (repeatable),
     /// ownership=auto|idmap|chown, allow-root=true, label=shared|private|CONTEXT.
     #[arg(short = 'o', long = "opt", value_name = "KEY=VALUE", value_parser = key_value)]
@@ -106,6 +153,14 @@ pub struct CreateArgs {
     /// Label KEY=VALUE (or KEY), repeatable.
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = label)]
     pub labels: Vec<(String, String)>,
+    /// Create the volume as a copy of this snapshot (same driver and
+    /// options unless given).
+    #[arg(long, value_name = "SNAPSHOT", conflicts_with = "clone_of")]
+    pub from_snapshot: Option<String>,
+    /// Create the volume as a copy of this volume, consistent even while
+    /// it is in use.
+    #[arg(long, value_name = "VOLUME")]
+    pub clone_of: Option<String>,
     /// Set owner= to the uid:gid that owns PATH in IMAGE, as the engine's
     /// API reports it (for example mongo:/data/db).
     #[arg(long, value_name = "IMAGE:PATH")]

@@ -8,9 +8,9 @@ use std::process::ExitCode;
 use anyhow::{bail, Result};
 use hyper::Method;
 use serde_json::json;
-use stowage_core::Volume;
+use stowage_core::{Snapshot, Volume};
 
-use crate::cli::{Cli, Command, CreateArgs, Format, ListArgs, VolumeCommand};
+use crate::cli::{Cli, Command, CreateArgs, Format, ListArgs, SnapshotCommand, VolumeCommand};
 use crate::client::{encode, Client};
 
 pub async fn run(cli: Cli) -> Result<ExitCode> {
@@ -24,6 +24,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Serve(_) => unreachable!("handled above"),
         Command::Version => version(&client).await,
         Command::Volume(cmd) => volume(&client, cmd).await,
+        Command::Snapshot(cmd) => snapshot(&client, cmd).await,
     }
 }
 
@@ -68,7 +69,19 @@ async fn volume(client: &Client, cmd: VolumeCommand) -> Result<ExitCode> {
                 .await?;
             Ok(ExitCode::SUCCESS)
         }
-        VolumeCommand::Rm { force, names } => remove(client, force, names).await,
+        VolumeCommand::Resize { name, size } => {
+            let path = format!("/v1/volumes/{}/resize", encode(&name));
+            let v: Volume = client
+                .call(Method::POST, &path, Some(json!({ "size": size })))
+                .await?;
+            let bytes = v.size_bytes.unwrap_or_default();
+            println!("{} {}", v.name, stowage_core::options::format_size(bytes));
+            Ok(ExitCode::SUCCESS)
+        }
+        VolumeCommand::Rm { force, names } => {
+            let query = if force { "?force=true" } else { "" };
+            remove_each(client, "/v1/volumes", query, names).await
+        }
         VolumeCommand::Prune { force } => prune(client, force).await,
     }
 }
@@ -94,8 +107,14 @@ async fn create(client: &Client, args: CreateArgs) -> Result<ExitCode> {
         "driver": args.driver,
         "options": options,
         "labels": labels,
+        "from_snapshot": args.from_snapshot,
+        "clone_of": args.clone_of,
     });
-    let v: Volume = client.call(Method::POST, "/v1/volumes", Some(body)).await?;
+    let copying = args.from_snapshot.is_some() || args.clone_of.is_some();
+    let v: Volume = with_spinner(copying, "copying", async {
+        client.call(Method::POST, "/v1/volumes", Some(body)).await
+    })
+    .await?;
     println!("{}", v.name);
     Ok(ExitCode::SUCCESS)
 }
@@ -142,54 +161,56 @@ async fn list(client: &Client, args: ListArgs) -> Result<ExitCode> {
     } else if args.format == Format::Json {
         println!("{}", serde_json::to_string_pretty(&volumes)?);
     } else {
-        print!("{}", table(&volumes));
+        print!("{}", volume_table(&volumes));
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn table(volumes: &[Volume]) -> String {
-    let mut rows = vec![[
-        "DRIVER".to_string(),
-        "VOLUME NAME".to_string(),
-        "CONSUMERS".to_string(),
-        "CREATED".to_string(),
-    ]];
-    for v in volumes {
-        rows.push([
+fn volume_table(volumes: &[Volume]) -> String {
+    let rows = volumes.iter().map(|v| {
+        vec![
             v.driver.clone(),
             v.name.clone(),
             v.consumers.len().to_string(),
-            v.created_at
-                .format(&time::format_description::well_known::Rfc3339)
-                .unwrap_or_default(),
-        ]);
-    }
-    let widths: Vec<usize> = (0..4)
+            rfc3339(v.created_at),
+        ]
+    });
+    table(&["DRIVER", "VOLUME NAME", "CONSUMERS", "CREATED"], rows)
+}
+
+/// Left-aligned columns three spaces apart, no trailing blanks.
+fn table(header: &[&str], rows: impl Iterator<Item = Vec<String>>) -> String {
+    let mut rows: Vec<Vec<String>> =
+        std::iter::once(header.iter().map(|h| h.to_string()).collect())
+            .chain(rows)
+            .collect();
+    let widths: Vec<usize> = (0..header.len())
         .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
         .collect();
     let mut out = String::new();
-    for r in rows {
-        let line = format!(
-            "{:w0$}   {:w1$}   {:w2$}   {}",
-            r[0],
-            r[1],
-            r[2],
-            r[3],
-            w0 = widths[0],
-            w1 = widths[1],
-            w2 = widths[2]
-        );
-        out.push_str(line.trim_end());
+    for r in rows.iter_mut() {
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:w$}"))
+            .collect();
+        out.push_str(line.join("   ").trim_end());
         out.push('\n');
     }
     out
 }
 
 async fn inspect(client: &Client, names: Vec<String>) -> Result<ExitCode> {
+    inspect_each(client, "/v1/volumes", names).await
+}
+
+/// GETs `prefix/NAME` for each name and prints the answers as one JSON
+/// array; names that fail are reported and make the exit code fail.
+async fn inspect_each(client: &Client, prefix: &str, names: Vec<String>) -> Result<ExitCode> {
     let mut found = Vec::new();
     let mut failed = false;
     for name in names {
-        let path = format!("/v1/volumes/{}", encode(&name));
+        let path = format!("{prefix}/{}", encode(&name));
         match client
             .call::<serde_json::Value>(Method::GET, &path, None)
             .await
@@ -202,21 +223,19 @@ async fn inspect(client: &Client, names: Vec<String>) -> Result<ExitCode> {
         }
     }
     println!("{}", serde_json::to_string_pretty(&found)?);
-    Ok(if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(exit_code(failed))
 }
 
-async fn remove(client: &Client, force: bool, names: Vec<String>) -> Result<ExitCode> {
+/// DELETEs `prefix/NAME?query` for each name, printing those removed.
+async fn remove_each(
+    client: &Client,
+    prefix: &str,
+    query: &str,
+    names: Vec<String>,
+) -> Result<ExitCode> {
     let mut failed = false;
     for name in names {
-        let path = format!(
-            "/v1/volumes/{}{}",
-            encode(&name),
-            if force { "?force=true" } else { "" }
-        );
+        let path = format!("{prefix}/{}{query}", encode(&name));
         match client.call::<()>(Method::DELETE, &path, None).await {
             Ok(()) => println!("{name}"),
             Err(e) => {
@@ -225,11 +244,84 @@ async fn remove(client: &Client, force: bool, names: Vec<String>) -> Result<Exit
             }
         }
     }
-    Ok(if failed {
+    Ok(exit_code(failed))
+}
+
+fn exit_code(failed: bool) -> ExitCode {
+    if failed {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
-    })
+    }
+}
+
+async fn snapshot(client: &Client, cmd: SnapshotCommand) -> Result<ExitCode> {
+    match cmd {
+        SnapshotCommand::Create { volume, name } => {
+            let body = json!({ "volume": volume, "name": name });
+            let snap: Snapshot = with_spinner(true, "snapshotting", async {
+                client.call(Method::POST, "/v1/snapshots", Some(body)).await
+            })
+            .await?;
+            println!("{}", snap.name);
+            Ok(ExitCode::SUCCESS)
+        }
+        SnapshotCommand::Ls { volume, format } => {
+            let path = match volume {
+                Some(v) => format!("/v1/snapshots?volume={}", encode(&v)),
+                None => "/v1/snapshots".to_string(),
+            };
+            let snaps: Vec<Snapshot> = client.call(Method::GET, &path, None).await?;
+            if format == Format::Json {
+                println!("{}", serde_json::to_string_pretty(&snaps)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let rows = snaps.iter().map(|s| {
+                vec![
+                    s.name.clone(),
+                    s.volume.clone(),
+                    s.method.clone(),
+                    s.size_bytes
+                        .map(stowage_core::options::format_size)
+                        .unwrap_or_default(),
+                    rfc3339(s.created_at),
+                ]
+            });
+            print!(
+                "{}",
+                table(&["NAME", "VOLUME", "METHOD", "SIZE", "CREATED"], rows)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        SnapshotCommand::Inspect { names } => inspect_each(client, "/v1/snapshots", names).await,
+        SnapshotCommand::Rm { names } => remove_each(client, "/v1/snapshots", "", names).await,
+    }
+}
+
+/// Runs a request that may take long (a full copy), with a spinner and
+/// the elapsed time on a terminal.
+async fn with_spinner<T>(
+    enabled: bool,
+    what: &str,
+    request: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    if !enabled || !std::io::stderr().is_terminal() {
+        return request.await;
+    }
+    let bar = indicatif::ProgressBar::new_spinner().with_message(what.to_string());
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {msg} {elapsed}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    bar.enable_steady_tick(std::time::Duration::from_millis(100));
+    let result = request.await;
+    bar.finish_and_clear();
+    result
+}
+
+fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
 }
 
 async fn prune(client: &Client, force: bool) -> Result<ExitCode> {

@@ -19,6 +19,8 @@ pub struct ReconcileReport {
     /// Mounts no consumer accounts for (interrupted mounts and unmounts,
     /// orphans) and stacked duplicates, all removed.
     pub stale_mounts_removed: usize,
+    /// Snapshots whose creation was rolled back or removal finished.
+    pub snapshots_finished: usize,
     /// Volumes that could not be brought in line, with the reason. They are
     /// left as recorded and retried at the next start.
     pub failures: Vec<String>,
@@ -29,7 +31,12 @@ impl VolumeService {
     /// whatever a crash interrupted. Runs before any door opens.
     pub fn reconcile(&self) -> Result<ReconcileReport> {
         let mut report = ReconcileReport::default();
-        for dir in [self.layout.volumes_dir(), self.layout.mounts_dir()] {
+        for dir in [
+            self.layout.volumes_dir(),
+            self.layout.images_dir(),
+            self.layout.snapshots_dir(),
+            self.layout.mounts_dir(),
+        ] {
             exists_ok(self.sys.create_dir(&dir, 0o700))
                 .map_err(Error::io("create directory", &dir))?;
         }
@@ -52,6 +59,7 @@ impl VolumeService {
             }
         }
         self.remove_stale_mounts(&table, &presented, &mut report)?;
+        report.snapshots_finished = self.reconcile_snapshots(&mut report.failures)?;
         info!(?report, "reconciled store with mount table");
         Ok(report)
     }
@@ -83,6 +91,12 @@ impl VolumeService {
             }
             self.withdraw(&loaded.record.id, have)?;
             return Ok(None);
+        }
+        if have > 0 {
+            let target = self.layout.mountpoint(&loaded.record.id);
+            self.drivers
+                .get(&loaded.record.driver)?
+                .recover(&loaded.record, &target)?;
         }
         if have == 0 {
             let driver = self.drivers.get(&loaded.record.driver)?.clone();

@@ -286,6 +286,7 @@ fn reconcile_finishes_or_rolls_back_each_half_done_operation() {
             removes_finished: 1,
             mounts_restored: 1,
             stale_mounts_removed: 4,
+            snapshots_finished: 0,
             failures: vec![],
         }
     );

@@ -1,0 +1,50 @@
+//! Sizes: growing a volume, and reading its usage.
+
+use super::{busy, logged, not_found, VolumeService};
+use crate::error::{Error, Result};
+use crate::name::VolumeName;
+use crate::volume::{Usage, Volume, VolumeRecord, VolumeState};
+
+impl VolumeService {
+    /// Grows a volume to `size` bytes, online if it is in use. Asking for
+    /// the current size succeeds and changes nothing; a smaller size is
+    /// refused.
+    pub fn resize(&self, name: &str, size: u64) -> Result<Volume> {
+        logged("resize", name, || self.resize_inner(name, size))
+    }
+
+    fn resize_inner(&self, name: &str, size: u64) -> Result<Volume> {
+        let name = VolumeName::parse(name)?;
+        let _guard = self.locks.lock(name.as_str());
+        let mut loaded = self.load(&name)?.ok_or_else(|| not_found(&name))?;
+        if loaded.record.state != VolumeState::Ready {
+            return Err(busy(&loaded.record));
+        }
+        let driver = self.drivers.get(&loaded.record.driver)?.clone();
+        let Some(current) = loaded.record.size_bytes else {
+            return Err(driver.unsupported("sizes (create it with -o size=...)"));
+        };
+        if size < current {
+            return Err(Error::InvalidRequest(format!(
+                "volume {name} has {current} bytes; shrinking to {size} is not supported"
+            )));
+        }
+        if size > current {
+            self.check_space(size - current)?;
+            let mounted = self.mounted_at(&loaded.record.id)?;
+            driver.resize(&loaded.record, size, mounted.as_deref())?;
+            loaded.record.size_bytes = Some(size);
+            self.save(&mut loaded)?;
+        }
+        let mut volume = self.view(&loaded.record)?;
+        volume.usage = self.usage(&loaded.record)?;
+        Ok(volume)
+    }
+
+    /// Usage of a ready volume, read under its lock.
+    pub(super) fn usage(&self, record: &VolumeRecord) -> Result<Option<Usage>> {
+        let driver = self.drivers.get(&record.driver)?;
+        let mounted = self.mounted_at(&record.id)?;
+        Ok(driver.usage(record, mounted.as_deref())?.map(Usage::from))
+    }
+}

@@ -1,0 +1,287 @@
+//! `block`: a sparse image file under the data root, attached to a loop
+//! device and formatted, mounted while the volume has consumers.
+//!
+//! Two steps, kept apart so that other ways of getting a device (network
+//! block devices, cloud disks) can reuse the second: the device step
+//! (image file and loop device, here) and the filesystem step
+//! ([`filesystem`]). Loop devices clear themselves once unmounted, and a
+//! device attached by a process that dies before mounting it clears
+//! itself too, so a crash leaks none.
+
+mod filesystem;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use stowage_core::options::{self, check_known, Options};
+use stowage_core::{
+    Driver, Error, Layout, MountSpec, Progress, Result, SnapshotRecord, Source, VolumeRecord,
+};
+use stowage_sys::{exists_ok, missing_ok, CopyMethod, LoopDevice, Sys, Usage};
+use tracing::warn;
+
+use filesystem::{Filesystem, MKFS_OPTIONS};
+
+const OWN_OPTIONS: &[&str] = &["size", "fs"];
+const EINVAL: i32 = libc::EINVAL;
+
+pub struct Block {
+    sys: Arc<dyn Sys>,
+    layout: Layout,
+}
+
+impl Block {
+    pub fn new(sys: Arc<dyn Sys>, layout: Layout) -> Self {
+        Block { sys, layout }
+    }
+
+    fn attach(&self, image: &Path) -> Result<LoopDevice> {
+        self.sys
+            .attach_loop(image)
+            .map_err(Error::io("attach a loop device to", image))
+    }
+
+    /// The device the filesystem mounted at `mountpoint` comes from.
+    fn device_at(&self, mountpoint: &Path) -> Result<PathBuf> {
+        let table = self
+            .sys
+            .mount_table()
+            .map_err(Error::io("read mount table", "/proc/self/mountinfo"))?;
+        table
+            .into_iter()
+            .rev()
+            .find(|m| m.mount_point == mountpoint)
+            .map(|m| PathBuf::from(m.source))
+            .ok_or_else(|| {
+                Error::io("find the device mounted at", mountpoint)(
+                    std::io::Error::from_raw_os_error(libc::ENOENT),
+                )
+            })
+    }
+
+    /// Copies an image to `dst`, freezing the filesystem mounted at
+    /// `mounted` for the copy so that it is consistent.
+    fn copy(
+        &self,
+        src: &Path,
+        mounted: Option<&Path>,
+        dst: &Path,
+        progress: Progress<'_>,
+    ) -> Result<CopyMethod> {
+        if let Some(mp) = mounted {
+            self.sys
+                .freeze(mp, true)
+                .map_err(Error::io("freeze filesystem at", mp))?;
+        }
+        let copied = self
+            .sys
+            .copy_image(src, dst, progress)
+            .map_err(Error::io("copy image", src));
+        if let Some(mp) = mounted {
+            if let Err(e) = self.sys.freeze(mp, false) {
+                // Reconcile thaws it at the next start at the latest.
+                warn!(path = %mp.display(), error = %e, "cannot thaw filesystem");
+            }
+        }
+        copied
+    }
+}
+
+fn filesystem(volume: &VolumeRecord) -> Result<Filesystem> {
+    Filesystem::from_options(&volume.options)
+}
+
+impl Driver for Block {
+    fn name(&self) -> &'static str {
+        "block"
+    }
+
+    fn validate(&self, opts: &Options) -> Result<()> {
+        let valid: Vec<&'static str> = OWN_OPTIONS.iter().chain(MKFS_OPTIONS).copied().collect();
+        check_known(self.name(), opts, &valid)?;
+        let size = options::size(opts, "size")?.ok_or_else(|| Error::MissingOption {
+            driver: self.name().into(),
+            option: "size (for example -o size=10G)".into(),
+        })?;
+        let fs = Filesystem::from_options(opts)?;
+        if size < fs.min_size() {
+            return Err(Error::invalid_option(
+                "size",
+                &opts["size"],
+                format!(
+                    "{} volumes need at least {}",
+                    fs.name(),
+                    options::format_size(fs.min_size())
+                ),
+            ));
+        }
+        if size % 4096 != 0 {
+            return Err(Error::invalid_option(
+                "size",
+                &opts["size"],
+                "must be a multiple of 4K",
+            ));
+        }
+        fs.mkfs_command(Path::new("/dev/null"), opts).map(drop)
+    }
+
+    fn provisions_storage(&self) -> bool {
+        true
+    }
+
+    fn requested_size(&self, opts: &Options) -> Result<Option<u64>> {
+        options::size(opts, "size")
+    }
+
+    fn create(&self, volume: &VolumeRecord) -> Result<()> {
+        let size = volume.size_bytes.ok_or_else(|| Error::MissingOption {
+            driver: self.name().into(),
+            option: "size".into(),
+        })?;
+        let dir = self.layout.images_dir();
+        exists_ok(self.sys.create_dir(&dir, 0o700)).map_err(Error::io("create directory", &dir))?;
+        let image = self.layout.image(&volume.id);
+        self.sys
+            .create_image(&image, size)
+            .map_err(Error::io("create image", &image))?;
+        // mkfs writes the image file directly: no device is attached for
+        // it, so a crash here leaves only the file, which rollback removes.
+        let (program, args) = filesystem(volume)?.mkfs_command(&image, &volume.options)?;
+        self.sys
+            .run_tool(&program, &args, &[0])
+            .map_err(Error::io("make filesystem on", &image))
+    }
+
+    fn remove(&self, volume: &VolumeRecord) -> Result<()> {
+        let image = self.layout.image(&volume.id);
+        missing_ok(self.sys.remove_file(&image)).map_err(Error::io("remove", &image))
+    }
+
+    fn mount(&self, volume: &VolumeRecord, target: &Path, spec: MountSpec<'_>) -> Result<()> {
+        let fs = filesystem(volume)?;
+        let device = self.attach(&self.layout.image(&volume.id))?;
+        self.sys
+            .mount_device(
+                &device.path,
+                fs.name(),
+                &fs.mount_options(spec.context),
+                target,
+                spec.idmap,
+            )
+            .map_err(Error::io("mount", &device.path))
+        // The mount now holds the device; dropping our handle leaves it
+        // attached until the unmount.
+    }
+
+    fn labels_by_mount_option(&self) -> bool {
+        true
+    }
+
+    fn root_owner(&self, volume: &VolumeRecord) -> Result<(u32, u32)> {
+        let fs = filesystem(volume)?;
+        let device = self.attach(&self.layout.image(&volume.id))?;
+        let info = self
+            .sys
+            .inspect_device(&device.path, fs.name(), &fs.mount_options(None))
+            .map_err(Error::io("inspect", &device.path))?;
+        Ok((info.root_uid, info.root_gid))
+    }
+
+    fn recover(&self, _volume: &VolumeRecord, mounted_at: &Path) -> Result<()> {
+        // A snapshot interrupted by a crash may have left it frozen.
+        match self.sys.freeze(mounted_at, false) {
+            Ok(()) => {
+                warn!(path = %mounted_at.display(), "thawed a filesystem left frozen");
+                Ok(())
+            }
+            Err(e) if e.raw_os_error() == Some(EINVAL) => Ok(()),
+            Err(e) => Err(Error::io("thaw", mounted_at)(e)),
+        }
+    }
+
+    fn resize(&self, volume: &VolumeRecord, size: u64, mounted_at: Option<&Path>) -> Result<()> {
+        let fs = filesystem(volume)?;
+        fs.check_grow(self.sys.as_ref(), mounted_at.is_some())?;
+        let image = self.layout.image(&volume.id);
+        self.sys
+            .grow_image(&image, size)
+            .map_err(Error::io("grow image", &image))?;
+        if let Some(mp) = mounted_at {
+            let device = self.device_at(mp)?;
+            self.sys
+                .refresh_loop(&device)
+                .map_err(Error::io("refresh capacity of", &device))?;
+            return fs.grow_online(self.sys.as_ref(), &device, mp);
+        }
+        if fs.grow_offline(self.sys.as_ref(), &image)? {
+            return Ok(());
+        }
+        // The volume is mounted on its own mountpoint for the time of the
+        // grow, without a consumer: if we crash meanwhile, reconcile
+        // removes the mount.
+        let mp = self.layout.mountpoint(&volume.id);
+        exists_ok(self.sys.create_dir(&mp, 0o700)).map_err(Error::io("create mountpoint", &mp))?;
+        let grown = self
+            .mount(volume, &mp, MountSpec::default())
+            .and_then(|()| {
+                let device = self.device_at(&mp)?;
+                let grown = fs.grow_online(self.sys.as_ref(), &device, &mp);
+                let unmounted = self.sys.unmount(&mp).map_err(Error::io("unmount", &mp));
+                grown.and(unmounted)
+            });
+        let _ = self.sys.remove_dir(&mp);
+        grown
+    }
+
+    fn usage(&self, volume: &VolumeRecord, mounted_at: Option<&Path>) -> Result<Option<Usage>> {
+        if let Some(mp) = mounted_at {
+            return self
+                .sys
+                .fs_usage(mp)
+                .map(Some)
+                .map_err(Error::io("read usage of", mp));
+        }
+        let fs = filesystem(volume)?;
+        let device = self.attach(&self.layout.image(&volume.id))?;
+        let info = self
+            .sys
+            .inspect_device(&device.path, fs.name(), &fs.mount_options(None))
+            .map_err(Error::io("inspect", &device.path))?;
+        Ok(Some(info.usage))
+    }
+
+    fn snapshot(
+        &self,
+        volume: &VolumeRecord,
+        mounted_at: Option<&Path>,
+        snapshot: &SnapshotRecord,
+        progress: Progress<'_>,
+    ) -> Result<CopyMethod> {
+        let dst = self.layout.snapshot(&snapshot.id);
+        self.copy(&self.layout.image(&volume.id), mounted_at, &dst, progress)
+    }
+
+    fn remove_snapshot(&self, snapshot: &SnapshotRecord) -> Result<()> {
+        let path = self.layout.snapshot(&snapshot.id);
+        missing_ok(self.sys.remove_file(&path)).map_err(Error::io("remove", &path))
+    }
+
+    fn create_from(
+        &self,
+        volume: &VolumeRecord,
+        source: Source<'_>,
+        progress: Progress<'_>,
+    ) -> Result<CopyMethod> {
+        let dir = self.layout.images_dir();
+        exists_ok(self.sys.create_dir(&dir, 0o700)).map_err(Error::io("create directory", &dir))?;
+        let dst = self.layout.image(&volume.id);
+        match source {
+            Source::Snapshot(snap) => {
+                self.copy(&self.layout.snapshot(&snap.id), None, &dst, progress)
+            }
+            Source::Volume(from, mounted) => {
+                self.copy(&self.layout.image(&from.id), mounted, &dst, progress)
+            }
+        }
+    }
+}
