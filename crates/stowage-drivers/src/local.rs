@@ -27,6 +27,15 @@ impl Driver for Local {
     }
 
     fn validate(&self, opts: &Options) -> Result<()> {
+        if let Some(size) = opts.get("size") {
+            // Never accept a size that nothing enforces.
+            return Err(Error::invalid_option(
+                "size",
+                size,
+                "local volumes cannot enforce a size yet (project quotas are not \
+                 implemented); use --driver block -o size=SIZE for a volume with a size",
+            ));
+        }
         check_known(self.name(), opts, OPTIONS)?;
         options::id(opts, "uid")?;
         options::id(opts, "gid")?;

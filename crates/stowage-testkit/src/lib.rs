@@ -4,6 +4,8 @@
 
 pub mod daemon;
 pub mod engines;
+pub mod scratch;
 
 pub use daemon::{fs_type_at, mounts_under, owner, require_root, run, stderr_of, Daemon};
 pub use engines::{Env, Kind, IMAGE};
+pub use scratch::ScratchFs;

@@ -70,8 +70,8 @@ pub enum VolumeCommand {
         #[arg(required = true)]
         names: Vec<String>,
     },
-    /// Grow a volume with a size (block, or local with size=), online if
-    /// it is in use. Shrinking is refused.
+    /// Grow a block volume, online if it is in use (XFS; ext4 when the
+    /// daemon holds CAP_SYS_RESOURCE). Shrinking is refused.
     Resize {
         name: String,
         /// The new size: bytes, or with a unit (20G, 512M; powers of 1024).
@@ -141,7 +141,7 @@ pub struct CreateArgs {
     #[arg(short, long)]
     pub driver: Option<String>,
     /// Driver option KEY=VALUE, repeatable.
-    /// local: uid, gid, mode, size (enforced by a project quota).
+    /// local: uid, gid, mode.
     /// tmpfs: size (64m, 1g, 50%), mode, uid, gid.
     /// bind: path (absolute, no symlinks).
     /// block: size (required: 512M, 10G), fs=ext4|xfs, inode-ratio=BYTES,

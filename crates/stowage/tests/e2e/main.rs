@@ -2,6 +2,7 @@
 //! roots and sockets. They need root (CI runs as root).
 
 mod bad_input;
+mod block;
 mod crash;
 mod lifecycle;
 mod ownership;
