@@ -55,6 +55,10 @@ fn main() {
             "restart_engine_and_stowage",
             scenarios::restart_engine_and_stowage,
         ),
+        (
+            "block_volume_through_the_plugin",
+            scenarios::block_volume_through_the_plugin,
+        ),
     ];
     // Scenarios of one engine's own feature run on that engine only.
     let podman_only: &[(&str, Scenario)] = &[(

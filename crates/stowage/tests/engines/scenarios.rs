@@ -894,3 +894,49 @@ pub fn owner_from_image(env: &Env, kind: Kind) {
     assert_eq!(left.trim(), "", "helper containers left: {left}");
     env.stowage(&["volume", "rm", &v]);
 }
+
+/// A sized XFS block volume made through the engine's `volume create -o`,
+/// used by a container, filled to ENOSPC inside it, snapshotted and
+/// restored through Stowage.
+pub fn block_volume_through_the_plugin(env: &Env, kind: Kind) {
+    let _shared = env.exclusive.read().unwrap_or_else(|e| e.into_inner());
+    let v = unique(kind, "blk");
+    create(env, kind, &v, &["driver=block", "size=320M", "fs=xfs"]);
+    let inspected = env.inspect(&v);
+    assert_eq!(inspected["driver"], "block");
+    assert_eq!(inspected["size_bytes"], 320u64 << 20);
+    let out = env.engine_raw(
+        kind,
+        &[
+            "run", "--rm", "--network=none", "-v", &format!("{v}:/data"), IMAGE, "sh", "-c",
+            "echo kept > /data/kept; dd if=/dev/zero of=/data/fill bs=1M count=400 2>&1; df -k /data | tail -1",
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("No space left on device"), "{text}");
+    wait_released(env, &v);
+    let snap = unique(kind, "blk-snap");
+    env.stowage(&["snapshot", "create", &v, &snap]);
+    let restored = unique(kind, "blk-restored");
+    env.stowage(&["volume", "create", &restored, "--from-snapshot", &snap]);
+    assert_eq!(
+        env.engine(
+            kind,
+            &[
+                "run",
+                "--rm",
+                "--network=none",
+                "-v",
+                &format!("{restored}:/r"),
+                IMAGE,
+                "cat",
+                "/r/kept"
+            ]
+        ),
+        "kept\n"
+    );
+    wait_released(env, &restored);
+    env.stowage(&["snapshot", "rm", &snap]);
+    remove_volume(env, kind, &restored);
+    remove_volume(env, kind, &v);
+}
