@@ -12,6 +12,7 @@ mod filesystem;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use stowage_core::options::{self, check_known, Options};
 use stowage_core::{
@@ -24,6 +25,8 @@ use filesystem::{Filesystem, MKFS_OPTIONS};
 
 const OWN_OPTIONS: &[&str] = &["size", "fs"];
 const EINVAL: i32 = libc::EINVAL;
+/// How long an image may stay attached after its last unmount.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct Block {
     sys: Arc<dyn Sys>,
@@ -36,9 +39,38 @@ impl Block {
     }
 
     fn attach(&self, image: &Path) -> Result<LoopDevice> {
+        self.wait_released(image)?;
         self.sys
             .attach_loop(image)
             .map_err(Error::io("attach a loop device to", image))
+    }
+
+    /// Waits until no loop device backs `image`. After Stowage's (lazy)
+    /// unmount, the filesystem lives on until every other mount namespace
+    /// an engine copied the mount into lets go of it; until then the image
+    /// is neither consistent on disk nor safe to attach again.
+    fn wait_released(&self, image: &Path) -> Result<()> {
+        let deadline = Instant::now() + RELEASE_TIMEOUT;
+        loop {
+            let device = self
+                .sys
+                .loop_device_of(image)
+                .map_err(Error::io("look for the loop device of", image))?;
+            let Some(device) = device else {
+                return Ok(());
+            };
+            if Instant::now() >= deadline {
+                return Err(Error::io("use", image)(std::io::Error::new(
+                    std::io::ErrorKind::ResourceBusy,
+                    format!(
+                        "still attached as {}: its filesystem is still mounted outside \
+                         Stowage; retry once the last user has gone",
+                        device.display()
+                    ),
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// The device the filesystem mounted at `mountpoint` comes from.
@@ -68,10 +100,12 @@ impl Block {
         dst: &Path,
         progress: Progress<'_>,
     ) -> Result<CopyMethod> {
-        if let Some(mp) = mounted {
-            self.sys
+        match mounted {
+            Some(mp) => self
+                .sys
                 .freeze(mp, true)
-                .map_err(Error::io("freeze filesystem at", mp))?;
+                .map_err(Error::io("freeze filesystem at", mp))?,
+            None => self.wait_released(src)?,
         }
         let copied = self
             .sys

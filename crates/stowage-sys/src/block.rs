@@ -224,7 +224,7 @@ fn sparse_copy(from: &File, to: &File, progress: &mut dyn FnMut(u64, u64)) -> io
 }
 
 /// Finds the loop device already backed by `image`, if any.
-fn loop_backing(image: &Path) -> io::Result<Option<PathBuf>> {
+pub(crate) fn loop_backing(image: &Path) -> io::Result<Option<PathBuf>> {
     let canonical = std::fs::canonicalize(image)?;
     for entry in std::fs::read_dir("/sys/block")? {
         let name = entry?.file_name();

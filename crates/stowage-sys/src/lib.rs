@@ -122,6 +122,8 @@ pub trait Sys: Send + Sync + 'static {
     /// neither the handle nor a mount holds it. Refused if another loop
     /// device already backs onto the image.
     fn attach_loop(&self, image: &Path) -> io::Result<LoopDevice>;
+    /// The loop device backed by `image`, if one is.
+    fn loop_device_of(&self, image: &Path) -> io::Result<Option<PathBuf>>;
     /// Makes a loop device take up its image's new size.
     fn refresh_loop(&self, device: &Path) -> io::Result<()>;
     /// Mounts the `fs_type` filesystem on `device` onto the directory

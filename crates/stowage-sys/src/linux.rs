@@ -255,6 +255,10 @@ impl Sys for LinuxSys {
         block::attach_loop(image)
     }
 
+    fn loop_device_of(&self, image: &Path) -> io::Result<Option<std::path::PathBuf>> {
+        block::loop_backing(image)
+    }
+
     fn refresh_loop(&self, device: &Path) -> io::Result<()> {
         block::refresh_loop(device)
     }

@@ -375,6 +375,10 @@ impl Sys for RecordingSys {
         })
     }
 
+    fn loop_device_of(&self, _image: &Path) -> io::Result<Option<PathBuf>> {
+        Ok(None)
+    }
+
     fn refresh_loop(&self, device: &Path) -> io::Result<()> {
         drop(self.record(Call::RefreshLoop(device.into()))?);
         Ok(())
