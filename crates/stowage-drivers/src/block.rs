@@ -18,7 +18,7 @@ use stowage_core::options::{self, check_known, Options};
 use stowage_core::{
     Driver, Error, Layout, MountSpec, Progress, Result, SnapshotRecord, Source, VolumeRecord,
 };
-use stowage_sys::{exists_ok, missing_ok, CopyMethod, LoopDevice, Sys, Usage};
+use stowage_sys::{exists_ok, missing_ok, CopyMethod, FsInfo, LoopDevice, Sys, Usage};
 use tracing::warn;
 
 use filesystem::{Filesystem, MKFS_OPTIONS};
@@ -71,6 +71,16 @@ impl Block {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// Reads the root owner and usage of a volume that is not mounted,
+    /// through a private mount that is attached nowhere.
+    fn inspect_unmounted(&self, volume: &VolumeRecord) -> Result<FsInfo> {
+        let fs = filesystem(volume)?;
+        let device = self.attach(&self.layout.image(&volume.id))?;
+        self.sys
+            .inspect_device(&device.path, fs.name(), &fs.mount_options(None))
+            .map_err(Error::io("inspect", &device.path))
     }
 
     /// The device the filesystem mounted at `mountpoint` comes from.
@@ -172,8 +182,7 @@ impl Driver for Block {
             driver: self.name().into(),
             option: "size".into(),
         })?;
-        let dir = self.layout.images_dir();
-        exists_ok(self.sys.create_dir(&dir, 0o700)).map_err(Error::io("create directory", &dir))?;
+        // The images directory is made at start, by reconcile.
         let image = self.layout.image(&volume.id);
         self.sys
             .create_image(&image, size)
@@ -212,12 +221,7 @@ impl Driver for Block {
     }
 
     fn root_owner(&self, volume: &VolumeRecord) -> Result<(u32, u32)> {
-        let fs = filesystem(volume)?;
-        let device = self.attach(&self.layout.image(&volume.id))?;
-        let info = self
-            .sys
-            .inspect_device(&device.path, fs.name(), &fs.mount_options(None))
-            .map_err(Error::io("inspect", &device.path))?;
+        let info = self.inspect_unmounted(volume)?;
         Ok((info.root_uid, info.root_gid))
     }
 
@@ -275,13 +279,7 @@ impl Driver for Block {
                 .map(Some)
                 .map_err(Error::io("read usage of", mp));
         }
-        let fs = filesystem(volume)?;
-        let device = self.attach(&self.layout.image(&volume.id))?;
-        let info = self
-            .sys
-            .inspect_device(&device.path, fs.name(), &fs.mount_options(None))
-            .map_err(Error::io("inspect", &device.path))?;
-        Ok(Some(info.usage))
+        Ok(Some(self.inspect_unmounted(volume)?.usage))
     }
 
     fn snapshot(
@@ -306,8 +304,6 @@ impl Driver for Block {
         source: Source<'_>,
         progress: Progress<'_>,
     ) -> Result<CopyMethod> {
-        let dir = self.layout.images_dir();
-        exists_ok(self.sys.create_dir(&dir, 0o700)).map_err(Error::io("create directory", &dir))?;
         let dst = self.layout.image(&volume.id);
         match source {
             Source::Snapshot(snap) => {

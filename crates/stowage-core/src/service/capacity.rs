@@ -1,9 +1,9 @@
 //! Sizes: growing a volume, and reading its usage.
 
-use super::{busy, logged, not_found, VolumeService};
+use super::{logged, VolumeService};
 use crate::error::{Error, Result};
 use crate::name::VolumeName;
-use crate::volume::{Usage, Volume, VolumeRecord, VolumeState};
+use crate::volume::{Usage, Volume, VolumeRecord};
 
 impl VolumeService {
     /// Grows a volume to `size` bytes, online if it is in use. Asking for
@@ -16,10 +16,7 @@ impl VolumeService {
     fn resize_inner(&self, name: &str, size: u64) -> Result<Volume> {
         let name = VolumeName::parse(name)?;
         let _guard = self.locks.lock(name.as_str());
-        let mut loaded = self.load(&name)?.ok_or_else(|| not_found(&name))?;
-        if loaded.record.state != VolumeState::Ready {
-            return Err(busy(&loaded.record));
-        }
+        let mut loaded = self.load_ready(&name)?;
         let driver = self.drivers.get(&loaded.record.driver)?.clone();
         let Some(current) = loaded.record.size_bytes else {
             return Err(driver.unsupported("sizes (create it with -o size=...)"));
