@@ -10,20 +10,12 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 
-# Debian packages the tests use: mount tools and mkfs for the filesystem
-# images; Docker, Podman, runc and crun for
-# the engine tests; a static busybox to build their test image from.
-packages=(mount util-linux tar e2fsprogs xfsprogs btrfs-progs docker.io podman runc crun
-          busybox-static)
-missing=()
-for pkg in "${packages[@]}"; do
-  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-  echo "installing: ${missing[*]}"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
-fi
+# Debian packages the build and tests use: protoc for the CSI schema; mount
+# tools and mkfs for the filesystem images; Docker, Podman, runc and crun
+# for the engine tests; a static busybox to build their test image from.
+. scripts/lib/packages.sh
+ensure_packages protobuf-compiler mount util-linux tar e2fsprogs xfsprogs btrfs-progs \
+  docker.io podman runc crun busybox-static
 
 echo "== cargo fmt --check"
 cargo fmt --all --check

@@ -5,7 +5,10 @@
 //! - [`rest`]: the REST API on the daemon's unix socket (described by
 //!   `docs/openapi.yaml`).
 //! - [`docker`]: the Docker Volume Plugin API, used by Docker and Podman.
+//! - [`csi`]: the Container Storage Interface over gRPC, used by
+//!   Kubernetes, Nomad and Swarm.
 
+pub mod csi;
 pub mod docker;
 pub mod rest;
 

@@ -49,6 +49,19 @@ impl ErrorKind {
             ErrorKind::Internal => 500,
         }
     }
+
+    /// The canonical gRPC status code the CSI door answers with.
+    pub fn grpc_code(self) -> i32 {
+        match self {
+            ErrorKind::InvalidArgument => 3,
+            ErrorKind::NotFound => 5,
+            // ALREADY_EXISTS: the name is taken by something incompatible.
+            ErrorKind::Conflict => 6,
+            ErrorKind::ResourceExhausted => 8,
+            ErrorKind::FailedPrecondition => 9,
+            ErrorKind::Internal => 13,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +111,18 @@ pub enum Error {
         name: String,
         consumers: Vec<String>,
     },
+    #[error("no such node: {node}")]
+    UnknownNode { node: String },
+    #[error("volume {name} is attached to {} with exclusive access", nodes.join(", "))]
+    AttachedElsewhere { name: String, nodes: Vec<String> },
+    #[error("volume {name} is already attached to {node} with other access")]
+    AttachmentConflict { name: String, node: String },
+    #[error("volume {name} is not staged at {}", path.display())]
+    NotStaged { name: String, path: PathBuf },
+    #[error("volume {name} is not published at {}", path.display())]
+    NotPublished { name: String, path: PathBuf },
+    #[error("{} already holds {what}", path.display())]
+    PathTaken { path: PathBuf, what: String },
     #[error("{op} {}: {source}", path.display())]
     Io {
         op: &'static str,
@@ -121,10 +146,19 @@ impl Error {
             | Error::InvalidFilter { .. }
             | Error::Unsupported { .. }
             | Error::InvalidRequest(_) => ErrorKind::InvalidArgument,
-            Error::NotFound { .. } | Error::SnapshotNotFound { .. } => ErrorKind::NotFound,
-            Error::Conflict { .. } | Error::SnapshotConflict { .. } => ErrorKind::Conflict,
+            Error::NotFound { .. }
+            | Error::SnapshotNotFound { .. }
+            | Error::UnknownNode { .. }
+            | Error::NotPublished { .. } => ErrorKind::NotFound,
+            Error::Conflict { .. }
+            | Error::SnapshotConflict { .. }
+            | Error::AttachmentConflict { .. }
+            | Error::PathTaken { .. } => ErrorKind::Conflict,
             Error::NoSpace(_) => ErrorKind::ResourceExhausted,
-            Error::Busy { .. } | Error::InUse { .. } => ErrorKind::FailedPrecondition,
+            Error::Busy { .. }
+            | Error::InUse { .. }
+            | Error::AttachedElsewhere { .. }
+            | Error::NotStaged { .. } => ErrorKind::FailedPrecondition,
             Error::Store(StoreError::Conflict { .. }) => ErrorKind::Conflict,
             Error::Io { .. } | Error::Store(_) => ErrorKind::Internal,
         }

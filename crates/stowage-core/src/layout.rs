@@ -67,6 +67,11 @@ impl Layout {
         self.run_root.join("stowage.sock")
     }
 
+    /// The CSI socket, unless the daemon is told another endpoint.
+    pub fn csi_socket(&self) -> PathBuf {
+        self.run_root.join("csi.sock")
+    }
+
     /// Whether `path` is the data root, the run root, or inside either.
     pub fn contains(&self, path: &Path) -> bool {
         path.starts_with(&self.data_root) || path.starts_with(&self.run_root)

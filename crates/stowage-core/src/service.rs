@@ -10,8 +10,10 @@
 //! unmount, and reconcile removes it. Replies go out only after the
 //! outcome is durable.
 
+mod attachments;
 mod capacity;
 mod present;
+mod publish;
 mod reconcile;
 mod snapshots;
 
@@ -35,10 +37,13 @@ use crate::snapshot::SnapshotRecord;
 use crate::store::{Collection, Precondition, Revision, Store};
 use crate::volume::{CreateRequest, Volume, VolumeFilter, VolumeRecord, VolumeState};
 
+pub use publish::PublishKind;
 pub use reconcile::ReconcileReport;
 
 /// The driver used when a request names none.
 pub const DEFAULT_DRIVER: &str = "local";
+/// The node id of a service that was given none.
+pub const DEFAULT_NODE_ID: &str = "local";
 
 /// Owns the volumes of one host.
 pub struct VolumeService {
@@ -49,6 +54,8 @@ pub struct VolumeService {
     locks: KeyedLocks,
     /// One user namespace per distinct mapping, made once and reused.
     namespaces: Mutex<HashMap<IdMapping, Arc<UserNamespace>>>,
+    /// The node this host is known as to orchestrators.
+    node_id: String,
 }
 
 /// A record as loaded, with the revision to compare-and-swap against.
@@ -105,7 +112,14 @@ impl VolumeService {
             layout,
             locks: KeyedLocks::default(),
             namespaces: Mutex::default(),
+            node_id: DEFAULT_NODE_ID.to_string(),
         }
+    }
+
+    /// Names the node this host is known as to orchestrators.
+    pub fn with_node_id(mut self, node_id: impl Into<String>) -> Self {
+        self.node_id = node_id.into();
+        self
     }
 
     /// Creates a volume, or returns the existing one if it was created with
@@ -206,6 +220,7 @@ impl VolumeService {
             state: VolumeState::Creating,
             presentation: Default::default(),
             size_bytes: size,
+            attachments: Default::default(),
         };
         if !driver.provisions_storage() {
             if source.is_some() {
@@ -284,16 +299,11 @@ impl VolumeService {
 
     /// Refuses a size the data root cannot hold.
     fn check_space(&self, size: u64) -> Result<()> {
-        let root = &self.layout.data_root;
-        let free = self
-            .sys
-            .fs_usage(root)
-            .map_err(Error::io("read free space of", root))?
-            .available_bytes;
+        let free = self.free_space()?;
         if size > free {
             return Err(Error::NoSpace(format!(
                 "{size} bytes asked, {free} bytes free on {}",
-                root.display()
+                self.layout.data_root.display()
             )));
         }
         Ok(())
@@ -302,6 +312,15 @@ impl VolumeService {
     /// The volume's mountpoint, if the kernel has it mounted.
     fn mounted_at(&self, id: &str) -> Result<Option<PathBuf>> {
         Ok((self.mount_count(id)? > 0).then(|| self.layout.mountpoint(id)))
+    }
+
+    /// Checks that the store answers and that the kernel's mount table and
+    /// the data root can be read: what every operation needs.
+    pub fn probe(&self) -> Result<()> {
+        self.store.get(Collection::Volumes, "")?;
+        self.mount_table()?;
+        self.free_space()?;
+        Ok(())
     }
 
     /// A volume, with its usage if it has a size.
@@ -342,7 +361,12 @@ impl VolumeService {
         let name = VolumeName::parse(name)?;
         validate_consumer(consumer)?;
         let _guard = self.locks.lock(name.as_str());
-        let mut loaded = self.load_ready(&name)?;
+        self.mount_locked(&name, consumer)
+    }
+
+    /// [`Self::mount`], for a caller holding the volume's lock.
+    fn mount_locked(&self, name: &VolumeName, consumer: &str) -> Result<PathBuf> {
+        let mut loaded = self.load_ready(name)?;
         let target = self.layout.mountpoint(&loaded.record.id);
         if loaded.record.consumers.contains(consumer) {
             return Ok(target);
@@ -376,7 +400,12 @@ impl VolumeService {
         let name = VolumeName::parse(name)?;
         validate_consumer(consumer)?;
         let _guard = self.locks.lock(name.as_str());
-        let mut loaded = self.load_ready(&name)?;
+        self.unmount_locked(&name, consumer)
+    }
+
+    /// [`Self::unmount`], for a caller holding the volume's lock.
+    fn unmount_locked(&self, name: &VolumeName, consumer: &str) -> Result<()> {
+        let mut loaded = self.load_ready(name)?;
         if !loaded.record.consumers.contains(consumer) {
             return Ok(());
         }
@@ -533,6 +562,7 @@ impl VolumeService {
             presentation: r.presentation.clone(),
             size_bytes: r.size_bytes,
             usage: None,
+            attachments: r.attachments.clone(),
         }
     }
 

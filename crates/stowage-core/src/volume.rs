@@ -45,6 +45,17 @@ pub struct VolumeRecord {
     /// The enforced size, for drivers with sizes; changed by resize.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size_bytes: Option<u64>,
+    /// The nodes the volume is attached to (CSI ControllerPublish).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub attachments: BTreeMap<String, Attachment>,
+}
+
+/// How a volume is attached to one node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    pub read_only: bool,
+    /// No other node may attach the volume meanwhile.
+    pub exclusive: bool,
 }
 
 impl VolumeRecord {
@@ -128,6 +139,9 @@ pub struct Volume {
     /// `inspect`; `list` leaves it out, as it may need the device.
     #[serde(default)]
     pub usage: Option<Usage>,
+    /// The nodes the volume is attached to, and how.
+    #[serde(default)]
+    pub attachments: BTreeMap<String, Attachment>,
 }
 
 /// A conjunction of conditions for `list`.
@@ -204,6 +218,7 @@ mod tests {
             state: VolumeState::Ready,
             presentation: Presentation::default(),
             size_bytes: None,
+            attachments: BTreeMap::new(),
         };
         assert!(f.matches(&rec));
         rec.consumers.insert("c".into());

@@ -52,6 +52,16 @@ pub struct TmpfsOptions {
     pub context: Option<String>,
 }
 
+/// Per-mount attributes a caller may ask for on a published bind mount.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MountAttrs {
+    pub read_only: bool,
+    pub no_exec: bool,
+    pub no_suid: bool,
+    pub no_dev: bool,
+    pub no_atime: bool,
+}
+
 /// The syscalls Stowage needs, at the granularity its callers think in.
 pub trait Sys: Send + Sync + 'static {
     /// Creates one directory (not its parents). `AlreadyExists` if present.
@@ -78,6 +88,14 @@ pub trait Sys: Send + Sync + 'static {
         recursive: bool,
         idmap: Option<&UserNamespace>,
     ) -> io::Result<()>;
+    /// Bind-mounts the file or directory `source` (not its submounts) onto
+    /// `target`, an existing entry of the same kind, with `attrs` set on
+    /// the new mount before it becomes visible. Both paths are resolved
+    /// without following symlinks.
+    fn bind_with(&self, source: &Path, target: &Path, attrs: MountAttrs) -> io::Result<()>;
+    /// Creates an empty regular file, to bind a device node onto. It must
+    /// not exist.
+    fn create_file(&self, path: &Path, mode: u32) -> io::Result<()>;
     /// Mounts a fresh tmpfs onto the directory `target`, idmapped if asked.
     fn mount_tmpfs(
         &self,

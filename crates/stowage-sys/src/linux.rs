@@ -14,7 +14,7 @@ use std::os::fd::AsRawFd;
 
 use crate::{
     block, parse_mountinfo, tree, CopyMethod, DirInfo, FileId, FsInfo, IdMapping, LoopDevice,
-    MountEntry, Sys, TmpfsOptions, TreeStats, Usage, UserNamespace,
+    MountAttrs, MountEntry, Sys, TmpfsOptions, TreeStats, Usage, UserNamespace,
 };
 
 /// Talks to the running Linux kernel.
@@ -59,20 +59,54 @@ pub(crate) fn set_idmap(
         propagation: 0,
         userns_fd: userns_fd.as_raw_fd() as u64,
     };
+    mount_setattr(mount, &attr, recursive)
+}
+
+/// Sets `attrs` on the detached mount `mount` (not its submounts).
+fn set_attrs(mount: &OwnedFd, attrs: MountAttrs) -> io::Result<()> {
+    let mut attr = libc::mount_attr {
+        attr_set: 0,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    for (wanted, flag) in [
+        (attrs.read_only, libc::MOUNT_ATTR_RDONLY),
+        (attrs.no_exec, libc::MOUNT_ATTR_NOEXEC),
+        (attrs.no_suid, libc::MOUNT_ATTR_NOSUID),
+        (attrs.no_dev, libc::MOUNT_ATTR_NODEV),
+    ] {
+        if wanted {
+            attr.attr_set |= flag;
+        }
+    }
+    if attrs.no_atime {
+        // The atime modes are one field: clear it, then set the one wanted.
+        attr.attr_clr |= libc::MOUNT_ATTR__ATIME;
+        attr.attr_set |= libc::MOUNT_ATTR_NOATIME;
+    }
+    if attr.attr_set == 0 {
+        return Ok(());
+    }
+    mount_setattr(mount, &attr, false)
+}
+
+/// mount_setattr(2) on a detached mount; rustix has no wrapper for it.
+fn mount_setattr(mount: &OwnedFd, attr: &libc::mount_attr, recursive: bool) -> io::Result<()> {
     let mut flags = libc::AT_EMPTY_PATH;
     if recursive {
         flags |= libc::AT_RECURSIVE;
     }
-    // SAFETY: mount_setattr reads `size` bytes at `&attr`, a live and fully
+    // SAFETY: mount_setattr reads `size` bytes at `attr`, a live and fully
     // initialised mount_attr; the path is a NUL-terminated empty string;
-    // both descriptors stay open for the duration of the call.
+    // the descriptors stay open for the duration of the call.
     check(unsafe {
         libc::syscall(
             libc::SYS_mount_setattr,
             mount.as_raw_fd(),
             c"".as_ptr(),
             flags,
-            &attr as *const libc::mount_attr,
+            attr as *const libc::mount_attr,
             std::mem::size_of::<libc::mount_attr>(),
         )
     })?;
@@ -81,7 +115,13 @@ pub(crate) fn set_idmap(
 
 /// Attaches the detached mount `mount` onto the directory at `target`.
 pub(crate) fn attach(mount: &OwnedFd, target: &Path) -> io::Result<()> {
-    let target = open_nofollow(target, OFlags::PATH | OFlags::DIRECTORY)?;
+    attach_to(mount, target, OFlags::DIRECTORY)
+}
+
+/// Attaches the detached mount `mount` onto `target`, opened with `kind`
+/// (`DIRECTORY`, or empty for any entry).
+fn attach_to(mount: &OwnedFd, target: &Path, kind: OFlags) -> io::Result<()> {
+    let target = open_nofollow(target, OFlags::PATH | kind)?;
     rmount::move_mount(
         mount,
         "",
@@ -161,6 +201,28 @@ impl Sys for LinuxSys {
             set_idmap(&tree, userns, recursive)?;
         }
         attach(&tree, target)
+    }
+
+    fn bind_with(&self, source: &Path, target: &Path, attrs: MountAttrs) -> io::Result<()> {
+        let source = open_nofollow(source, OFlags::PATH)?;
+        let flags = OpenTreeFlags::OPEN_TREE_CLONE
+            | OpenTreeFlags::OPEN_TREE_CLOEXEC
+            | OpenTreeFlags::AT_EMPTY_PATH;
+        let tree = rmount::open_tree(&source, "", flags)?;
+        set_attrs(&tree, attrs)?;
+        attach_to(&tree, target, OFlags::empty())
+    }
+
+    fn create_file(&self, path: &Path, mode: u32) -> io::Result<()> {
+        let fd = rfs::openat2(
+            CWD,
+            path,
+            OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::CLOEXEC,
+            Mode::from_raw_mode(mode),
+            ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+        )?;
+        drop(fd);
+        Ok(())
     }
 
     fn mount_tmpfs(

@@ -9,9 +9,13 @@ use std::path::PathBuf;
 pub struct MountEntry {
     pub mount_id: u32,
     pub parent_id: u32,
+    /// `major:minor` of the filesystem's device (field 3).
+    pub device: String,
     /// Root of the mount within its filesystem (field 4).
     pub root: PathBuf,
     pub mount_point: PathBuf,
+    /// Whether this mount (not the filesystem) is read-only (field 6).
+    pub read_only: bool,
     pub fs_type: String,
     pub source: String,
 }
@@ -27,17 +31,20 @@ fn parse_line(line: &str) -> Option<MountEntry> {
     let mut pre = pre.split(' ');
     let mount_id = pre.next()?.parse().ok()?;
     let parent_id = pre.next()?.parse().ok()?;
-    let _major_minor = pre.next()?;
+    let device = pre.next()?.to_string();
     let root = unescape(pre.next()?);
     let mount_point = unescape(pre.next()?);
+    let read_only = pre.next()?.split(',').any(|o| o == "ro");
     let mut post = post.split(' ');
     let fs_type = post.next()?.to_string();
     let source = post.next().unwrap_or("").to_string();
     Some(MountEntry {
         mount_id,
         parent_id,
+        device,
         root,
         mount_point,
+        read_only,
         fs_type,
         source,
     })
@@ -77,7 +84,7 @@ mod tests {
     fn parses_lines_and_escapes() {
         let text = "\
 36 35 98:0 /mnt1 /mnt/with\\040space rw,noatime master:1 - ext3 /dev/root rw,errors=continue
-40 36 0:44 / /run/stowage/mounts/abc rw,relatime shared:5 - tmpfs stowage-abc rw,size=1024k
+40 36 0:44 / /run/stowage/mounts/abc ro,relatime shared:5 - tmpfs stowage-abc rw,size=1024k
 garbage line
 ";
         let m = parse_mountinfo(text);
@@ -85,9 +92,12 @@ garbage line
         assert_eq!(m[0].mount_point, PathBuf::from("/mnt/with space"));
         assert_eq!(m[0].root, PathBuf::from("/mnt1"));
         assert_eq!(m[0].fs_type, "ext3");
+        assert_eq!(m[0].device, "98:0");
+        assert!(!m[0].read_only);
         assert_eq!(m[1].mount_id, 40);
         assert_eq!(m[1].parent_id, 36);
         assert_eq!(m[1].source, "stowage-abc");
+        assert!(m[1].read_only);
     }
 
     #[test]

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use crate::{
-    CopyMethod, DirInfo, FileId, FsInfo, IdMapping, LoopDevice, MountEntry, Sys, TmpfsOptions,
-    TreeStats, Usage, UserNamespace,
+    CopyMethod, DirInfo, FileId, FsInfo, IdMapping, LoopDevice, MountAttrs, MountEntry, Sys,
+    TmpfsOptions, TreeStats, Usage, UserNamespace,
 };
 
 /// One call made through [`RecordingSys`].
@@ -24,6 +24,12 @@ pub enum Call {
         recursive: bool,
         idmap: Option<IdMapping>,
     },
+    BindWith {
+        source: PathBuf,
+        target: PathBuf,
+        attrs: MountAttrs,
+    },
+    CreateFile(PathBuf),
     MountTmpfs {
         target: PathBuf,
         opts: TmpfsOptions,
@@ -234,6 +240,34 @@ impl Sys for RecordingSys {
         Ok(())
     }
 
+    fn bind_with(&self, source: &Path, target: &Path, attrs: MountAttrs) -> io::Result<()> {
+        let mut s = self.record(Call::BindWith {
+            source: source.into(),
+            target: target.into(),
+            attrs,
+        })?;
+        let exists = |s: &State, p: &Path| s.dirs.contains(p) || s.files.contains_key(p);
+        if !exists(&s, source) || !exists(&s, target) {
+            return Err(errno(libc::ENOENT));
+        }
+        // A bind of a mountpoint shows what is mounted there.
+        let src = match s.mounts.get(source).and_then(|stack| stack.last()) {
+            Some(top) => top.clone(),
+            None => source.display().to_string(),
+        };
+        s.mounts.entry(target.into()).or_default().push(src);
+        Ok(())
+    }
+
+    fn create_file(&self, path: &Path, _mode: u32) -> io::Result<()> {
+        let mut s = self.record(Call::CreateFile(path.into()))?;
+        if s.files.contains_key(path) || s.dirs.contains(path) {
+            return Err(errno(libc::EEXIST));
+        }
+        s.files.insert(path.into(), 0);
+        Ok(())
+    }
+
     fn mount_tmpfs(
         &self,
         source_name: &str,
@@ -312,8 +346,12 @@ impl Sys for RecordingSys {
                 out.push(MountEntry {
                     mount_id: id,
                     parent_id: 1,
-                    root: "/".into(),
+                    device: "0:1".into(),
+                    // The source stands for the root: binds of one
+                    // mount share it.
+                    root: source.into(),
                     mount_point: target.clone(),
+                    read_only: false,
                     fs_type: "recorded".into(),
                     source: source.clone(),
                 });

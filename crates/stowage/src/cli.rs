@@ -55,6 +55,13 @@ pub struct ServeArgs {
     /// socket, so Docker finds it as driver NAME outside /run/docker/plugins.
     #[arg(long, value_name = "NAME")]
     pub docker_spec: Option<String>,
+    /// Where to serve CSI: unix:///path.sock, as Kubernetes sidecars pass
+    /// it [default: unix://RUN_ROOT/csi.sock].
+    #[arg(long, value_name = "URL", env = "CSI_ENDPOINT")]
+    pub csi_endpoint: Option<String>,
+    /// The name orchestrators know this host by [default: the hostname].
+    #[arg(long, value_name = "ID", env = "STOWAGE_NODE_ID")]
+    pub node_id: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]

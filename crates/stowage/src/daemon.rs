@@ -27,6 +27,10 @@ pub struct Config {
     pub plugin_dir: PathBuf,
     /// Name under which to register with Docker through a spec file.
     pub docker_spec: Option<String>,
+    /// The CSI socket, as a `unix://` URL; under the run root if unset.
+    pub csi_endpoint: Option<String>,
+    /// The node id given to orchestrators; the hostname if unset.
+    pub node_id: Option<String>,
 }
 
 /// The plugin socket's file name; Docker names the driver after it.
@@ -41,6 +45,8 @@ impl Default for Config {
             run_root: "/run/stowage".into(),
             plugin_dir: "/run/docker/plugins".into(),
             docker_spec: None,
+            csi_endpoint: None,
+            node_id: None,
         }
     }
 }
@@ -68,6 +74,15 @@ impl Config {
         if let Some(name) = &args.docker_spec {
             config.docker_spec = Some(name.clone());
         }
+        if let Some(url) = &args.csi_endpoint {
+            config.csi_endpoint = Some(url.clone());
+        }
+        if let Some(id) = &args.node_id {
+            config.node_id = Some(id.clone());
+        }
+        if let Some(url) = &config.csi_endpoint {
+            unix_endpoint(url)?;
+        }
         for (what, p) in [
             ("data root", &config.data_root),
             ("run root", &config.run_root),
@@ -79,6 +94,26 @@ impl Config {
         }
         Ok(config)
     }
+}
+
+/// The socket path of a `unix://` endpoint URL (`unix:///abs/path`, or
+/// `unix:/abs/path` as some orchestrators write it).
+fn unix_endpoint(url: &str) -> Result<PathBuf> {
+    let path = url
+        .strip_prefix("unix://")
+        .or_else(|| url.strip_prefix("unix:"))
+        .with_context(|| format!("the CSI endpoint must be a unix:// URL, got {url:?}"))?;
+    let path = PathBuf::from(path);
+    if !path.is_absolute() {
+        bail!("the CSI endpoint must name an absolute path, got {url:?}");
+    }
+    Ok(path)
+}
+
+/// The host's name, as the node id orchestrators know it by.
+fn hostname() -> Result<String> {
+    let name = fs::read_to_string("/proc/sys/kernel/hostname").context("reading the hostname")?;
+    Ok(name.trim().to_string())
 }
 
 /// Creates `dir` (and parents) with `mode` if missing; returns its
@@ -134,12 +169,13 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         .with_context(|| format!("opening the store {}", layout.database().display()))?;
     let sys = Arc::new(LinuxSys);
     let drivers = stowage_drivers::builtin(sys.clone(), &layout);
-    let service = Arc::new(VolumeService::new(
-        Arc::new(store),
-        drivers,
-        sys,
-        layout.clone(),
-    ));
+    let node_id = match &config.node_id {
+        Some(id) => id.clone(),
+        None => hostname()?,
+    };
+    let service = Arc::new(
+        VolumeService::new(Arc::new(store), drivers, sys, layout.clone()).with_node_id(node_id),
+    );
     let reconciler = service.clone();
     let report = tokio::task::spawn_blocking(move || reconciler.reconcile())
         .await?
@@ -156,7 +192,16 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     if let Some(name) = &config.docker_spec {
         write_docker_spec(Path::new(DOCKER_SPEC_DIR), name, &plugin_socket)?;
     }
-    info!(rest = %layout.socket().display(), docker_plugin = %plugin_socket.display(), "listening");
+    let csi_socket = match &config.csi_endpoint {
+        Some(url) => unix_endpoint(url)?,
+        None => layout.csi_socket(),
+    };
+    if let Some(dir) = csi_socket.parent() {
+        prepare_dir(dir, 0o755)?;
+    }
+    let csi = bind_socket(&csi_socket)?;
+    info!(rest = %layout.socket().display(), docker_plugin = %plugin_socket.display(),
+          csi = %csi_socket.display(), node = service.node_id(), "listening");
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -174,9 +219,10 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         ),
         stowage_api::serve(
             plugin,
-            stowage_api::docker::router(service),
-            until_stopped(stopped)
+            stowage_api::docker::router(service.clone()),
+            until_stopped(stopped.clone())
         ),
+        stowage_api::csi::serve(csi, service, until_stopped(stopped)),
     )?;
     info!("stopped; volumes stay mounted for their consumers");
     Ok(())

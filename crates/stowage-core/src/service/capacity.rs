@@ -38,6 +38,16 @@ impl VolumeService {
         Ok(volume)
     }
 
+    /// Bytes free on the data root, where new volumes' storage goes.
+    pub fn free_space(&self) -> Result<u64> {
+        let root = &self.layout.data_root;
+        Ok(self
+            .sys
+            .fs_usage(root)
+            .map_err(Error::io("read free space of", root))?
+            .available_bytes)
+    }
+
     /// Usage of a ready volume, read under its lock.
     pub(super) fn usage(&self, record: &VolumeRecord) -> Result<Option<Usage>> {
         let driver = self.drivers.get(&record.driver)?;
