@@ -65,6 +65,11 @@ impl Daemon {
         self.run.join("stowage.sock")
     }
 
+    /// The CSI socket at its default place under the run root.
+    pub fn csi_socket(&self) -> PathBuf {
+        self.run.join("csi.sock")
+    }
+
     /// Starts `stowage serve` and waits until its socket answers.
     pub fn spawn(&mut self) {
         assert!(self.child.is_none());

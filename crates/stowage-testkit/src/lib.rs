@@ -1,7 +1,9 @@
 //! Harnesses for Stowage's end-to-end tests and benchmarks: a daemon on
 //! temporary roots driven through its CLI ([`daemon`]), and the container
-//! engines that drive its plugin socket ([`engines`]).
+//! engines that drive its plugin socket ([`engines`]), and a CSI client
+//! for its gRPC socket ([`csi`]).
 
+pub mod csi;
 pub mod daemon;
 pub mod engines;
 pub mod scratch;

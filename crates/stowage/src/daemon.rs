@@ -184,7 +184,6 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         tracing::warn!(failures = ?report.failures, "some volumes could not be reconciled");
     }
 
-    let rest = bind_socket(&layout.socket())?;
     let plugin_dir = prepare_dir(&config.plugin_dir, 0o755)?;
     let _plugin_lock = lock_root(&plugin_dir, "plugin dir")?;
     let plugin_socket = plugin_dir.join(PLUGIN_SOCKET);
@@ -200,6 +199,8 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         prepare_dir(dir, 0o755)?;
     }
     let csi = bind_socket(&csi_socket)?;
+    // Bound last: whoever reaches the REST socket finds every door open.
+    let rest = bind_socket(&layout.socket())?;
     info!(rest = %layout.socket().display(), docker_plugin = %plugin_socket.display(),
           csi = %csi_socket.display(), node = service.node_id(), "listening");
 

@@ -1,0 +1,204 @@
+//! Node RPCs: required fields, repeats and conflicts at the paths a CO
+//! hands over.
+
+use stowage_testkit::csi::proto;
+use tonic::Code;
+
+use proto::node_service_capability::rpc::Type as NodeCap;
+
+use crate::{code, create_req, rpc_code, s, Fixture};
+
+#[tokio::test]
+async fn node_info_and_capabilities() {
+    let f = Fixture::start().await;
+    let mut n = f.csi.node.clone();
+    let info = n
+        .node_get_info(proto::NodeGetInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.node_id, f.node_id);
+    let topology = info.accessible_topology.unwrap().segments;
+    assert_eq!(
+        topology.get("topology.stowage.csi.dev/node"),
+        Some(&f.node_id)
+    );
+    let caps = n
+        .node_get_capabilities(proto::NodeGetCapabilitiesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let types: Vec<i32> = caps
+        .capabilities
+        .iter()
+        .filter_map(|c| {
+            let proto::node_service_capability::Type::Rpc(r) = c.r#type.as_ref()?;
+            Some(r.r#type)
+        })
+        .collect();
+    for wanted in [
+        NodeCap::StageUnstageVolume,
+        NodeCap::GetVolumeStats,
+        NodeCap::ExpandVolume,
+    ] {
+        assert!(types.contains(&(wanted as i32)), "{wanted:?}");
+    }
+}
+
+#[tokio::test]
+async fn node_calls_refuse_missing_fields_and_unknown_volumes() {
+    let f = Fixture::start().await;
+    let mut n = f.csi.node.clone();
+    let staging = f.staging("x");
+    let target = f.target("x");
+    let stage = |id: &str, path: &str, cap: bool| proto::NodeStageVolumeRequest {
+        volume_id: id.into(),
+        staging_target_path: path.into(),
+        volume_capability: cap.then(|| {
+            crate::mount_cap(proto::volume_capability::access_mode::Mode::SingleNodeWriter)
+        }),
+        ..Default::default()
+    };
+    assert_eq!(
+        rpc_code(n.node_stage_volume(stage("", &s(&staging), true)).await),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        rpc_code(n.node_stage_volume(stage("v", "", true)).await),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        rpc_code(n.node_stage_volume(stage("v", &s(&staging), false)).await),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        rpc_code(
+            n.node_stage_volume(stage("no-such-volume", &s(&staging), true))
+                .await
+        ),
+        Code::NotFound
+    );
+    assert_eq!(code(f.unstage("", &staging).await), Code::InvalidArgument);
+    assert_eq!(
+        code(f.publish("", &staging, &target, false).await),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(f.publish("no-such-volume", &staging, &target, false).await),
+        Code::NotFound
+    );
+    assert_eq!(code(f.unpublish("", &target).await), Code::InvalidArgument);
+    assert_eq!(
+        rpc_code(
+            n.node_unpublish_volume(proto::NodeUnpublishVolumeRequest {
+                volume_id: "v".into(),
+                target_path: String::new(),
+            })
+            .await
+        ),
+        Code::InvalidArgument
+    );
+    let stats = |id: &str, path: &str| proto::NodeGetVolumeStatsRequest {
+        volume_id: id.into(),
+        volume_path: path.into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        rpc_code(n.node_get_volume_stats(stats("", "/x")).await),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        rpc_code(n.node_get_volume_stats(stats("v", "")).await),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        rpc_code(n.node_get_volume_stats(stats("no-such-volume", "/x")).await),
+        Code::NotFound
+    );
+    // A volume that exists, asked about at a path where it is not.
+    f.create(create_req("v", "local", 0)).await.unwrap();
+    assert_eq!(
+        rpc_code(n.node_get_volume_stats(stats("v", "some/path")).await),
+        Code::NotFound
+    );
+    assert_eq!(
+        rpc_code(n.node_get_volume_stats(stats("v", &s(&staging))).await),
+        Code::NotFound
+    );
+    assert_eq!(
+        rpc_code(
+            n.node_expand_volume(proto::NodeExpandVolumeRequest {
+                volume_id: "no-such-volume".into(),
+                volume_path: s(&target),
+                ..Default::default()
+            })
+            .await
+        ),
+        Code::NotFound
+    );
+    // Publishing before staging is out of order.
+    assert_eq!(
+        code(f.publish("v", &staging, &target, false).await),
+        Code::FailedPrecondition
+    );
+    assert!(!target.exists());
+    // Relative and `..` paths are refused.
+    assert_eq!(
+        code(f.stage("v", std::path::Path::new("relative/dir")).await),
+        Code::InvalidArgument
+    );
+    let dotdot = staging.join("../../etc");
+    assert_eq!(code(f.stage("v", &dotdot).await), Code::InvalidArgument);
+    assert!(f.leftover_mounts().is_empty());
+}
+
+#[tokio::test]
+async fn staging_and_publishing_repeat_and_refuse_foreign_mounts() {
+    let f = Fixture::start().await;
+    f.create(create_req("rep", "local", 0)).await.unwrap();
+    f.create(create_req("intruder", "local", 0)).await.unwrap();
+    let staging = f.staging("rep");
+    let target = f.target("rep");
+    for _ in 0..2 {
+        f.stage("rep", &staging).await.unwrap();
+    }
+    for _ in 0..2 {
+        f.publish("rep", &staging, &target, false).await.unwrap();
+    }
+    // One mount at each path, however often asked.
+    let mounts = f.leftover_mounts();
+    assert_eq!(mounts.len(), 2, "{mounts:?}");
+    // The same target read-only: another publication of it, refused.
+    assert_eq!(
+        code(f.publish("rep", &staging, &target, true).await),
+        Code::AlreadyExists
+    );
+    // Another volume onto a staging path or target already taken.
+    assert_eq!(
+        code(f.stage("intruder", &staging).await),
+        Code::AlreadyExists
+    );
+    let other_staging = f.staging("intruder");
+    f.stage("intruder", &other_staging).await.unwrap();
+    assert_eq!(
+        code(f.publish("intruder", &other_staging, &target, false).await),
+        Code::AlreadyExists
+    );
+    // Its data stays its own.
+    std::fs::write(target.join("owner"), b"rep").unwrap();
+    assert_eq!(std::fs::read(staging.join("owner")).unwrap(), b"rep");
+    assert!(!other_staging.join("owner").exists());
+    // Unpublish removes the target, and repeats.
+    for _ in 0..2 {
+        f.unpublish("rep", &target).await.unwrap();
+    }
+    assert!(!target.exists());
+    for _ in 0..2 {
+        f.unstage("rep", &staging).await.unwrap();
+    }
+    f.unstage("intruder", &other_staging).await.unwrap();
+    // The staging directory belongs to the CO: it stays, empty of mounts.
+    assert!(staging.is_dir());
+    assert!(f.leftover_mounts().is_empty());
+    assert_eq!(f.daemon.inspect("rep")["consumers"], serde_json::json!([]));
+}
