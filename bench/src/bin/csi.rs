@@ -1,0 +1,320 @@
+//! `bench/csi`: full CSI cycles (CreateVolume, NodeStage, NodePublish,
+//! NodeUnpublish, NodeUnstage, DeleteVolume) through the CSI socket of a
+//! real daemon, against the REST cycle (create, mount, unmount, remove) on
+//! the same driver, measured in the same run on the same daemon. The CSI
+//! cycle does two bind mounts more (staging and target paths) than the
+//! REST one; that is what a CO asks for.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use hyper::Method;
+use stowage_bench::Conn;
+use stowage_testkit::csi::{proto, CsiClient};
+use stowage_testkit::Daemon;
+
+use proto::volume_capability::access_mode::Mode;
+use proto::volume_capability::{AccessMode, AccessType, MountVolume};
+
+/// The CSI door may add at most this much over the REST door.
+const TARGET_OVERHEAD: f64 = 0.20;
+const BLOCK_SIZE: i64 = 64 << 20;
+
+struct Settings {
+    runs: usize,
+    seconds: f64,
+}
+
+fn settings() -> Result<Settings> {
+    let mut s = Settings {
+        runs: 5,
+        seconds: 2.0,
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let value = it.next().context("flag without a value")?;
+        match a.as_str() {
+            "--runs" => s.runs = value.parse()?,
+            "--seconds" => s.seconds = value.parse()?,
+            _ => bail!("unknown flag {a}; use --runs N --seconds S"),
+        }
+    }
+    Ok(s)
+}
+
+/// Median cycle time of one run, and cycles per second.
+#[derive(Clone, Copy)]
+struct Run {
+    cycle_ms: f64,
+    per_sec: f64,
+}
+
+fn summarize(mut cycles: Vec<Duration>, elapsed: Duration) -> Run {
+    cycles.sort();
+    Run {
+        cycle_ms: cycles[cycles.len() / 2].as_secs_f64() * 1e3,
+        per_sec: cycles.len() as f64 / elapsed.as_secs_f64(),
+    }
+}
+
+/// The median of each step over `cycles`.
+fn step_p50(cycles: &[[Duration; 6]]) -> [Duration; 6] {
+    std::array::from_fn(|i| {
+        let mut v: Vec<Duration> = cycles.iter().map(|c| c[i]).collect();
+        v.sort();
+        v[v.len() / 2]
+    })
+}
+
+fn median(runs: &[Run]) -> Run {
+    let med = |f: fn(&Run) -> f64| {
+        let mut v: Vec<f64> = runs.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    Run {
+        cycle_ms: med(|r| r.cycle_ms),
+        per_sec: med(|r| r.per_sec),
+    }
+}
+
+fn capability() -> proto::VolumeCapability {
+    proto::VolumeCapability {
+        access_type: Some(AccessType::Mount(MountVolume::default())),
+        access_mode: Some(AccessMode {
+            mode: Mode::SingleNodeWriter as i32,
+        }),
+    }
+}
+
+/// The steps of a CSI cycle, in order.
+const STEPS: [&str; 6] = [
+    "CreateVolume",
+    "NodeStage",
+    "NodePublish",
+    "NodeUnpublish",
+    "NodeUnstage",
+    "DeleteVolume",
+];
+
+/// One CSI cycle; pushes each step's time onto `steps`.
+async fn csi_cycle(
+    csi: &CsiClient,
+    driver: &str,
+    name: &str,
+    paths: &Path,
+    steps: &mut Vec<[Duration; 6]>,
+) -> Result<()> {
+    let mut times = [Duration::ZERO; 6];
+    let mut t = Instant::now();
+    let mut lap = |i: usize| {
+        times[i] = t.elapsed();
+        t = Instant::now();
+    };
+    let (mut c, mut n) = (csi.controller.clone(), csi.node.clone());
+    let staging = paths.join("staging").join(name);
+    std::fs::create_dir_all(&staging)?;
+    let target = paths.join("target").join(name);
+    let text = |p: &PathBuf| p.to_string_lossy().into_owned();
+    c.create_volume(proto::CreateVolumeRequest {
+        name: name.into(),
+        capacity_range: (driver == "block").then_some(proto::CapacityRange {
+            required_bytes: BLOCK_SIZE,
+            limit_bytes: 0,
+        }),
+        volume_capabilities: vec![capability()],
+        parameters: HashMap::from([("driver".to_string(), driver.to_string())]),
+        ..Default::default()
+    })
+    .await?;
+    lap(0);
+    n.node_stage_volume(proto::NodeStageVolumeRequest {
+        volume_id: name.into(),
+        staging_target_path: text(&staging),
+        volume_capability: Some(capability()),
+        ..Default::default()
+    })
+    .await?;
+    lap(1);
+    n.node_publish_volume(proto::NodePublishVolumeRequest {
+        volume_id: name.into(),
+        staging_target_path: text(&staging),
+        target_path: text(&target),
+        volume_capability: Some(capability()),
+        ..Default::default()
+    })
+    .await?;
+    lap(2);
+    n.node_unpublish_volume(proto::NodeUnpublishVolumeRequest {
+        volume_id: name.into(),
+        target_path: text(&target),
+    })
+    .await?;
+    lap(3);
+    n.node_unstage_volume(proto::NodeUnstageVolumeRequest {
+        volume_id: name.into(),
+        staging_target_path: text(&staging),
+    })
+    .await?;
+    lap(4);
+    c.delete_volume(proto::DeleteVolumeRequest {
+        volume_id: name.into(),
+        ..Default::default()
+    })
+    .await?;
+    lap(5);
+    std::fs::remove_dir(&staging)?;
+    steps.push(times);
+    Ok(())
+}
+
+async fn rest_cycle(conn: &mut Conn, driver: &str, name: &str) -> Result<()> {
+    let body = match driver {
+        "block" => {
+            format!(r#"{{"name":"{name}","driver":"block","options":{{"size":"{BLOCK_SIZE}"}}}}"#)
+        }
+        _ => format!(r#"{{"name":"{name}","driver":"{driver}"}}"#),
+    };
+    conn.call(Method::POST, "/v1/volumes", Some(body)).await?;
+    let consumer = Some(r#"{"consumer":"bench"}"#.to_string());
+    conn.call(
+        Method::POST,
+        &format!("/v1/volumes/{name}/mount"),
+        consumer.clone(),
+    )
+    .await?;
+    conn.call(
+        Method::POST,
+        &format!("/v1/volumes/{name}/unmount"),
+        consumer,
+    )
+    .await?;
+    conn.call(Method::DELETE, &format!("/v1/volumes/{name}"), None)
+        .await?;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let s = settings()?;
+    // On the root filesystem, like /var/lib/stowage: fsync and mkfs cost
+    // what they cost for a real data root.
+    let stowage = std::env::current_exe()?.with_file_name("stowage");
+    let daemon = Daemon::start_in(
+        stowage.to_str().context("path")?,
+        Path::new("/var/tmp"),
+        &[],
+    );
+    let csi = CsiClient::connect(&daemon.csi_socket()).await?;
+    let mut conn = Conn::open(&daemon.socket()).await?;
+    // The parent of every target path exists, as a CO makes sure.
+    let paths = daemon.base().join("co");
+    std::fs::create_dir_all(paths.join("target"))?;
+
+    println!(
+        "bench/csi: one client, cycles back to back; median of {} runs of {}s",
+        s.runs, s.seconds
+    );
+    println!(
+        "csi:  CreateVolume + NodeStage + NodePublish + NodeUnpublish + NodeUnstage + DeleteVolume"
+    );
+    println!(
+        "rest: create + mount + unmount + remove (bench/lifecycle's cycle), same daemon, same run"
+    );
+    println!("block volumes are {} MiB ext4\n", BLOCK_SIZE >> 20);
+    println!(
+        "{:>6} | {:>13} | {:>9} | {:>14} | {:>10} | {:>8}",
+        "driver", "csi cycle p50", "csi /s", "rest cycle p50", "rest /s", "csi/rest"
+    );
+    println!("{}", "-".repeat(74));
+    let mut worst: f64 = 0.0;
+    let mut step_medians = Vec::new();
+    let mut round = 0;
+    for driver in ["local", "block"] {
+        let (mut ours, mut base) = (Vec::new(), Vec::new());
+        let mut steps = Vec::new();
+        for _ in 0..s.runs {
+            round += 1;
+            let mut cycles = Vec::new();
+            let start = Instant::now();
+            let deadline = start + Duration::from_secs_f64(s.seconds);
+            let mut i = 0;
+            while cycles.is_empty() || Instant::now() < deadline {
+                let t = Instant::now();
+                let name = format!("csi-{driver}-{round}-{i}");
+                csi_cycle(&csi, driver, &name, &paths, &mut steps).await?;
+                cycles.push(t.elapsed());
+                i += 1;
+            }
+            let csi_run = summarize(cycles, start.elapsed());
+            ours.push(csi_run);
+            let mut rest_times = Vec::new();
+            let start = Instant::now();
+            let deadline = start + Duration::from_secs_f64(s.seconds);
+            let mut i = 0;
+            while rest_times.is_empty() || Instant::now() < deadline {
+                let t = Instant::now();
+                rest_cycle(&mut conn, driver, &format!("rest-{driver}-{round}-{i}")).await?;
+                rest_times.push(t.elapsed());
+                i += 1;
+            }
+            base.push(summarize(rest_times, start.elapsed()));
+        }
+        let (o, b) = (median(&ours), median(&base));
+        step_medians.push((driver, step_p50(&steps)));
+        let ratio = o.cycle_ms / b.cycle_ms;
+        worst = worst.max(ratio);
+        println!(
+            "{:>6} | {:>11.2}ms | {:>9.1} | {:>12.2}ms | {:>10.1} | {:>7.2}x",
+            driver, o.cycle_ms, o.per_sec, b.cycle_ms, b.per_sec, ratio
+        );
+    }
+    println!("\nCSI steps, median over all runs (ms):");
+    println!(
+        "{:>6} | {}",
+        "driver",
+        STEPS.map(|s| format!("{s:>13}")).join(" | ")
+    );
+    for (driver, p50) in step_medians {
+        let cells = p50.map(|d| format!("{:>13.2}", d.as_secs_f64() * 1e3));
+        println!("{driver:>6} | {}", cells.join(" | "));
+    }
+    // The cost of a gRPC round trip that does no work, for scale.
+    let mut floor = Vec::new();
+    let mut node = csi.node.clone();
+    for _ in 0..2000 {
+        let t = Instant::now();
+        node.node_get_info(proto::NodeGetInfoRequest {}).await?;
+        floor.push(t.elapsed());
+    }
+    floor.sort();
+    let rest_floor = {
+        let mut v = Vec::new();
+        for _ in 0..2000 {
+            let t = Instant::now();
+            conn.call(Method::GET, "/v1/version", None).await?;
+            v.push(t.elapsed());
+        }
+        v.sort();
+        v[v.len() / 2]
+    };
+    println!(
+        "round trip doing no work, p50: csi NodeGetInfo {:.3}ms, rest GET /v1/version {:.3}ms",
+        floor[floor.len() / 2].as_secs_f64() * 1e3,
+        rest_floor.as_secs_f64() * 1e3
+    );
+    println!(
+        "\ntarget: the CSI cycle at most {:.0}% over the REST cycle: {} (worst {:+.0}%)",
+        TARGET_OVERHEAD * 100.0,
+        if worst <= 1.0 + TARGET_OVERHEAD {
+            "met"
+        } else {
+            "NOT met"
+        },
+        (worst - 1.0) * 100.0
+    );
+    Ok(())
+}
