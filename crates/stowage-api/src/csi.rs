@@ -244,6 +244,39 @@ mod tests {
         );
     }
 
+    /// The checked-in manifests name this plugin, and kubelet's socket
+    /// path is where the daemon is told to serve.
+    #[test]
+    fn kubernetes_manifests_name_this_plugin() {
+        use serde::Deserialize;
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/kubernetes");
+        let mut kinds = Vec::new();
+        for file in [
+            "csidriver.yaml",
+            "storageclass.yaml",
+            "daemonset.yaml",
+            "rbac.yaml",
+        ] {
+            let text = std::fs::read_to_string(format!("{dir}/{file}")).unwrap();
+            for doc in serde_yaml::Deserializer::from_str(&text) {
+                let doc = serde_yaml::Value::deserialize(doc).unwrap();
+                let kind = doc["kind"].as_str().unwrap().to_string();
+                match kind.as_str() {
+                    "CSIDriver" => assert_eq!(doc["metadata"]["name"].as_str(), Some(PLUGIN_NAME)),
+                    "StorageClass" => assert_eq!(doc["provisioner"].as_str(), Some(PLUGIN_NAME)),
+                    _ => {}
+                }
+                kinds.push(kind);
+            }
+        }
+        for wanted in ["CSIDriver", "StorageClass", "DaemonSet", "ClusterRole"] {
+            assert!(kinds.iter().any(|k| k == wanted), "{wanted} missing");
+        }
+        let daemonset = std::fs::read_to_string(format!("{dir}/daemonset.yaml")).unwrap();
+        assert!(daemonset.contains(&format!("/var/lib/kubelet/plugins/{PLUGIN_NAME}/csi.sock")));
+        assert!(daemonset.contains(&format!("path: /var/lib/kubelet/plugins/{PLUGIN_NAME}\n")));
+    }
+
     #[test]
     fn a_second_call_on_the_same_key_is_aborted_until_the_first_ends() {
         let set = InFlight::default();

@@ -301,6 +301,19 @@ mod tests {
     }
 
     #[test]
+    fn csi_endpoints_are_unix_urls_to_absolute_paths() {
+        for (url, path) in [
+            ("unix:///csi/csi.sock", "/csi/csi.sock"),
+            ("unix:/csi/csi.sock", "/csi/csi.sock"),
+        ] {
+            assert_eq!(unix_endpoint(url).unwrap(), PathBuf::from(path));
+        }
+        for bad in ["tcp://127.0.0.1:1234", "unix://relative.sock", "/csi.sock"] {
+            assert!(unix_endpoint(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn docker_spec_points_at_the_socket() {
         let dir = tempfile::tempdir().unwrap();
         let sock = Path::new("/run/x/stowage.sock");
