@@ -196,6 +196,12 @@ pub fn is_not_mounted(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOENT))
 }
 
+/// Whether a path was refused because a component is a symlink, which
+/// every mount operation resolves with `RESOLVE_NO_SYMLINKS`.
+pub fn is_symlink_refusal(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::ELOOP)
+}
+
 /// Counts the mounts stacked exactly at `target` in `table`.
 pub fn mounts_at(table: &[MountEntry], target: &Path) -> usize {
     table.iter().filter(|m| m.mount_point == target).count()

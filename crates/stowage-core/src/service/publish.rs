@@ -54,7 +54,7 @@ impl VolumeService {
                 .bind_with(&mountpoint, staging, MountAttrs::default())
             {
                 let _ = self.unmount_locked(&name, &consumer);
-                return Err(Error::io("bind volume at staging path", staging)(e));
+                return Err(path_error("bind volume at staging path", staging, e));
             }
             Ok(())
         })
@@ -124,7 +124,7 @@ impl VolumeService {
                 if created {
                     let _ = self.sys.remove_dir(target);
                 }
-                return Err(Error::io("bind volume at target path", target)(e));
+                return Err(path_error("bind volume at target path", target, e));
             }
             Ok(())
         })
@@ -238,6 +238,18 @@ fn top_mount<'t>(table: &'t [MountEntry], path: &Path) -> Option<&'t MountEntry>
 /// Whether two mounts show the same tree of the same filesystem.
 fn same_tree(a: &MountEntry, b: &MountEntry) -> bool {
     a.device == b.device && a.root == b.root
+}
+
+/// A failed mount at a caller's path: a symlink in it is the caller's
+/// error, anything else Stowage's.
+fn path_error(op: &'static str, path: &Path, e: std::io::Error) -> Error {
+    if stowage_sys::is_symlink_refusal(&e) {
+        return Error::InvalidRequest(format!(
+            "{} has a symlink in it; give the real path",
+            path.display()
+        ));
+    }
+    Error::io(op, path)(e)
 }
 
 fn taken(path: &Path, m: &MountEntry) -> Error {

@@ -149,6 +149,15 @@ async fn node_calls_refuse_missing_fields_and_unknown_volumes() {
     );
     let dotdot = staging.join("../../etc");
     assert_eq!(code(f.stage("v", &dotdot).await), Code::InvalidArgument);
+    // A symlink swapped in for the staging path, or above the target.
+    let elsewhere = f.staging("elsewhere");
+    let link = staging.with_file_name("link");
+    std::os::unix::fs::symlink(&elsewhere, &link).unwrap();
+    assert_eq!(code(f.stage("v", &link).await), Code::InvalidArgument);
+    assert!(f.daemon.inspect("v")["consumers"]
+        .as_array()
+        .unwrap()
+        .is_empty());
     assert!(f.leftover_mounts().is_empty());
 }
 
