@@ -37,8 +37,8 @@ pub enum Command {
 
 #[derive(Args, Debug, Default)]
 pub struct ServeArgs {
-    /// TOML file with data_root, run_root, plugin_dir and docker_spec; flags
-    /// override it.
+    /// TOML file with data_root, run_root, plugin_dir, docker_spec,
+    /// csi_endpoint and node_id; flags override it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Where volumes' data and the state database live [default: /var/lib/stowage].

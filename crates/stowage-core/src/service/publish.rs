@@ -11,7 +11,7 @@
 
 use std::path::{Component, Path};
 
-use stowage_sys::{exists_ok, missing_ok, MountAttrs, MountEntry};
+use stowage_sys::{missing_ok, MountAttrs, MountEntry};
 use tracing::warn;
 
 use super::{logged, not_found, VolumeService};
@@ -187,23 +187,24 @@ impl VolumeService {
         top_mount(table, &self.layout.mountpoint(&record.id))
     }
 
-    /// Unmounts every mount at `path` that shows this volume. A mount of
-    /// something else there is refused, not touched.
+    /// Unmounts every mount at `path` that shows this volume, topmost
+    /// first. A mount of something else there is refused, not touched.
     fn unmount_ours(&self, record: &VolumeRecord, path: &Path) -> Result<()> {
-        loop {
-            let table = self.mount_table()?;
-            let Some(m) = top_mount(&table, path) else {
-                return Ok(());
-            };
+        let table = self.mount_table()?;
+        let volume = self.volume_mount(&table, record);
+        for m in table.iter().rev().filter(|m| m.mount_point == path) {
             // Once the volume itself is unmounted its identity is gone; a
             // mount the volume's name was given for is taken as its own.
-            if let Some(v) = self.volume_mount(&table, record) {
-                if !same_tree(v, m) {
-                    return Err(taken(path, m));
-                }
+            if volume.is_some_and(|v| !same_tree(v, m)) {
+                return Err(taken(path, m));
             }
-            exists_ok(self.sys.unmount(path)).map_err(Error::io("unmount", path))?;
+            match self.sys.unmount(path) {
+                Ok(()) => {}
+                Err(e) if stowage_sys::is_not_mounted(&e) => break,
+                Err(e) => return Err(Error::io("unmount", path)(e)),
+            }
         }
+        Ok(())
     }
 }
 
