@@ -21,7 +21,7 @@ pub use driver::{Driver, DriverSet, MountSpec, Progress, Source};
 pub use error::{Error, ErrorKind, Result};
 pub use layout::Layout;
 pub use name::VolumeName;
-pub use service::{PublishKind, ReconcileReport, VolumeService};
+pub use service::{ReconcileReport, VolumeService};
 pub use snapshot::{Snapshot, SnapshotRecord, SnapshotRequest};
 pub use store::{Collection, MemoryStore, Precondition, Revision, Store, StoreError, Versioned};
 pub use stowage_sys::MountAttrs;

@@ -37,7 +37,6 @@ use crate::snapshot::SnapshotRecord;
 use crate::store::{Collection, Precondition, Revision, Store};
 use crate::volume::{CreateRequest, Volume, VolumeFilter, VolumeRecord, VolumeState};
 
-pub use publish::PublishKind;
 pub use reconcile::ReconcileReport;
 
 /// The driver used when a request names none.

@@ -93,9 +93,6 @@ pub trait Sys: Send + Sync + 'static {
     /// the new mount before it becomes visible. Both paths are resolved
     /// without following symlinks.
     fn bind_with(&self, source: &Path, target: &Path, attrs: MountAttrs) -> io::Result<()>;
-    /// Creates an empty regular file, to bind a device node onto. It must
-    /// not exist.
-    fn create_file(&self, path: &Path, mode: u32) -> io::Result<()>;
     /// Mounts a fresh tmpfs onto the directory `target`, idmapped if asked.
     fn mount_tmpfs(
         &self,

@@ -213,18 +213,6 @@ impl Sys for LinuxSys {
         attach_to(&tree, target, OFlags::empty())
     }
 
-    fn create_file(&self, path: &Path, mode: u32) -> io::Result<()> {
-        let fd = rfs::openat2(
-            CWD,
-            path,
-            OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::CLOEXEC,
-            Mode::from_raw_mode(mode),
-            ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
-        )?;
-        drop(fd);
-        Ok(())
-    }
-
     fn mount_tmpfs(
         &self,
         source_name: &str,

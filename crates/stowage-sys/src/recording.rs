@@ -29,7 +29,6 @@ pub enum Call {
         target: PathBuf,
         attrs: MountAttrs,
     },
-    CreateFile(PathBuf),
     MountTmpfs {
         target: PathBuf,
         opts: TmpfsOptions,
@@ -256,15 +255,6 @@ impl Sys for RecordingSys {
             None => source.display().to_string(),
         };
         s.mounts.entry(target.into()).or_default().push(src);
-        Ok(())
-    }
-
-    fn create_file(&self, path: &Path, _mode: u32) -> io::Result<()> {
-        let mut s = self.record(Call::CreateFile(path.into()))?;
-        if s.files.contains_key(path) || s.dirs.contains(path) {
-            return Err(errno(libc::EEXIST));
-        }
-        s.files.insert(path.into(), 0);
         Ok(())
     }
 

@@ -4,7 +4,6 @@
 
 use std::path::PathBuf;
 
-use stowage_core::PublishKind;
 use tonic::{Request, Response, Status};
 
 use super::capability;
@@ -54,7 +53,7 @@ impl Node for Csi {
         let mut attrs = access.attrs;
         attrs.read_only |= req.readonly;
         self.exclusive(&id.clone(), move |s| {
-            s.publish(&id, &staging, &target, PublishKind::Mount, attrs)
+            s.publish(&id, &staging, &target, attrs)
         })
         .await?;
         Ok(Response::new(NodePublishVolumeResponse {}))

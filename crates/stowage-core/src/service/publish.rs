@@ -19,13 +19,6 @@ use crate::error::{Error, Result};
 use crate::name::VolumeName;
 use crate::volume::{Usage, VolumeRecord};
 
-/// What a published path shows of the volume.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PublishKind {
-    /// The volume's filesystem, on a directory.
-    Mount,
-}
-
 impl VolumeService {
     /// Mounts the volume and binds it at `staging`, an existing directory.
     /// Staging again at the same path succeeds.
@@ -82,7 +75,6 @@ impl VolumeService {
         name: &str,
         staging: &Path,
         target: &Path,
-        kind: PublishKind,
         attrs: MountAttrs,
     ) -> Result<()> {
         logged("publish", name, || {
@@ -114,7 +106,6 @@ impl VolumeService {
                 }
                 return Ok(());
             }
-            let PublishKind::Mount = kind;
             let created = match self.sys.create_dir(target, 0o750) {
                 Ok(()) => true,
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
@@ -141,12 +132,8 @@ impl VolumeService {
             self.unmount_ours(&loaded.record, target)?;
             match missing_ok(self.sys.remove_dir(target)) {
                 Ok(()) => Ok(()),
-                Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => {
-                    missing_ok(self.sys.remove_file(target))
-                        .map_err(Error::io("remove target path", target))
-                }
                 Err(e) => {
-                    // Not empty: not a directory we made; leave it.
+                    // Not an empty directory: not one we made; leave it.
                     warn!(path = %target.display(), error = %e, "target path left in place");
                     Ok(())
                 }
