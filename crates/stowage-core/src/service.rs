@@ -360,12 +360,12 @@ impl VolumeService {
         let name = VolumeName::parse(name)?;
         validate_consumer(consumer)?;
         let _guard = self.locks.lock(name.as_str());
-        self.mount_locked(&name, consumer)
+        self.mount_loaded(&mut self.load_ready(&name)?, consumer)
     }
 
-    /// [`Self::mount`], for a caller holding the volume's lock.
-    fn mount_locked(&self, name: &VolumeName, consumer: &str) -> Result<PathBuf> {
-        let mut loaded = self.load_ready(name)?;
+    /// [`Self::mount`] of a ready volume the caller loaded under its lock;
+    /// `loaded` follows the saved record. After an error, drop it.
+    fn mount_loaded(&self, loaded: &mut Loaded, consumer: &str) -> Result<PathBuf> {
         let target = self.layout.mountpoint(&loaded.record.id);
         if loaded.record.consumers.contains(consumer) {
             return Ok(target);
@@ -378,14 +378,14 @@ impl VolumeService {
             // removes it.
             let driver = self.drivers.get(&loaded.record.driver)?.clone();
             self.present(driver.as_ref(), &mut loaded.record)?;
-            if let Err(e) = self.save(&mut loaded) {
+            if let Err(e) = self.save(loaded) {
                 let _ = self.withdraw(&loaded.record.id, 1);
                 return Err(e);
             }
             return Ok(target);
         }
         // Already presented: recording the consumer is the whole change.
-        self.save(&mut loaded)?;
+        self.save(loaded)?;
         Ok(target)
     }
 
@@ -399,24 +399,24 @@ impl VolumeService {
         let name = VolumeName::parse(name)?;
         validate_consumer(consumer)?;
         let _guard = self.locks.lock(name.as_str());
-        self.unmount_locked(&name, consumer)
+        self.unmount_loaded(&mut self.load_ready(&name)?, consumer)
     }
 
-    /// [`Self::unmount`], for a caller holding the volume's lock.
-    fn unmount_locked(&self, name: &VolumeName, consumer: &str) -> Result<()> {
-        let mut loaded = self.load_ready(name)?;
+    /// [`Self::unmount`] of a ready volume the caller loaded under its
+    /// lock; `loaded` follows the saved record. After an error, drop it.
+    fn unmount_loaded(&self, loaded: &mut Loaded, consumer: &str) -> Result<()> {
         if !loaded.record.consumers.contains(consumer) {
             return Ok(());
         }
         loaded.record.consumers.remove(consumer);
-        self.save(&mut loaded)?;
+        self.save(loaded)?;
         if loaded.record.consumers.is_empty() {
             // The record goes first: after a crash, reconcile finishes the
             // unmount of a volume that no consumer holds.
             if let Err(e) = self.withdraw(&loaded.record.id, 1) {
                 // Still mounted: the consumer keeps it.
                 loaded.record.consumers.insert(consumer.to_string());
-                self.save(&mut loaded)?;
+                self.save(loaded)?;
                 return Err(e);
             }
         }

@@ -29,24 +29,24 @@ impl VolumeService {
             let consumer = stage_consumer(staging);
             crate::name::validate_consumer(&consumer)?;
             let _guard = self.locks.lock(name.as_str());
-            let loaded = self.load_ready(&name)?;
+            let mut loaded = self.load_ready(&name)?;
             let table = self.mount_table()?;
             let volume = self.volume_mount(&table, &loaded.record);
             match top_mount(&table, staging) {
                 Some(m) if volume.is_some_and(|v| same_tree(v, m)) => {
                     // Staged, perhaps before a crash that lost the record.
-                    self.mount_locked(&name, &consumer)?;
+                    self.mount_loaded(&mut loaded, &consumer)?;
                     return Ok(());
                 }
                 Some(m) => return Err(taken(staging, m)),
                 None => {}
             }
-            let mountpoint = self.mount_locked(&name, &consumer)?;
+            let mountpoint = self.mount_loaded(&mut loaded, &consumer)?;
             if let Err(e) = self
                 .sys
                 .bind_with(&mountpoint, staging, MountAttrs::default())
             {
-                let _ = self.unmount_locked(&name, &consumer);
+                let _ = self.unmount_loaded(&mut loaded, &consumer);
                 return Err(path_error("bind volume at staging path", staging, e));
             }
             Ok(())
@@ -61,9 +61,9 @@ impl VolumeService {
             let consumer = stage_consumer(staging);
             crate::name::validate_consumer(&consumer)?;
             let _guard = self.locks.lock(name.as_str());
-            let loaded = self.load_ready(&name)?;
+            let mut loaded = self.load_ready(&name)?;
             self.unmount_ours(&loaded.record, staging)?;
-            self.unmount_locked(&name, &consumer)
+            self.unmount_loaded(&mut loaded, &consumer)
         })
     }
 
