@@ -39,16 +39,14 @@ impl Controller for Csi {
             mut options,
             labels,
         } = split_parameters(&req.parameters)?;
-        if let Some(fs) = requested_fs(&access)? {
-            if driver != DEFAULT_CSI_DRIVER {
-                // A directory volume has no filesystem of its own to make.
-            } else if let Some(given) = options.get("fs").filter(|g| **g != fs) {
+        // A directory volume has no filesystem of its own to make.
+        if let Some(fs) = requested_fs(&access)?.filter(|_| makes_filesystem(&driver)) {
+            if let Some(given) = options.get("fs").filter(|g| **g != fs) {
                 return Err(Status::invalid_argument(format!(
                     "fs_type {fs} contradicts the fs parameter {given}"
                 )));
-            } else {
-                options.insert("fs".into(), fs);
             }
+            options.insert("fs".into(), fs);
         }
         let range = req.capacity_range.as_ref();
         if takes_size(&driver) {
@@ -432,6 +430,11 @@ fn csi_snapshot(s: &stowage_core::Snapshot) -> super::proto::Snapshot {
 /// Drivers whose volumes have a size the CSI capacity sets.
 fn takes_size(driver: &str) -> bool {
     matches!(driver, "block" | "tmpfs")
+}
+
+/// Drivers that format their volumes, so a capability's fs_type applies.
+fn makes_filesystem(driver: &str) -> bool {
+    driver == "block"
 }
 
 /// The one filesystem the capabilities ask for, if any.

@@ -10,7 +10,7 @@ use proto::plugin_capability::service::Type as ServiceType;
 use proto::volume_capability::access_mode::Mode;
 use proto::volume_capability::{AccessMode, AccessType, BlockVolume};
 
-use crate::{code, create_req, mount_cap, rpc_code, Fixture, MIB};
+use crate::{code, create_req, mount_cap, Fixture, MIB};
 
 #[tokio::test]
 async fn identity_names_the_plugin_and_reports_ready() {
@@ -98,16 +98,10 @@ async fn create_volume_refuses_bad_requests_with_the_spec_codes() {
     let f = Fixture::start().await;
     let mut c = f.csi.controller.clone();
     let no_name = create_req("", "block", 0);
-    assert_eq!(
-        rpc_code(c.create_volume(no_name).await),
-        Code::InvalidArgument
-    );
+    assert_eq!(code(c.create_volume(no_name).await), Code::InvalidArgument);
     let mut no_caps = create_req("nocaps", "block", 0);
     no_caps.volume_capabilities.clear();
-    assert_eq!(
-        rpc_code(c.create_volume(no_caps).await),
-        Code::InvalidArgument
-    );
+    assert_eq!(code(c.create_volume(no_caps).await), Code::InvalidArgument);
     // Names of up to 128 bytes.
     let longest = "n".repeat(128);
     assert_eq!(
@@ -219,14 +213,14 @@ async fn controller_publish_records_the_node_and_enforces_access() {
         };
     let node = f.node_id.clone();
     assert_eq!(
-        rpc_code(
+        code(
             c.controller_publish_volume(publish("att", &node, false))
                 .await
         ),
         Code::Ok
     );
     assert_eq!(
-        rpc_code(
+        code(
             c.controller_publish_volume(publish("att", &node, false))
                 .await
         ),
@@ -234,38 +228,38 @@ async fn controller_publish_records_the_node_and_enforces_access() {
     );
     // The same node with other access.
     assert_eq!(
-        rpc_code(
+        code(
             c.controller_publish_volume(publish("att", &node, true))
                 .await
         ),
         Code::AlreadyExists
     );
     assert_eq!(
-        rpc_code(
+        code(
             c.controller_publish_volume(publish("att", "no-such-node", false))
                 .await
         ),
         Code::NotFound
     );
     assert_eq!(
-        rpc_code(
+        code(
             c.controller_publish_volume(publish("no-such-volume", &node, false))
                 .await
         ),
         Code::NotFound
     );
     assert_eq!(
-        rpc_code(c.controller_publish_volume(publish("", &node, false)).await),
+        code(c.controller_publish_volume(publish("", &node, false)).await),
         Code::InvalidArgument
     );
     assert_eq!(
-        rpc_code(c.controller_publish_volume(publish("att", "", false)).await),
+        code(c.controller_publish_volume(publish("att", "", false)).await),
         Code::InvalidArgument
     );
     let mut no_cap = publish("att", &node, false);
     no_cap.volume_capability = None;
     assert_eq!(
-        rpc_code(c.controller_publish_volume(no_cap).await),
+        code(c.controller_publish_volume(no_cap).await),
         Code::InvalidArgument
     );
     // ListVolumes shows where it is published; inspect shows it too.
@@ -286,19 +280,19 @@ async fn controller_publish_records_the_node_and_enforces_access() {
     };
     for _ in 0..2 {
         assert_eq!(
-            rpc_code(c.controller_unpublish_volume(unpublish("att", &node)).await),
+            code(c.controller_unpublish_volume(unpublish("att", &node)).await),
             Code::Ok
         );
     }
     assert_eq!(
-        rpc_code(
+        code(
             c.controller_unpublish_volume(unpublish("no-such-volume", &node))
                 .await
         ),
         Code::Ok
     );
     assert_eq!(
-        rpc_code(c.controller_unpublish_volume(unpublish("", &node)).await),
+        code(c.controller_unpublish_volume(unpublish("", &node)).await),
         Code::InvalidArgument
     );
     assert!(f.daemon.inspect("att")["attachments"]
@@ -342,13 +336,13 @@ async fn validate_confirms_what_stowage_serves_and_only_that() {
     assert!(refused.confirmed.is_none());
     assert!(refused.message.contains("block"), "{}", refused.message);
     assert_eq!(
-        rpc_code(c.validate_volume_capabilities(validate(vec![])).await),
+        code(c.validate_volume_capabilities(validate(vec![])).await),
         Code::InvalidArgument
     );
     let mut missing = validate(vec![mount_cap(Mode::SingleNodeWriter)]);
     missing.volume_id = "no-such-volume".into();
     assert_eq!(
-        rpc_code(c.validate_volume_capabilities(missing).await),
+        code(c.validate_volume_capabilities(missing).await),
         Code::NotFound
     );
 }
@@ -391,11 +385,11 @@ async fn list_volumes_pages_without_repeats_and_refuses_foreign_tokens() {
     assert_eq!(ids(&last), ["page-4"]);
     assert!(last.next_token.is_empty());
     assert_eq!(
-        rpc_code(c.list_volumes(list(0, "invalid-token")).await),
+        code(c.list_volumes(list(0, "invalid-token")).await),
         Code::Aborted
     );
     assert_eq!(
-        rpc_code(c.list_volumes(list(-1, "")).await),
+        code(c.list_volumes(list(-1, "")).await),
         Code::InvalidArgument
     );
 }

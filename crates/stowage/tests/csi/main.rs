@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use stowage_testkit::csi::{proto, CsiClient};
 use stowage_testkit::Daemon;
-use tonic::{Code, Response, Status};
+use tonic::{Code, Status};
 
 use proto::volume_capability::access_mode::Mode;
 use proto::volume_capability::{AccessMode, AccessType, MountVolume};
@@ -182,9 +182,4 @@ pub fn code<T>(r: Result<T, Status>) -> Code {
         Ok(_) => Code::Ok,
         Err(e) => e.code(),
     }
-}
-
-/// The code of a raw RPC result.
-pub fn rpc_code<T>(r: Result<Response<T>, Status>) -> Code {
-    code(r)
 }

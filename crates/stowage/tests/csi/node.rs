@@ -6,7 +6,7 @@ use tonic::Code;
 
 use proto::node_service_capability::rpc::Type as NodeCap;
 
-use crate::{code, create_req, rpc_code, s, Fixture};
+use crate::{code, create_req, s, Fixture};
 
 #[tokio::test]
 async fn node_info_and_capabilities() {
@@ -60,19 +60,19 @@ async fn node_calls_refuse_missing_fields_and_unknown_volumes() {
         ..Default::default()
     };
     assert_eq!(
-        rpc_code(n.node_stage_volume(stage("", &s(&staging), true)).await),
+        code(n.node_stage_volume(stage("", &s(&staging), true)).await),
         Code::InvalidArgument
     );
     assert_eq!(
-        rpc_code(n.node_stage_volume(stage("v", "", true)).await),
+        code(n.node_stage_volume(stage("v", "", true)).await),
         Code::InvalidArgument
     );
     assert_eq!(
-        rpc_code(n.node_stage_volume(stage("v", &s(&staging), false)).await),
+        code(n.node_stage_volume(stage("v", &s(&staging), false)).await),
         Code::InvalidArgument
     );
     assert_eq!(
-        rpc_code(
+        code(
             n.node_stage_volume(stage("no-such-volume", &s(&staging), true))
                 .await
         ),
@@ -89,7 +89,7 @@ async fn node_calls_refuse_missing_fields_and_unknown_volumes() {
     );
     assert_eq!(code(f.unpublish("", &target).await), Code::InvalidArgument);
     assert_eq!(
-        rpc_code(
+        code(
             n.node_unpublish_volume(proto::NodeUnpublishVolumeRequest {
                 volume_id: "v".into(),
                 target_path: String::new(),
@@ -104,29 +104,29 @@ async fn node_calls_refuse_missing_fields_and_unknown_volumes() {
         ..Default::default()
     };
     assert_eq!(
-        rpc_code(n.node_get_volume_stats(stats("", "/x")).await),
+        code(n.node_get_volume_stats(stats("", "/x")).await),
         Code::InvalidArgument
     );
     assert_eq!(
-        rpc_code(n.node_get_volume_stats(stats("v", "")).await),
+        code(n.node_get_volume_stats(stats("v", "")).await),
         Code::InvalidArgument
     );
     assert_eq!(
-        rpc_code(n.node_get_volume_stats(stats("no-such-volume", "/x")).await),
+        code(n.node_get_volume_stats(stats("no-such-volume", "/x")).await),
         Code::NotFound
     );
     // A volume that exists, asked about at a path where it is not.
     f.create(create_req("v", "local", 0)).await.unwrap();
     assert_eq!(
-        rpc_code(n.node_get_volume_stats(stats("v", "some/path")).await),
+        code(n.node_get_volume_stats(stats("v", "some/path")).await),
         Code::NotFound
     );
     assert_eq!(
-        rpc_code(n.node_get_volume_stats(stats("v", &s(&staging))).await),
+        code(n.node_get_volume_stats(stats("v", &s(&staging))).await),
         Code::NotFound
     );
     assert_eq!(
-        rpc_code(
+        code(
             n.node_expand_volume(proto::NodeExpandVolumeRequest {
                 volume_id: "no-such-volume".into(),
                 volume_path: s(&target),

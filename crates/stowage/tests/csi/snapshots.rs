@@ -5,7 +5,7 @@ use tonic::Code;
 
 use proto::volume_content_source::{SnapshotSource, Type as Source, VolumeSource};
 
-use crate::{code, create_req, rpc_code, Fixture, MIB};
+use crate::{code, create_req, Fixture, MIB};
 
 fn snapshot_req(name: &str, source: &str) -> proto::CreateSnapshotRequest {
     proto::CreateSnapshotRequest {
@@ -53,22 +53,22 @@ async fn snapshots_restore_clone_list_and_delete() {
         .await
         .unwrap();
     assert_eq!(
-        rpc_code(c.create_snapshot(snapshot_req("snap-1", "other")).await),
+        code(c.create_snapshot(snapshot_req("snap-1", "other")).await),
         Code::AlreadyExists
     );
     assert_eq!(
-        rpc_code(
+        code(
             c.create_snapshot(snapshot_req("snap-x", "no-such-volume"))
                 .await
         ),
         Code::NotFound
     );
     assert_eq!(
-        rpc_code(c.create_snapshot(snapshot_req("", "src")).await),
+        code(c.create_snapshot(snapshot_req("", "src")).await),
         Code::InvalidArgument
     );
     assert_eq!(
-        rpc_code(c.create_snapshot(snapshot_req("snap-y", "")).await),
+        code(c.create_snapshot(snapshot_req("snap-y", "")).await),
         Code::InvalidArgument
     );
 
@@ -175,13 +175,10 @@ async fn snapshots_restore_clone_list_and_delete() {
         ..Default::default()
     };
     for _ in 0..2 {
-        assert_eq!(
-            rpc_code(c.delete_snapshot(delete("snap-1")).await),
-            Code::Ok
-        );
+        assert_eq!(code(c.delete_snapshot(delete("snap-1")).await), Code::Ok);
     }
     assert_eq!(
-        rpc_code(c.delete_snapshot(delete("")).await),
+        code(c.delete_snapshot(delete("")).await),
         Code::InvalidArgument
     );
     // The restored volume outlives its snapshot.
@@ -250,7 +247,7 @@ async fn expansion_grows_a_volume_in_use() {
     }
     // A limit below what the volume has cannot be met: volumes do not shrink.
     assert_eq!(
-        rpc_code(
+        code(
             c.controller_expand_volume(expand(100 * MIB, 200 * MIB))
                 .await
         ),
@@ -259,13 +256,13 @@ async fn expansion_grows_a_volume_in_use() {
     let mut no_range = expand(0, 0);
     no_range.capacity_range = None;
     assert_eq!(
-        rpc_code(c.controller_expand_volume(no_range).await),
+        code(c.controller_expand_volume(no_range).await),
         Code::InvalidArgument
     );
     let mut missing = expand(500 * MIB, 0);
     missing.volume_id = "no-such-volume".into();
     assert_eq!(
-        rpc_code(c.controller_expand_volume(missing).await),
+        code(c.controller_expand_volume(missing).await),
         Code::NotFound
     );
     // The node call reports the capacity the controller made.
