@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::{Method, Request};
@@ -55,4 +55,39 @@ pub fn median(v: &[Duration]) -> Duration {
     let mut v = v.to_vec();
     v.sort();
     v[v.len() / 2]
+}
+
+/// The median of some figures.
+pub fn median_f64(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// `--runs N --seconds S`: how often, and for how long each time, a bench
+/// of timed runs repeats its measurement.
+pub struct RunSettings {
+    pub runs: usize,
+    pub seconds: f64,
+}
+
+impl RunSettings {
+    /// Reads the flags from the command line; 5 runs of 2 s by default.
+    pub fn from_args() -> Result<RunSettings> {
+        let mut s = RunSettings {
+            runs: 5,
+            seconds: 2.0,
+        };
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            let value = it.next().context("flag without a value")?;
+            match a.as_str() {
+                "--runs" => s.runs = value.parse()?,
+                "--seconds" => s.seconds = value.parse()?,
+                _ => bail!("unknown flag {a}; use --runs N --seconds S"),
+            }
+        }
+        Ok(s)
+    }
 }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use hyper::Method;
-use stowage_bench::{median, Conn};
+use stowage_bench::{median, median_f64, Conn};
 use stowage_testkit::{require_root, run, Daemon, ScratchFs};
 
 /// One fio job; returns bytes/s and IOPS.
@@ -48,11 +48,6 @@ fn fio(dir: &Path, rw: &str, bs: &str, depth: u32, runtime: Option<u32>) -> Resu
         job[side]["bw_bytes"].as_f64().unwrap_or(0.0),
         job[side]["iops"].as_f64().unwrap_or(0.0),
     ))
-}
-
-fn median_f(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 fn drop_caches() {
@@ -129,7 +124,7 @@ async fn io(bin: &str, runs: usize, runtime: u32) -> Result<()> {
                 });
             }
         }
-        let (a, b) = (median_f(&mut ours), median_f(&mut theirs));
+        let (a, b) = (median_f64(&ours), median_f64(&theirs));
         println!("{label:<28} {a:>14.0} {b:>14.0} {:>7.2}", a / b);
     }
     Ok(())

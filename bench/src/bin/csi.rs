@@ -9,9 +9,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use hyper::Method;
-use stowage_bench::Conn;
+use stowage_bench::{median, median_f64, Conn, RunSettings};
 use stowage_testkit::csi::{proto, CsiClient};
 use stowage_testkit::Daemon;
 
@@ -22,29 +22,6 @@ use proto::volume_capability::{AccessMode, AccessType, MountVolume};
 const TARGET_OVERHEAD: f64 = 0.20;
 const BLOCK_SIZE: i64 = 64 << 20;
 
-struct Settings {
-    runs: usize,
-    seconds: f64,
-}
-
-fn settings() -> Result<Settings> {
-    let mut s = Settings {
-        runs: 5,
-        seconds: 2.0,
-    };
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let value = it.next().context("flag without a value")?;
-        match a.as_str() {
-            "--runs" => s.runs = value.parse()?,
-            "--seconds" => s.seconds = value.parse()?,
-            _ => bail!("unknown flag {a}; use --runs N --seconds S"),
-        }
-    }
-    Ok(s)
-}
-
 /// Median cycle time of one run, and cycles per second.
 #[derive(Clone, Copy)]
 struct Run {
@@ -52,29 +29,45 @@ struct Run {
     per_sec: f64,
 }
 
-fn summarize(mut cycles: Vec<Duration>, elapsed: Duration) -> Run {
-    cycles.sort();
-    Run {
-        cycle_ms: cycles[cycles.len() / 2].as_secs_f64() * 1e3,
-        per_sec: cycles.len() as f64 / elapsed.as_secs_f64(),
+/// Runs `cycle` back to back for `seconds`, at least once; returns the
+/// run's figures and what each cycle returned.
+async fn timed<T>(
+    seconds: f64,
+    mut cycle: impl AsyncFnMut(usize) -> Result<T>,
+) -> Result<(Run, Vec<T>)> {
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs_f64(seconds);
+    let (mut times, mut outputs) = (Vec::new(), Vec::new());
+    while times.is_empty() || Instant::now() < deadline {
+        let t = Instant::now();
+        outputs.push(cycle(times.len()).await?);
+        times.push(t.elapsed());
     }
+    let run = Run {
+        cycle_ms: median(&times).as_secs_f64() * 1e3,
+        per_sec: times.len() as f64 / start.elapsed().as_secs_f64(),
+    };
+    Ok((run, outputs))
+}
+
+/// The median time of `n` calls of `call`.
+async fn p50_of(n: usize, mut call: impl AsyncFnMut() -> Result<()>) -> Result<Duration> {
+    let mut times = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        call().await?;
+        times.push(t.elapsed());
+    }
+    Ok(median(&times))
 }
 
 /// The median of each step over `cycles`.
 fn step_p50(cycles: &[[Duration; 6]]) -> [Duration; 6] {
-    std::array::from_fn(|i| {
-        let mut v: Vec<Duration> = cycles.iter().map(|c| c[i]).collect();
-        v.sort();
-        v[v.len() / 2]
-    })
+    std::array::from_fn(|i| median(&cycles.iter().map(|c| c[i]).collect::<Vec<_>>()))
 }
 
-fn median(runs: &[Run]) -> Run {
-    let med = |f: fn(&Run) -> f64| {
-        let mut v: Vec<f64> = runs.iter().map(f).collect();
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
+fn median_run(runs: &[Run]) -> Run {
+    let med = |f: fn(&Run) -> f64| median_f64(&runs.iter().map(f).collect::<Vec<_>>());
     Run {
         cycle_ms: med(|r| r.cycle_ms),
         per_sec: med(|r| r.per_sec),
@@ -100,14 +93,13 @@ const STEPS: [&str; 6] = [
     "DeleteVolume",
 ];
 
-/// One CSI cycle; pushes each step's time onto `steps`.
+/// One CSI cycle; returns each step's time.
 async fn csi_cycle(
     csi: &CsiClient,
     driver: &str,
     name: &str,
     paths: &Path,
-    steps: &mut Vec<[Duration; 6]>,
-) -> Result<()> {
+) -> Result<[Duration; 6]> {
     let mut times = [Duration::ZERO; 6];
     let mut t = Instant::now();
     let mut lap = |i: usize| {
@@ -167,8 +159,7 @@ async fn csi_cycle(
     .await?;
     lap(5);
     std::fs::remove_dir(&staging)?;
-    steps.push(times);
-    Ok(())
+    Ok(times)
 }
 
 async fn rest_cycle(conn: &mut Conn, driver: &str, name: &str) -> Result<()> {
@@ -199,7 +190,7 @@ async fn rest_cycle(conn: &mut Conn, driver: &str, name: &str) -> Result<()> {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let s = settings()?;
+    let s = RunSettings::from_args()?;
     // On the root filesystem, like /var/lib/stowage: fsync and mkfs cost
     // what they cost for a real data root.
     let stowage = std::env::current_exe()?.with_file_name("stowage");
@@ -238,32 +229,19 @@ async fn main() -> Result<()> {
         let mut steps = Vec::new();
         for _ in 0..s.runs {
             round += 1;
-            let mut cycles = Vec::new();
-            let start = Instant::now();
-            let deadline = start + Duration::from_secs_f64(s.seconds);
-            let mut i = 0;
-            while cycles.is_empty() || Instant::now() < deadline {
-                let t = Instant::now();
-                let name = format!("csi-{driver}-{round}-{i}");
-                csi_cycle(&csi, driver, &name, &paths, &mut steps).await?;
-                cycles.push(t.elapsed());
-                i += 1;
-            }
-            let csi_run = summarize(cycles, start.elapsed());
-            ours.push(csi_run);
-            let mut rest_times = Vec::new();
-            let start = Instant::now();
-            let deadline = start + Duration::from_secs_f64(s.seconds);
-            let mut i = 0;
-            while rest_times.is_empty() || Instant::now() < deadline {
-                let t = Instant::now();
-                rest_cycle(&mut conn, driver, &format!("rest-{driver}-{round}-{i}")).await?;
-                rest_times.push(t.elapsed());
-                i += 1;
-            }
-            base.push(summarize(rest_times, start.elapsed()));
+            let (run, cycles) = timed(s.seconds, async |i| {
+                csi_cycle(&csi, driver, &format!("csi-{driver}-{round}-{i}"), &paths).await
+            })
+            .await?;
+            ours.push(run);
+            steps.extend(cycles);
+            let (run, _) = timed(s.seconds, async |i| {
+                rest_cycle(&mut conn, driver, &format!("rest-{driver}-{round}-{i}")).await
+            })
+            .await?;
+            base.push(run);
         }
-        let (o, b) = (median(&ours), median(&base));
+        let (o, b) = (median_run(&ours), median_run(&base));
         step_medians.push((driver, step_p50(&steps)));
         let ratio = o.cycle_ms / b.cycle_ms;
         worst = worst.max(ratio);
@@ -282,28 +260,21 @@ async fn main() -> Result<()> {
         let cells = p50.map(|d| format!("{:>13.2}", d.as_secs_f64() * 1e3));
         println!("{driver:>6} | {}", cells.join(" | "));
     }
-    // The cost of a gRPC round trip that does no work, for scale.
-    let mut floor = Vec::new();
+    // The cost of a round trip that does no work, for scale.
     let mut node = csi.node.clone();
-    for _ in 0..2000 {
-        let t = Instant::now();
+    let csi_floor = p50_of(2000, async || {
         node.node_get_info(proto::NodeGetInfoRequest {}).await?;
-        floor.push(t.elapsed());
-    }
-    floor.sort();
-    let rest_floor = {
-        let mut v = Vec::new();
-        for _ in 0..2000 {
-            let t = Instant::now();
-            conn.call(Method::GET, "/v1/version", None).await?;
-            v.push(t.elapsed());
-        }
-        v.sort();
-        v[v.len() / 2]
-    };
+        Ok(())
+    })
+    .await?;
+    let rest_floor = p50_of(2000, async || {
+        conn.call(Method::GET, "/v1/version", None).await?;
+        Ok(())
+    })
+    .await?;
     println!(
         "round trip doing no work, p50: csi NodeGetInfo {:.3}ms, rest GET /v1/version {:.3}ms",
-        floor[floor.len() / 2].as_secs_f64() * 1e3,
+        csi_floor.as_secs_f64() * 1e3,
         rest_floor.as_secs_f64() * 1e3
     );
     println!(

@@ -10,33 +10,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use hyper::Method;
-use stowage_bench::Conn;
+use stowage_bench::{median_f64, Conn, RunSettings};
 use stowage_testkit::Daemon;
 
 const TARGET_CYCLES_PER_SEC: f64 = 500.0;
-
-struct Settings {
-    runs: usize,
-    seconds: f64,
-}
-
-fn settings() -> Result<Settings> {
-    let mut s = Settings {
-        runs: 5,
-        seconds: 2.0,
-    };
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let value = it.next().context("flag without a value")?;
-        match a.as_str() {
-            "--runs" => s.runs = value.parse()?,
-            "--seconds" => s.seconds = value.parse()?,
-            _ => bail!("unknown flag {a}; use --runs N --seconds S"),
-        }
-    }
-    Ok(s)
-}
 
 /// One run's figures.
 #[derive(Clone, Copy, Default)]
@@ -75,11 +52,7 @@ fn summarize(
 
 /// The median of each figure over several runs.
 fn median(runs: &[Run]) -> Run {
-    let med = |f: fn(&Run) -> f64| {
-        let mut v: Vec<f64> = runs.iter().map(f).collect();
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
+    let med = |f: fn(&Run) -> f64| median_f64(&runs.iter().map(f).collect::<Vec<_>>());
     Run {
         cycles_per_sec: med(|r| r.cycles_per_sec),
         op_p50_ms: med(|r| r.op_p50_ms),
@@ -191,7 +164,7 @@ fn by_hand_run(dir: &Path, clients: usize, seconds: f64) -> Result<Run> {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let s = settings()?;
+    let s = RunSettings::from_args()?;
     // On the root filesystem, like /var/lib/stowage: fsync costs what it
     // costs for a real data root.
     let stowage = std::env::current_exe()?.with_file_name("stowage");
