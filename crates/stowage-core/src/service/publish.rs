@@ -24,10 +24,7 @@ impl VolumeService {
     /// Staging again at the same path succeeds.
     pub fn stage(&self, name: &str, staging: &Path) -> Result<()> {
         logged("stage", name, || {
-            let name = VolumeName::parse(name)?;
-            check_caller_path("staging path", staging)?;
-            let consumer = stage_consumer(staging);
-            crate::name::validate_consumer(&consumer)?;
+            let (name, consumer) = staging_call(name, staging)?;
             let _guard = self.locks.lock(name.as_str());
             let mut loaded = self.load_ready(&name)?;
             let table = self.mount_table()?;
@@ -56,10 +53,7 @@ impl VolumeService {
     /// Undoes [`Self::stage`]; unstaging what is not staged succeeds.
     pub fn unstage(&self, name: &str, staging: &Path) -> Result<()> {
         logged("unstage", name, || {
-            let name = VolumeName::parse(name)?;
-            check_caller_path("staging path", staging)?;
-            let consumer = stage_consumer(staging);
-            crate::name::validate_consumer(&consumer)?;
+            let (name, consumer) = staging_call(name, staging)?;
             let _guard = self.locks.lock(name.as_str());
             let mut loaded = self.load_ready(&name)?;
             self.unmount_ours(&loaded.record, staging)?;
@@ -195,9 +189,14 @@ impl VolumeService {
     }
 }
 
-/// The consumer a staging path holds the volume as.
-fn stage_consumer(staging: &Path) -> String {
-    format!("csi-stage:{}", staging.display())
+/// The volume a stage or unstage call names, and the consumer its staging
+/// path holds the volume as; both checked.
+fn staging_call(name: &str, staging: &Path) -> Result<(VolumeName, String)> {
+    let name = VolumeName::parse(name)?;
+    check_caller_path("staging path", staging)?;
+    let consumer = format!("csi-stage:{}", staging.display());
+    crate::name::validate_consumer(&consumer)?;
+    Ok((name, consumer))
 }
 
 /// Paths come from an orchestrator: absolute, and without `..`, so that
