@@ -15,11 +15,10 @@ mod controller;
 mod identity;
 mod node;
 
-use std::collections::HashSet;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use stowage_core::{Error, VolumeService};
+use stowage_core::{Error, KeyGuard, KeyedLocks, VolumeService};
 use tonic::{Code, Status};
 
 use crate::{blocking, DoorError};
@@ -102,34 +101,16 @@ impl Csi {
     }
 }
 
-/// Keys with a call in progress.
+/// Ids with a call in progress: a second call on one is answered, not
+/// queued.
 #[derive(Default)]
-struct InFlight(Mutex<HashSet<String>>);
-
-struct InFlightGuard<'a> {
-    set: &'a InFlight,
-    key: String,
-}
+struct InFlight(KeyedLocks);
 
 impl InFlight {
-    fn begin(&self, key: &str) -> Result<InFlightGuard<'_>, Status> {
-        let mut held = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if !held.insert(key.to_string()) {
-            return Err(Status::aborted(format!(
-                "an operation on {key} is already in progress"
-            )));
-        }
-        Ok(InFlightGuard {
-            set: self,
-            key: key.to_string(),
-        })
-    }
-}
-
-impl Drop for InFlightGuard<'_> {
-    fn drop(&mut self) {
-        let mut held = self.set.0.lock().unwrap_or_else(|e| e.into_inner());
-        held.remove(&self.key);
+    fn begin(&self, key: &str) -> Result<KeyGuard<'_>, Status> {
+        self.0
+            .try_lock(key)
+            .ok_or_else(|| Status::aborted(format!("an operation on {key} is already in progress")))
     }
 }
 

@@ -20,6 +20,7 @@ pub mod volume;
 pub use driver::{Driver, DriverSet, MountSpec, Progress, Source};
 pub use error::{Error, ErrorKind, Result};
 pub use layout::Layout;
+pub use locks::{KeyGuard, KeyedLocks};
 pub use name::VolumeName;
 pub use service::{ReconcileReport, VolumeService};
 pub use snapshot::{Snapshot, SnapshotRecord, SnapshotRequest};

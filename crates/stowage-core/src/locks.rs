@@ -8,18 +8,31 @@ use std::sync::{Condvar, Mutex};
 /// all keys share one condvar: contention is a handful of threads, so the
 /// spurious wake-ups cost less than a map of per-key mutexes.
 #[derive(Default)]
-pub(crate) struct KeyedLocks {
+pub struct KeyedLocks {
     held: Mutex<HashSet<String>>,
     released: Condvar,
 }
 
 /// Holds the lock of one key until dropped.
-pub(crate) struct KeyGuard<'a> {
+pub struct KeyGuard<'a> {
     locks: &'a KeyedLocks,
     key: String,
 }
 
 impl KeyedLocks {
+    /// Takes the lock of `key`, or returns `None` at once if it is held
+    /// (for callers that answer "busy" rather than wait).
+    pub fn try_lock(&self, key: &str) -> Option<KeyGuard<'_>> {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        if !held.insert(key.to_string()) {
+            return None;
+        }
+        Some(KeyGuard {
+            locks: self,
+            key: key.to_string(),
+        })
+    }
+
     pub(crate) fn lock(&self, key: &str) -> KeyGuard<'_> {
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
         while held.contains(key) {
