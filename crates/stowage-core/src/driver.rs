@@ -2,7 +2,7 @@
 //! its storage. The service owns the lifecycle; a driver only acts.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use stowage_sys::{CopyMethod, Usage, UserNamespace};
@@ -62,6 +62,21 @@ pub trait Driver: Send + Sync + 'static {
     /// says. A filesystem that refuses idmapping must fail with `EINVAL`,
     /// so the service can fall back to changing owners.
     fn mount(&self, volume: &VolumeRecord, target: &Path, spec: MountSpec<'_>) -> Result<()>;
+    /// Attaches the volume's block device so that it stays attached with
+    /// no mount, read-only if asked, and returns its path (raw block
+    /// access). Called while the volume is not mounted.
+    fn attach_device(&self, _volume: &VolumeRecord, _read_only: bool) -> Result<PathBuf> {
+        Err(self.unsupported("raw block access"))
+    }
+    /// The volume's block device, if one is attached.
+    fn attached_device(&self, _volume: &VolumeRecord) -> Result<Option<PathBuf>> {
+        Ok(None)
+    }
+    /// Detaches the device `attach_device` attached; one that is not
+    /// attached is not an error.
+    fn detach_device(&self, _volume: &VolumeRecord) -> Result<()> {
+        Ok(())
+    }
     /// Whether the driver applies `MountSpec::context` as a mount option.
     /// Otherwise the service relabels the files.
     fn labels_by_mount_option(&self) -> bool {

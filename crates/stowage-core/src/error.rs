@@ -111,6 +111,8 @@ pub enum Error {
         name: String,
         consumers: Vec<String>,
     },
+    #[error("volume {name} {reason}")]
+    Precondition { name: String, reason: String },
     #[error("no such node: {node}")]
     UnknownNode { node: String },
     #[error("volume {name} is attached to {} with exclusive access", nodes.join(", "))]
@@ -157,6 +159,7 @@ impl Error {
             Error::NoSpace(_) => ErrorKind::ResourceExhausted,
             Error::Busy { .. }
             | Error::InUse { .. }
+            | Error::Precondition { .. }
             | Error::AttachedElsewhere { .. }
             | Error::NotStaged { .. } => ErrorKind::FailedPrecondition,
             Error::Store(StoreError::Conflict { .. }) => ErrorKind::Conflict,

@@ -22,8 +22,10 @@ pub use error::{Error, ErrorKind, Result};
 pub use layout::Layout;
 pub use locks::{KeyGuard, KeyedLocks};
 pub use name::VolumeName;
-pub use service::{ReconcileReport, VolumeService};
+pub use service::{PathUsage, ReconcileReport, VolumeService};
 pub use snapshot::{Snapshot, SnapshotRecord, SnapshotRequest};
 pub use store::{Collection, MemoryStore, Precondition, Revision, Store, StoreError, Versioned};
 pub use stowage_sys::MountAttrs;
-pub use volume::{Attachment, CreateRequest, Volume, VolumeFilter, VolumeRecord, VolumeState};
+pub use volume::{
+    Attachment, CreateRequest, DeviceUse, Volume, VolumeFilter, VolumeRecord, VolumeState,
+};

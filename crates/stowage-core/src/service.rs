@@ -37,6 +37,7 @@ use crate::snapshot::SnapshotRecord;
 use crate::store::{Collection, Precondition, Revision, Store};
 use crate::volume::{CreateRequest, Volume, VolumeFilter, VolumeRecord, VolumeState};
 
+pub use publish::PathUsage;
 pub use reconcile::ReconcileReport;
 
 /// The driver used when a request names none.
@@ -220,6 +221,7 @@ impl VolumeService {
             presentation: Default::default(),
             size_bytes: size,
             attachments: Default::default(),
+            device: None,
         };
         if !driver.provisions_storage() {
             if source.is_some() {
@@ -370,6 +372,16 @@ impl VolumeService {
         if loaded.record.consumers.contains(consumer) {
             return Ok(target);
         }
+        if loaded.record.device.is_some() {
+            return Err(Error::Precondition {
+                name: loaded.record.name.to_string(),
+                reason: format!(
+                    "is in use as a raw block device ({}); unstage it before mounting its \
+                     filesystem",
+                    loaded.record.users().join(", ")
+                ),
+            });
+        }
         let first = loaded.record.consumers.is_empty();
         loaded.record.consumers.insert(consumer.to_string());
         if first {
@@ -436,6 +448,15 @@ impl VolumeService {
         if loaded.record.state == VolumeState::Creating {
             return Err(busy(&loaded.record));
         }
+        if loaded.record.device.is_some() {
+            return Err(Error::Precondition {
+                name: name.to_string(),
+                reason: format!(
+                    "is in use as a raw block device ({}); unstage it first",
+                    loaded.record.users().join(", ")
+                ),
+            });
+        }
         if !loaded.record.consumers.is_empty() && !force {
             return Err(Error::InUse {
                 name: name.to_string(),
@@ -464,13 +485,13 @@ impl VolumeService {
         let mut removed = Vec::new();
         for l in self.list_records()? {
             let r = &l.record;
-            if r.state == VolumeState::Creating || !r.consumers.is_empty() {
+            if r.state == VolumeState::Creating || r.in_use() {
                 continue;
             }
             match self.remove(r.name.as_str(), false) {
                 Ok(()) => removed.push(r.name.to_string()),
                 // Mounted or removed since the listing: not ours to prune.
-                Err(Error::InUse { .. } | Error::NotFound { .. }) => {}
+                Err(Error::InUse { .. } | Error::Precondition { .. } | Error::NotFound { .. }) => {}
                 Err(e) => return Err(e),
             }
         }
@@ -562,6 +583,7 @@ impl VolumeService {
             size_bytes: r.size_bytes,
             usage: None,
             attachments: r.attachments.clone(),
+            device: r.device.clone(),
         }
     }
 

@@ -48,6 +48,20 @@ pub struct VolumeRecord {
     /// The nodes the volume is attached to (CSI ControllerPublish).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub attachments: BTreeMap<String, Attachment>,
+    /// The volume's raw block device, while staged as one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<DeviceUse>,
+}
+
+/// A volume used as a raw block device (CSI block access): the device
+/// stays attached while a staging path holds it, and the volume is not
+/// mounted as a filesystem meanwhile, by Stowage or anyone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceUse {
+    /// The device was attached read-only: the kernel refuses every write.
+    pub read_only: bool,
+    /// The staging paths where the device node is bound.
+    pub stagings: BTreeSet<PathBuf>,
 }
 
 /// How a volume is attached to one node.
@@ -59,6 +73,20 @@ pub struct Attachment {
 }
 
 impl VolumeRecord {
+    /// Whether anything holds the volume: a consumer of its filesystem, or
+    /// a staging of its raw device.
+    pub fn in_use(&self) -> bool {
+        !self.consumers.is_empty() || self.device.is_some()
+    }
+
+    /// Who holds the volume, for errors that say so.
+    pub fn users(&self) -> Vec<String> {
+        let stagings = self.device.iter().flat_map(|d| &d.stagings);
+        (self.consumers.iter().cloned())
+            .chain(stagings.map(|p| format!("raw device staged at {}", p.display())))
+            .collect()
+    }
+
     pub fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("a volume record always serializes")
     }
@@ -142,6 +170,9 @@ pub struct Volume {
     /// The nodes the volume is attached to, and how.
     #[serde(default)]
     pub attachments: BTreeMap<String, Attachment>,
+    /// Its raw block device's use, while staged as one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<DeviceUse>,
 }
 
 /// A conjunction of conditions for `list`.
@@ -196,7 +227,7 @@ impl VolumeFilter {
                 None => v.labels.contains_key(k),
                 Some(want) => v.labels.get(k) == Some(want),
             })
-            && self.dangling.is_none_or(|d| d == v.consumers.is_empty())
+            && self.dangling.is_none_or(|d| d != v.in_use())
     }
 }
 
@@ -219,6 +250,7 @@ mod tests {
             presentation: Presentation::default(),
             size_bytes: None,
             attachments: BTreeMap::new(),
+            device: None,
         };
         assert!(f.matches(&rec));
         rec.consumers.insert("c".into());

@@ -38,10 +38,10 @@ impl Block {
         Block { sys, layout }
     }
 
-    fn attach(&self, image: &Path) -> Result<LoopDevice> {
+    fn attach(&self, image: &Path, read_only: bool) -> Result<LoopDevice> {
         self.wait_released(image)?;
         self.sys
-            .attach_loop(image)
+            .attach_loop(image, read_only)
             .map_err(Error::io("attach a loop device to", image))
     }
 
@@ -77,7 +77,7 @@ impl Block {
     /// through a private mount that is attached nowhere.
     fn inspect_unmounted(&self, volume: &VolumeRecord) -> Result<FsInfo> {
         let fs = filesystem(volume)?;
-        let device = self.attach(&self.layout.image(&volume.id))?;
+        let device = self.attach(&self.layout.image(&volume.id), false)?;
         self.sys
             .inspect_device(&device.path, fs.name(), &fs.mount_options(None))
             .map_err(Error::io("inspect", &device.path))
@@ -128,6 +128,20 @@ impl Block {
             }
         }
         copied
+    }
+}
+
+/// A device in raw use has no filesystem Stowage can freeze, so a copy of
+/// it could not be made consistent.
+fn refuse_raw_copy(volume: &VolumeRecord) -> Result<()> {
+    match &volume.device {
+        Some(_) => Err(Error::Precondition {
+            name: volume.name.to_string(),
+            reason: "is in use as a raw block device, which cannot be copied consistently; \
+                     unstage it first"
+                .into(),
+        }),
+        None => Ok(()),
     }
 }
 
@@ -202,7 +216,7 @@ impl Driver for Block {
 
     fn mount(&self, volume: &VolumeRecord, target: &Path, spec: MountSpec<'_>) -> Result<()> {
         let fs = filesystem(volume)?;
-        let device = self.attach(&self.layout.image(&volume.id))?;
+        let device = self.attach(&self.layout.image(&volume.id), false)?;
         self.sys
             .mount_device(
                 &device.path,
@@ -214,6 +228,33 @@ impl Driver for Block {
             .map_err(Error::io("mount", &device.path))
         // The mount now holds the device; dropping our handle leaves it
         // attached until the unmount.
+    }
+
+    fn attach_device(&self, volume: &VolumeRecord, read_only: bool) -> Result<PathBuf> {
+        let device = self.attach(&self.layout.image(&volume.id), read_only)?;
+        self.sys
+            .keep_loop(&device)
+            .map_err(Error::io("keep attached", &device.path))?;
+        // Dropping the handle now leaves the device attached.
+        Ok(device.path.clone())
+    }
+
+    fn attached_device(&self, volume: &VolumeRecord) -> Result<Option<PathBuf>> {
+        let image = self.layout.image(&volume.id);
+        match self.sys.loop_device_of(&image) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            other => other.map_err(Error::io("look for the loop device of", &image)),
+        }
+    }
+
+    fn detach_device(&self, volume: &VolumeRecord) -> Result<()> {
+        match self.attached_device(volume)? {
+            Some(device) => self
+                .sys
+                .detach_loop(&device)
+                .map_err(Error::io("detach", &device)),
+            None => Ok(()),
+        }
     }
 
     fn labels_by_mount_option(&self) -> bool {
@@ -238,9 +279,23 @@ impl Driver for Block {
     }
 
     fn resize(&self, volume: &VolumeRecord, size: u64, mounted_at: Option<&Path>) -> Result<()> {
+        let image = self.layout.image(&volume.id);
+        if volume.device.is_some() {
+            // In raw use, the filesystem on the device (if any) is its
+            // user's to grow; only the device grows here.
+            self.sys
+                .grow_image(&image, size)
+                .map_err(Error::io("grow image", &image))?;
+            return match self.attached_device(volume)? {
+                Some(device) => self
+                    .sys
+                    .refresh_loop(&device)
+                    .map_err(Error::io("refresh capacity of", &device)),
+                None => Ok(()),
+            };
+        }
         let fs = filesystem(volume)?;
         fs.check_grow(self.sys.as_ref(), mounted_at.is_some())?;
-        let image = self.layout.image(&volume.id);
         self.sys
             .grow_image(&image, size)
             .map_err(Error::io("grow image", &image))?;
@@ -272,6 +327,11 @@ impl Driver for Block {
     }
 
     fn usage(&self, volume: &VolumeRecord, mounted_at: Option<&Path>) -> Result<Option<Usage>> {
+        if volume.device.is_some() {
+            // Its user owns the device's contents; mounting them to look
+            // would race with the user's writes.
+            return Ok(None);
+        }
         if let Some(mp) = mounted_at {
             return self
                 .sys
@@ -289,6 +349,7 @@ impl Driver for Block {
         snapshot: &SnapshotRecord,
         progress: Progress<'_>,
     ) -> Result<CopyMethod> {
+        refuse_raw_copy(volume)?;
         let dst = self.layout.snapshot(&snapshot.id);
         self.copy(&self.layout.image(&volume.id), mounted_at, &dst, progress)
     }
@@ -310,6 +371,7 @@ impl Driver for Block {
                 self.copy(&self.layout.snapshot(&snap.id), None, &dst, progress)
             }
             Source::Volume(from, mounted) => {
+                refuse_raw_copy(from)?;
                 self.copy(&self.layout.image(&from.id), mounted, &dst, progress)
             }
         }

@@ -21,6 +21,10 @@ use crate::UserNamespace;
 const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
 const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
 const LOOP_SET_CAPACITY: libc::c_ulong = 0x4C07;
+const LOOP_CLR_FD: libc::c_ulong = 0x4C01;
+const LOOP_SET_STATUS64: libc::c_ulong = 0x4C04;
+const LOOP_GET_STATUS64: libc::c_ulong = 0x4C05;
+const LO_FLAGS_READ_ONLY: u32 = 1;
 const LO_FLAGS_AUTOCLEAR: u32 = 4;
 const LO_FLAGS_DIRECT_IO: u32 = 16;
 /// `_IOWR('X', 119, int)` and `_IOWR('X', 120, int)` from `<linux/fs.h>`.
@@ -245,8 +249,9 @@ pub(crate) fn loop_backing(image: &Path) -> io::Result<Option<PathBuf>> {
 }
 
 /// Binds a free loop device to `image` with autoclear, a 4 KiB logical
-/// block size and direct I/O where the image's filesystem allows it.
-pub(crate) fn attach_loop(image: &Path) -> io::Result<LoopDevice> {
+/// block size and direct I/O where the image's filesystem allows it;
+/// read-only if asked, so that the kernel refuses every write.
+pub(crate) fn attach_loop(image: &Path, read_only: bool) -> io::Result<LoopDevice> {
     // Two devices on one image would be two independent caches of one
     // filesystem, and corrupt it.
     if let Some(dev) = loop_backing(image)? {
@@ -277,7 +282,8 @@ pub(crate) fn attach_loop(image: &Path) -> io::Result<LoopDevice> {
         let path = PathBuf::from(format!("/dev/loop{n}"));
         let dev: OwnedFd = rfs::open(&path, OFlags::RDWR | OFlags::CLOEXEC, rfs::Mode::empty())?;
         let mut last = None;
-        for flags in [LO_FLAGS_AUTOCLEAR | LO_FLAGS_DIRECT_IO, LO_FLAGS_AUTOCLEAR] {
+        let base = LO_FLAGS_AUTOCLEAR | if read_only { LO_FLAGS_READ_ONLY } else { 0 };
+        for flags in [base | LO_FLAGS_DIRECT_IO, base] {
             // SAFETY: all-zero bytes are a valid LoopConfig (integers and
             // byte arrays only).
             let mut config: LoopConfig = unsafe { std::mem::zeroed() };
@@ -317,6 +323,53 @@ pub(crate) fn attach_loop(image: &Path) -> io::Result<LoopDevice> {
         io::ErrorKind::ResourceBusy,
         "no free loop device after 16 attempts",
     ))
+}
+
+/// Makes `device` stay bound without a handle or a mount (clears
+/// autoclear), for raw block use; [`detach_loop`] releases it.
+pub(crate) fn keep_loop(device: &LoopDevice) -> io::Result<()> {
+    let opened;
+    let fd = match &device._fd {
+        Some(fd) => fd.as_fd(),
+        None => {
+            opened = open_nofollow(&device.path, OFlags::RDONLY)?;
+            opened.as_fd()
+        }
+    };
+    // SAFETY: all-zero bytes are a valid LoopInfo64 (integers and arrays).
+    let mut info: LoopInfo64 = unsafe { std::mem::zeroed() };
+    // SAFETY: LOOP_GET_STATUS64 writes one LoopInfo64 at the pointer, which
+    // lives across the call.
+    ioctl_check(unsafe {
+        libc::ioctl(
+            fd.as_raw_fd(),
+            LOOP_GET_STATUS64,
+            &mut info as *mut LoopInfo64,
+        )
+    })?;
+    info.flags &= !LO_FLAGS_AUTOCLEAR;
+    // SAFETY: LOOP_SET_STATUS64 reads one LoopInfo64 at the pointer; only
+    // the clearable autoclear flag differs from what the kernel reported.
+    ioctl_check(unsafe {
+        libc::ioctl(
+            fd.as_raw_fd(),
+            LOOP_SET_STATUS64,
+            &info as *const LoopInfo64,
+        )
+    })?;
+    Ok(())
+}
+
+/// Unbinds the loop device at `device`. One still open elsewhere is set to
+/// clear itself at its last close instead, which the kernel does for us.
+pub(crate) fn detach_loop(device: &Path) -> io::Result<()> {
+    let dev = open_nofollow(device, OFlags::RDONLY)?;
+    // SAFETY: LOOP_CLR_FD takes no argument.
+    match ioctl_check(unsafe { libc::ioctl(dev.as_raw_fd(), LOOP_CLR_FD, 0) }) {
+        // ENXIO: not bound (any more).
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => Ok(()),
+        other => other.map(drop),
+    }
 }
 
 fn direct_io_enabled(n: i32) -> bool {
@@ -441,6 +494,38 @@ mod tests {
     }
 
     #[test]
+    fn kept_devices_stay_until_detached_and_read_only_ones_refuse_writes() {
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("raw.img");
+        create_image(&image, 16 << 20).unwrap();
+        let dev = attach_loop(&image, true).unwrap();
+        keep_loop(&dev).unwrap();
+        let path = dev.path.clone();
+        drop(dev);
+        assert!(attached(&path), "a kept device went with its handle");
+        assert_eq!(loop_backing(&image).unwrap(), Some(path.clone()));
+        let write = OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, b"x"));
+        assert!(write.is_err(), "a read-only device took a write");
+        detach_loop(&path).unwrap();
+        // The kernel finishes a detach at the last close; udev may be
+        // probing the device.
+        let mut waited = 0;
+        while attached(&path) && waited < 500 {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            waited += 1;
+        }
+        assert!(!attached(&path));
+        detach_loop(&path).unwrap();
+    }
+
+    #[test]
     fn loop_devices_clear_themselves_and_images_copy_sparsely() {
         if !rustix::process::geteuid().is_root() {
             eprintln!("skipped: needs root");
@@ -457,16 +542,19 @@ mod tests {
         .unwrap();
 
         // A handle dropped before any mount leaves nothing attached.
-        let dev = attach_loop(&image).unwrap();
+        let dev = attach_loop(&image, false).unwrap();
         let path = dev.path.clone();
         assert!(attached(&path));
-        assert!(attach_loop(&image).is_err(), "a second device on one image");
+        assert!(
+            attach_loop(&image, false).is_err(),
+            "a second device on one image"
+        );
         drop(dev);
         assert!(!attached(&path));
 
         let target = dir.path().join("mnt");
         std::fs::create_dir(&target).unwrap();
-        let dev = attach_loop(&image).unwrap();
+        let dev = attach_loop(&image, false).unwrap();
         mount_device(&dev.path, "ext4", &[], &target, None).unwrap();
         drop(dev);
         std::fs::write(target.join("f"), vec![7u8; 1 << 20]).unwrap();
@@ -494,7 +582,7 @@ mod tests {
             std::fs::read(&image).unwrap(),
             std::fs::read(&copy).unwrap()
         );
-        let dev = attach_loop(&copy).unwrap();
+        let dev = attach_loop(&copy, false).unwrap();
         let info = inspect_device(&dev.path, "ext4", &[]).unwrap();
         assert_eq!((info.root_uid, info.root_gid), (0, 0));
         assert!(info.usage.used_bytes >= 1 << 20);

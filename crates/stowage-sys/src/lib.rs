@@ -123,6 +123,9 @@ pub trait Sys: Send + Sync + 'static {
     fn create_image(&self, path: &Path, size: u64) -> io::Result<()>;
     /// Grows an image file to `size` bytes, durably; never shrinks it.
     fn grow_image(&self, path: &Path, size: u64) -> io::Result<()>;
+    /// Creates the empty regular file `path` (never following a symlink).
+    /// `AlreadyExists` if something is there.
+    fn create_file(&self, path: &Path, mode: u32) -> io::Result<()>;
     /// Removes a file (never following a symlink). `NotFound` if absent.
     fn remove_file(&self, path: &Path) -> io::Result<()>;
     /// Copies the image `src` to the new file `dst`, by reflink where the
@@ -134,9 +137,15 @@ pub trait Sys: Send + Sync + 'static {
         progress: &mut dyn FnMut(u64, u64),
     ) -> io::Result<CopyMethod>;
     /// Attaches `image` to a free loop device that clears itself once
-    /// neither the handle nor a mount holds it. Refused if another loop
-    /// device already backs onto the image.
-    fn attach_loop(&self, image: &Path) -> io::Result<LoopDevice>;
+    /// neither the handle nor a mount holds it, read-only if asked.
+    /// Refused if another loop device already backs onto the image.
+    fn attach_loop(&self, image: &Path, read_only: bool) -> io::Result<LoopDevice>;
+    /// Makes an attached loop device stay attached without a handle or a
+    /// mount, until [`Sys::detach_loop`].
+    fn keep_loop(&self, device: &LoopDevice) -> io::Result<()>;
+    /// Detaches a loop device; one still open elsewhere goes at its last
+    /// close. Detaching a device that is not attached succeeds.
+    fn detach_loop(&self, device: &Path) -> io::Result<()>;
     /// The loop device backed by `image`, if one is.
     fn loop_device_of(&self, image: &Path) -> io::Result<Option<PathBuf>>;
     /// Makes a loop device take up its image's new size.

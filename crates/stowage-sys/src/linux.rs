@@ -287,6 +287,16 @@ impl Sys for LinuxSys {
         block::grow_image(path, size)
     }
 
+    fn create_file(&self, path: &Path, mode: u32) -> io::Result<()> {
+        rfs::openat(
+            CWD,
+            path,
+            OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::WRONLY | OFlags::CLOEXEC,
+            Mode::from_raw_mode(mode),
+        )?;
+        Ok(())
+    }
+
     fn remove_file(&self, path: &Path) -> io::Result<()> {
         rfs::unlinkat(CWD, path, rfs::AtFlags::empty())?;
         Ok(())
@@ -301,8 +311,16 @@ impl Sys for LinuxSys {
         block::copy_image(src, dst, progress)
     }
 
-    fn attach_loop(&self, image: &Path) -> io::Result<LoopDevice> {
-        block::attach_loop(image)
+    fn attach_loop(&self, image: &Path, read_only: bool) -> io::Result<LoopDevice> {
+        block::attach_loop(image, read_only)
+    }
+
+    fn keep_loop(&self, device: &LoopDevice) -> io::Result<()> {
+        block::keep_loop(device)
+    }
+
+    fn detach_loop(&self, device: &Path) -> io::Result<()> {
+        block::detach_loop(device)
     }
 
     fn loop_device_of(&self, image: &Path) -> io::Result<Option<std::path::PathBuf>> {

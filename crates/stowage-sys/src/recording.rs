@@ -40,9 +40,15 @@ pub enum Call {
     RelabelTree(PathBuf, String),
     CreateImage(PathBuf, u64),
     GrowImage(PathBuf, u64),
+    CreateFile(PathBuf),
     RemoveFile(PathBuf),
     CopyImage(PathBuf, PathBuf),
-    AttachLoop(PathBuf),
+    AttachLoop {
+        image: PathBuf,
+        read_only: bool,
+    },
+    KeepLoop(PathBuf),
+    DetachLoop(PathBuf),
     RefreshLoop(PathBuf),
     MountDevice {
         device: PathBuf,
@@ -333,16 +339,20 @@ impl Sys for RecordingSys {
         for (target, stack) in &s.mounts {
             for source in stack {
                 id += 1;
+                // The source stands for the root: binds of one mount share
+                // it. A device node's bind shows as the kernel shows it.
+                let (fs_type, root) = match source.strip_prefix("/dev") {
+                    Some(node) => ("devtmpfs", node.into()),
+                    None => ("recorded", source.into()),
+                };
                 out.push(MountEntry {
                     mount_id: id,
                     parent_id: 1,
                     device: "0:1".into(),
-                    // The source stands for the root: binds of one
-                    // mount share it.
-                    root: source.into(),
+                    root,
                     mount_point: target.clone(),
                     read_only: false,
-                    fs_type: "recorded".into(),
+                    fs_type: fs_type.into(),
                     source: source.clone(),
                 });
             }
@@ -363,6 +373,15 @@ impl Sys for RecordingSys {
         let mut s = self.record(Call::GrowImage(path.into(), size))?;
         let len = s.files.get_mut(path).ok_or_else(|| errno(libc::ENOENT))?;
         *len = (*len).max(size);
+        Ok(())
+    }
+
+    fn create_file(&self, path: &Path, _mode: u32) -> io::Result<()> {
+        let mut s = self.record(Call::CreateFile(path.into()))?;
+        if s.dirs.contains(path) || s.files.contains_key(path) {
+            return Err(errno(libc::EEXIST));
+        }
+        s.files.insert(path.into(), 0);
         Ok(())
     }
 
@@ -390,8 +409,11 @@ impl Sys for RecordingSys {
         Ok(CopyMethod::SparseCopy)
     }
 
-    fn attach_loop(&self, image: &Path) -> io::Result<LoopDevice> {
-        let mut s = self.record(Call::AttachLoop(image.into()))?;
+    fn attach_loop(&self, image: &Path, read_only: bool) -> io::Result<LoopDevice> {
+        let mut s = self.record(Call::AttachLoop {
+            image: image.into(),
+            read_only,
+        })?;
         if !s.files.contains_key(image) {
             return Err(errno(libc::ENOENT));
         }
@@ -401,6 +423,16 @@ impl Sys for RecordingSys {
             direct_io: true,
             _fd: None,
         })
+    }
+
+    fn keep_loop(&self, device: &LoopDevice) -> io::Result<()> {
+        drop(self.record(Call::KeepLoop(device.path.clone()))?);
+        Ok(())
+    }
+
+    fn detach_loop(&self, device: &Path) -> io::Result<()> {
+        drop(self.record(Call::DetachLoop(device.into()))?);
+        Ok(())
     }
 
     fn loop_device_of(&self, _image: &Path) -> io::Result<Option<PathBuf>> {

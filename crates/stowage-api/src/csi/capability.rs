@@ -20,6 +20,8 @@ pub struct Access {
     pub exclusive: bool,
     /// The mode lets no one write.
     pub read_only: bool,
+    /// The volume is used as a raw block device, not a filesystem.
+    pub block: bool,
     /// The filesystem the CO asked for, if any.
     pub fs_type: Option<String>,
     pub attrs: MountAttrs,
@@ -44,7 +46,16 @@ pub fn parse(cap: &VolumeCapability) -> Result<Access, String> {
     let mount = match &cap.access_type {
         Some(AccessType::Mount(m)) => m,
         Some(AccessType::Block(_)) => {
-            return Err("raw block access is not supported; use a mount access type".into())
+            return Ok(Access {
+                exclusive,
+                read_only,
+                block: true,
+                fs_type: None,
+                attrs: MountAttrs {
+                    read_only,
+                    ..MountAttrs::default()
+                },
+            })
         }
         None => return Err("access type (mount or block) is required".into()),
     };
@@ -56,6 +67,7 @@ pub fn parse(cap: &VolumeCapability) -> Result<Access, String> {
     Ok(Access {
         exclusive,
         read_only,
+        block: false,
         fs_type: (!mount.fs_type.is_empty()).then(|| mount.fs_type.clone()),
         attrs,
     })
@@ -174,16 +186,18 @@ mod tests {
     }
 
     #[test]
-    fn refuses_unknown_flags_block_access_and_missing_types() {
+    fn refuses_unknown_flags_and_missing_types() {
         let err = parse(&mount(Mode::SingleNodeWriter, &["bind,suid"])).unwrap_err();
         assert!(err.contains("not supported"), "{err}");
         let block = VolumeCapability {
             access_type: Some(AccessType::Block(BlockVolume {})),
             access_mode: Some(AccessMode {
-                mode: Mode::SingleNodeWriter as i32,
+                mode: Mode::SingleNodeReaderOnly as i32,
             }),
         };
-        assert!(parse(&block).is_err());
+        let a = parse(&block).unwrap();
+        assert!(a.block && a.exclusive && a.read_only && a.attrs.read_only);
+        assert_eq!(a.fs_type, None);
         let none = VolumeCapability {
             access_type: None,
             ..block

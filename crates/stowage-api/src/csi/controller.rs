@@ -39,8 +39,13 @@ impl Controller for Csi {
             mut options,
             labels,
         } = split_parameters(&req.parameters)?;
+        if access.iter().any(|a| a.block) && !has_device(&driver) {
+            return Err(Status::invalid_argument(format!(
+                "driver {driver} has no block device for raw block access; use driver=block"
+            )));
+        }
         // A directory volume has no filesystem of its own to make.
-        if let Some(fs) = requested_fs(&access)?.filter(|_| makes_filesystem(&driver)) {
+        if let Some(fs) = requested_fs(&access)?.filter(|_| has_device(&driver)) {
             if let Some(given) = options.get("fs").filter(|g| **g != fs) {
                 return Err(Status::invalid_argument(format!(
                     "fs_type {fs} contradicts the fs parameter {given}"
@@ -148,10 +153,18 @@ impl Controller for Csi {
             return Err(Status::invalid_argument("volume_capabilities are required"));
         }
         let volume = self.on_id(move |s| s.inspect(&id)).await?;
+        let device = has_device(&volume.driver);
         let refused: Vec<String> = req
             .volume_capabilities
             .iter()
-            .filter_map(|c| capability::parse(c).err())
+            .filter_map(|c| match capability::parse(c) {
+                Ok(a) if a.block && !device => Some(format!(
+                    "driver {} has no block device for raw block access",
+                    volume.driver
+                )),
+                Ok(_) => None,
+                Err(e) => Some(e),
+            })
             .collect();
         let response = if refused.is_empty() {
             ValidateVolumeCapabilitiesResponse {
@@ -432,8 +445,9 @@ fn takes_size(driver: &str) -> bool {
     matches!(driver, "block" | "tmpfs")
 }
 
-/// Drivers that format their volumes, so a capability's fs_type applies.
-fn makes_filesystem(driver: &str) -> bool {
+/// Drivers whose volumes are block devices: formatted with the fs_type a
+/// capability asks for, and usable with raw block access.
+fn has_device(driver: &str) -> bool {
     driver == "block"
 }
 

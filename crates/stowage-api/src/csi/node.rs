@@ -1,9 +1,12 @@
 //! CSI Node: making a volume appear at the paths the CO chooses on this
-//! host. Staging mounts the volume once per node under the staging path;
-//! publishing binds it at each workload's target, read-only when asked.
+//! host. Staging mounts the volume once per node under the staging path
+//! (or, for raw block access, attaches its device and binds the device
+//! node there); publishing binds it at each workload's target, read-only
+//! when asked.
 
 use std::path::PathBuf;
 
+use stowage_core::PathUsage;
 use tonic::{Request, Response, Status};
 
 use super::capability;
@@ -22,9 +25,12 @@ impl Node for Csi {
         let req = request.into_inner();
         let id = required("volume_id", &req.volume_id)?.to_string();
         let staging = path("staging_target_path", &req.staging_target_path)?;
-        capability::parse_one(req.volume_capability.as_ref())?;
-        self.exclusive(&id.clone(), move |s| s.stage(&id, &staging))
-            .await?;
+        let access = capability::parse_one(req.volume_capability.as_ref())?;
+        self.exclusive(&id.clone(), move |s| match access.block {
+            true => s.stage_device(&id, &staging, access.read_only),
+            false => s.stage(&id, &staging),
+        })
+        .await?;
         Ok(Response::new(NodeStageVolumeResponse {}))
     }
 
@@ -78,15 +84,15 @@ impl Node for Csi {
         let req = request.into_inner();
         let id = required("volume_id", &req.volume_id)?.to_string();
         let volume_path = PathBuf::from(required("volume_path", &req.volume_path)?);
-        let u = self.on_id(move |s| s.path_usage(&id, &volume_path)).await?;
+        let shown = self.on_id(move |s| s.path_usage(&id, &volume_path)).await?;
         let usage = |unit: Unit, total: u64, used: u64, available: u64| VolumeUsage {
             available: bytes_i64(available),
             total: bytes_i64(total),
             used: bytes_i64(used),
             unit: unit as i32,
         };
-        Ok(Response::new(NodeGetVolumeStatsResponse {
-            usage: vec![
+        let usage = match shown {
+            PathUsage::Filesystem(u) => vec![
                 usage(
                     Unit::Bytes,
                     u.capacity_bytes,
@@ -100,6 +106,11 @@ impl Node for Csi {
                     u.inodes.saturating_sub(u.inodes_used),
                 ),
             ],
+            // What a raw device's user keeps on it is not Stowage's to read.
+            PathUsage::Device { capacity_bytes } => vec![usage(Unit::Bytes, capacity_bytes, 0, 0)],
+        };
+        Ok(Response::new(NodeGetVolumeStatsResponse {
+            usage,
             volume_condition: None,
         }))
     }

@@ -8,16 +8,53 @@
 //! when its topmost mount shows the same filesystem and root as the
 //! volume's mountpoint, so every call can tell a repeat from a conflict,
 //! also after a crash.
+//!
+//! A volume staged as a raw block device instead has its device attached
+//! (to stay attached with no mount) and the device node bound at
+//! `<staging>/device`; publishing binds that node at the target file. The
+//! record lists the staging paths first, so that reconcile can detach a
+//! device no staging path holds any more.
 
-use std::path::{Component, Path};
+use std::collections::BTreeSet;
+use std::path::{Component, Path, PathBuf};
 
-use stowage_sys::{missing_ok, MountAttrs, MountEntry};
+use stowage_sys::{exists_ok, missing_ok, MountAttrs, MountEntry};
 use tracing::warn;
 
-use super::{logged, not_found, VolumeService};
+use super::{logged, not_found, Loaded, VolumeService};
 use crate::error::{Error, Result};
 use crate::name::VolumeName;
-use crate::volume::{Usage, VolumeRecord};
+use crate::volume::{DeviceUse, Usage, VolumeRecord};
+
+/// The file in a staging directory where a raw device's node is bound.
+pub(super) const DEVICE_NODE: &str = "device";
+
+/// What a volume shows at a staging or target path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathUsage {
+    Filesystem(Usage),
+    /// A raw block device of this many bytes.
+    Device {
+        capacity_bytes: u64,
+    },
+}
+
+/// How the mount table shows a volume.
+enum Shown<'t> {
+    /// The filesystem tree its own mountpoint shows.
+    Tree(&'t MountEntry),
+    /// Its raw device, whose node a mount binds.
+    Device(PathBuf),
+}
+
+impl Shown<'_> {
+    fn at(&self, m: &MountEntry) -> bool {
+        match self {
+            Shown::Tree(v) => same_tree(v, m),
+            Shown::Device(d) => binds_device(m, d),
+        }
+    }
+}
 
 impl VolumeService {
     /// Mounts the volume and binds it at `staging`, an existing directory.
@@ -28,9 +65,9 @@ impl VolumeService {
             let _guard = self.locks.lock(name.as_str());
             let mut loaded = self.load_ready(&name)?;
             let table = self.mount_table()?;
-            let volume = self.volume_mount(&table, &loaded.record);
+            let volume = self.shown(&table, &loaded.record)?;
             match top_mount(&table, staging) {
-                Some(m) if volume.is_some_and(|v| same_tree(v, m)) => {
+                Some(m) if volume.is_some_and(|v| v.at(m)) => {
                     // Staged, perhaps before a crash that lost the record.
                     self.mount_loaded(&mut loaded, &consumer)?;
                     return Ok(());
@@ -50,15 +87,139 @@ impl VolumeService {
         })
     }
 
-    /// Undoes [`Self::stage`]; unstaging what is not staged succeeds.
+    /// Attaches the volume's raw block device and binds its node at
+    /// `<staging>/device`; a read-only device refuses every write. Staging
+    /// again at the same path succeeds.
+    pub fn stage_device(&self, name: &str, staging: &Path, read_only: bool) -> Result<()> {
+        logged("stage", name, || {
+            let name = VolumeName::parse(name)?;
+            check_caller_path("staging path", staging)?;
+            let _guard = self.locks.lock(name.as_str());
+            let mut loaded = self.load_ready(&name)?;
+            let precondition = |reason: String| Error::Precondition {
+                name: name.to_string(),
+                reason,
+            };
+            if !loaded.record.consumers.is_empty() {
+                return Err(precondition(format!(
+                    "is mounted as a filesystem (by {}); raw block access needs it unmounted",
+                    loaded.record.users().join(", ")
+                )));
+            }
+            let first = loaded.record.device.is_none();
+            let device_use = loaded.record.device.get_or_insert_with(|| DeviceUse {
+                read_only,
+                stagings: BTreeSet::new(),
+            });
+            if device_use.read_only != read_only {
+                return Err(precondition(format!(
+                    "is staged on this node {}; stage it the same way",
+                    if device_use.read_only {
+                        "read-only"
+                    } else {
+                        "writable"
+                    }
+                )));
+            }
+            let new = device_use.stagings.insert(staging.to_path_buf());
+            if new {
+                // The record goes first: reconcile detaches a device that
+                // no recorded staging path holds.
+                self.save(&mut loaded)?;
+            }
+            let bound = self.bind_device(&loaded.record, staging, read_only, first);
+            if bound.is_err() && new {
+                if let Err(e) = self.drop_staging(&mut loaded, staging) {
+                    warn!(volume = %name, error = %e, "staging left recorded until restart");
+                }
+            }
+            bound
+        })
+    }
+
+    /// Binds the volume's device node, attaching the device if `attach`
+    /// or if it is gone, at `<staging>/device`.
+    fn bind_device(
+        &self,
+        record: &VolumeRecord,
+        staging: &Path,
+        read_only: bool,
+        attach: bool,
+    ) -> Result<()> {
+        let driver = self.drivers.get(&record.driver)?;
+        let device = match driver.attached_device(record)? {
+            Some(d) if !attach => d,
+            // A device found without a staging is an autoclearing one on
+            // its way out; attaching waits for it.
+            _ => driver.attach_device(record, read_only)?,
+        };
+        let node = staging.join(DEVICE_NODE);
+        match top_mount(&self.mount_table()?, &node) {
+            Some(m) if binds_device(m, &device) => return Ok(()),
+            Some(m) => return Err(taken(&node, m)),
+            None => {}
+        }
+        exists_ok(self.sys.create_file(&node, 0o600))
+            .map_err(|e| path_error("create device node at", &node, e))?;
+        let attrs = MountAttrs {
+            read_only,
+            ..MountAttrs::default()
+        };
+        self.sys
+            .bind_with(&device, &node, attrs)
+            .map_err(|e| path_error("bind device at staging path", &node, e))
+    }
+
+    /// Forgets one staging of the device, detaching it after the last.
+    pub(super) fn drop_staging(&self, loaded: &mut Loaded, staging: &Path) -> Result<()> {
+        let Some(device_use) = loaded.record.device.as_mut() else {
+            return Ok(());
+        };
+        device_use.stagings.remove(staging);
+        if !device_use.stagings.is_empty() {
+            return self.save(loaded);
+        }
+        loaded.record.device = None;
+        // The record goes first: reconcile detaches the device of a
+        // volume that nothing holds.
+        self.save(loaded)?;
+        self.drivers
+            .get(&loaded.record.driver)?
+            .detach_device(&loaded.record)
+    }
+
+    /// Undoes [`Self::stage`] or [`Self::stage_device`]; unstaging what is
+    /// not staged succeeds.
     pub fn unstage(&self, name: &str, staging: &Path) -> Result<()> {
         logged("unstage", name, || {
             let (name, consumer) = staging_call(name, staging)?;
             let _guard = self.locks.lock(name.as_str());
             let mut loaded = self.load_ready(&name)?;
+            let device_staged =
+                (loaded.record.device.as_ref()).is_some_and(|d| d.stagings.contains(staging));
+            if device_staged {
+                let node = staging.join(DEVICE_NODE);
+                self.unmount_ours(&loaded.record, &node)?;
+                missing_ok(self.sys.remove_file(&node)).map_err(Error::io("remove", &node))?;
+                return self.drop_staging(&mut loaded, staging);
+            }
             self.unmount_ours(&loaded.record, staging)?;
             self.unmount_loaded(&mut loaded, &consumer)
         })
+    }
+
+    /// Whether the volume's device is still bound at the recorded
+    /// `staging`, per `table`.
+    pub(super) fn device_bound_at(
+        &self,
+        record: &VolumeRecord,
+        table: &[MountEntry],
+        staging: &Path,
+    ) -> Result<bool> {
+        let driver = self.drivers.get(&record.driver)?;
+        Ok(driver.attached_device(record)?.is_some_and(|d| {
+            top_mount(table, &staging.join(DEVICE_NODE)).is_some_and(|m| binds_device(m, &d))
+        }))
     }
 
     /// Binds the staged volume at `target`, which is created (and removed
@@ -82,14 +243,29 @@ impl VolumeService {
                 name: name.to_string(),
                 path: staging.to_path_buf(),
             };
-            let volume = self
-                .volume_mount(&table, &loaded.record)
-                .ok_or_else(not_staged)?;
-            if !top_mount(&table, staging).is_some_and(|m| same_tree(volume, m)) {
+            let device = loaded.record.device.as_ref();
+            let source = match device {
+                Some(d) if d.stagings.contains(staging) => staging.join(DEVICE_NODE),
+                _ => staging.to_path_buf(),
+            };
+            if let Some(d) = device.filter(|d| d.read_only != attrs.read_only) {
+                // A read-only mount of a device node does not stop writes
+                // to the device; only a read-only device does.
+                return Err(Error::Precondition {
+                    name: name.to_string(),
+                    reason: format!(
+                        "is staged as a {} device; publish it {} too",
+                        if d.read_only { "read-only" } else { "writable" },
+                        if d.read_only { "read-only" } else { "writable" },
+                    ),
+                });
+            }
+            let volume = self.shown(&table, &loaded.record)?.ok_or_else(not_staged)?;
+            if !top_mount(&table, &source).is_some_and(|m| volume.at(m)) {
                 return Err(not_staged());
             }
             if let Some(m) = top_mount(&table, target) {
-                if !same_tree(volume, m) {
+                if !volume.at(m) {
                     return Err(taken(target, m));
                 }
                 if m.read_only != attrs.read_only {
@@ -100,14 +276,19 @@ impl VolumeService {
                 }
                 return Ok(());
             }
-            let created = match self.sys.create_dir(target, 0o750) {
+            // A device node is bound on a file, a filesystem on a directory.
+            let made = match device {
+                Some(_) => self.sys.create_file(target, 0o600),
+                None => self.sys.create_dir(target, 0o750),
+            };
+            let created = match made {
                 Ok(()) => true,
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
-                Err(e) => return Err(Error::io("create target path", target)(e)),
+                Err(e) => return Err(path_error("create target path", target, e)),
             };
-            if let Err(e) = self.sys.bind_with(staging, target, attrs) {
+            if let Err(e) = self.sys.bind_with(&source, target, attrs) {
                 if created {
-                    let _ = self.sys.remove_dir(target);
+                    let _ = self.remove_target(target);
                 }
                 return Err(path_error("bind volume at target path", target, e));
             }
@@ -124,7 +305,7 @@ impl VolumeService {
             let _guard = self.locks.lock(name.as_str());
             let loaded = self.load(&name)?.ok_or_else(|| not_found(&name))?;
             self.unmount_ours(&loaded.record, target)?;
-            match missing_ok(self.sys.remove_dir(target)) {
+            match missing_ok(self.remove_target(target)) {
                 Ok(()) => Ok(()),
                 Err(e) => {
                     // Not an empty directory: not one we made; leave it.
@@ -135,48 +316,67 @@ impl VolumeService {
         })
     }
 
-    /// Usage of the filesystem the volume shows at `path`, a staging or
-    /// target path where it is mounted.
-    pub fn path_usage(&self, name: &str, path: &Path) -> Result<Usage> {
+    /// What the volume shows at `path`, a staging or target path where it
+    /// is mounted or its device bound: the filesystem's usage, or the
+    /// device's size.
+    pub fn path_usage(&self, name: &str, path: &Path) -> Result<PathUsage> {
         let name = VolumeName::parse(name)?;
         let loaded = self.load(&name)?.ok_or_else(|| not_found(&name))?;
         let table = self.mount_table()?;
-        let shown = check_caller_path("volume path", path).is_ok()
-            && self
-                .volume_mount(&table, &loaded.record)
-                .zip(top_mount(&table, path))
-                .is_some_and(|(v, m)| same_tree(v, m));
-        if !shown {
-            return Err(Error::NotPublished {
+        let shown = match check_caller_path("volume path", path) {
+            Ok(()) => self.shown(&table, &loaded.record)?,
+            Err(_) => None,
+        };
+        match shown.filter(|v| top_mount(&table, path).is_some_and(|m| v.at(m))) {
+            None => Err(Error::NotPublished {
                 name: name.to_string(),
                 path: path.to_path_buf(),
-            });
+            }),
+            Some(Shown::Device(_)) => Ok(PathUsage::Device {
+                capacity_bytes: loaded.record.size_bytes.unwrap_or(0),
+            }),
+            Some(Shown::Tree(_)) => {
+                let usage = self
+                    .sys
+                    .fs_usage(path)
+                    .map_err(Error::io("read usage of", path))?;
+                Ok(PathUsage::Filesystem(usage.into()))
+            }
         }
-        let usage = self
-            .sys
-            .fs_usage(path)
-            .map_err(Error::io("read usage of", path))?;
-        Ok(usage.into())
     }
 
-    /// The topmost mount at the volume's own mountpoint, if mounted.
-    fn volume_mount<'t>(
+    /// Removes a target path Stowage created: a directory, or the file a
+    /// device node was bound on. A non-empty directory fails.
+    fn remove_target(&self, path: &Path) -> std::io::Result<()> {
+        match self.sys.remove_dir(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => self.sys.remove_file(path),
+            other => other,
+        }
+    }
+
+    /// How `table` shows the volume, if it shows it anywhere: its raw
+    /// device while staged as one, else the filesystem at its mountpoint.
+    fn shown<'t>(
         &self,
         table: &'t [MountEntry],
         record: &VolumeRecord,
-    ) -> Option<&'t MountEntry> {
-        top_mount(table, &self.layout.mountpoint(&record.id))
+    ) -> Result<Option<Shown<'t>>> {
+        if record.device.is_some() {
+            let driver = self.drivers.get(&record.driver)?;
+            return Ok(driver.attached_device(record)?.map(Shown::Device));
+        }
+        Ok(top_mount(table, &self.layout.mountpoint(&record.id)).map(Shown::Tree))
     }
 
     /// Unmounts every mount at `path` that shows this volume, topmost
     /// first. A mount of something else there is refused, not touched.
     fn unmount_ours(&self, record: &VolumeRecord, path: &Path) -> Result<()> {
         let table = self.mount_table()?;
-        let volume = self.volume_mount(&table, record);
+        let volume = self.shown(&table, record)?;
         for m in table.iter().rev().filter(|m| m.mount_point == path) {
             // Once the volume itself is unmounted its identity is gone; a
             // mount the volume's name was given for is taken as its own.
-            if volume.is_some_and(|v| !same_tree(v, m)) {
+            if volume.as_ref().is_some_and(|v| !v.at(m)) {
                 return Err(taken(path, m));
             }
             match self.sys.unmount(path) {
@@ -218,13 +418,22 @@ fn check_caller_path(what: &str, path: &Path) -> Result<()> {
 }
 
 /// The topmost mount at `path`: the last one mounted there.
-fn top_mount<'t>(table: &'t [MountEntry], path: &Path) -> Option<&'t MountEntry> {
+pub(super) fn top_mount<'t>(table: &'t [MountEntry], path: &Path) -> Option<&'t MountEntry> {
     table.iter().rev().find(|m| m.mount_point == path)
 }
 
 /// Whether two mounts show the same tree of the same filesystem.
 fn same_tree(a: &MountEntry, b: &MountEntry) -> bool {
     a.device == b.device && a.root == b.root
+}
+
+/// Whether `m` binds the node of `device` (devtmpfs shows the node's
+/// name as the mount's root).
+fn binds_device(m: &MountEntry, device: &Path) -> bool {
+    m.fs_type == "devtmpfs"
+        && device
+            .file_name()
+            .is_some_and(|n| m.root == Path::new("/").join(n))
 }
 
 /// A failed mount at a caller's path: a symlink in it is the caller's

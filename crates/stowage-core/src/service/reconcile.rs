@@ -19,6 +19,9 @@ pub struct ReconcileReport {
     /// Mounts no consumer accounts for (interrupted mounts and unmounts,
     /// orphans) and stacked duplicates, all removed.
     pub stale_mounts_removed: usize,
+    /// Raw device stagings whose device node binding was gone (detached
+    /// by a reboot, or interrupted), forgotten.
+    pub device_stagings_dropped: usize,
     /// Snapshots whose creation was rolled back or removal finished.
     pub snapshots_finished: usize,
     /// Volumes that could not be brought in line, with the reason. They are
@@ -84,6 +87,7 @@ impl VolumeService {
             }
             VolumeState::Ready => {}
         }
+        self.reconcile_device(&mut loaded, table, report)?;
         let have = self.mounts_in(table, &loaded.record.id);
         if loaded.record.consumers.is_empty() {
             if have > 0 {
@@ -114,6 +118,36 @@ impl VolumeService {
             report.stale_mounts_removed += have - 1;
         }
         Ok(Some(loaded.record.id))
+    }
+
+    /// Forgets raw device stagings whose binding is gone, and detaches a
+    /// device that nothing holds (an unstage or a failed stage cut short).
+    fn reconcile_device(
+        &self,
+        loaded: &mut Loaded,
+        table: &[MountEntry],
+        report: &mut ReconcileReport,
+    ) -> Result<()> {
+        let Some(device_use) = &loaded.record.device else {
+            if loaded.record.consumers.is_empty() {
+                self.drivers
+                    .get(&loaded.record.driver)?
+                    .detach_device(&loaded.record)?;
+            }
+            return Ok(());
+        };
+        let mut gone = Vec::new();
+        for staging in &device_use.stagings {
+            if !self.device_bound_at(&loaded.record, table, staging)? {
+                gone.push(staging.clone());
+            }
+        }
+        for staging in gone {
+            warn!(volume = %loaded.record.name, staging = %staging.display(), "raw device staging gone");
+            self.drop_staging(loaded, &staging)?;
+            report.device_stagings_dropped += 1;
+        }
+        Ok(())
     }
 
     /// Unmounts and removes whatever sits in the mounts directory without a

@@ -36,6 +36,20 @@ impl Driver for DirDriver {
             .bind_mount(&dir, target, false, spec.idmap)
             .map_err(Error::io("bind", target))
     }
+    fn attach_device(&self, v: &VolumeRecord, _read_only: bool) -> Result<PathBuf> {
+        let device = fake_device(v);
+        stowage_sys::exists_ok(self.sys.create_file(&device, 0o600))
+            .map_err(Error::io("attach", &device))?;
+        Ok(device)
+    }
+    fn attached_device(&self, v: &VolumeRecord) -> Result<Option<PathBuf>> {
+        let device = fake_device(v);
+        Ok(self.sys.file_size(&device).map(|_| device))
+    }
+    fn detach_device(&self, v: &VolumeRecord) -> Result<()> {
+        let device = fake_device(v);
+        stowage_sys::missing_ok(self.sys.remove_file(&device)).map_err(Error::io("detach", device))
+    }
     fn root_owner(&self, v: &VolumeRecord) -> Result<(u32, u32)> {
         let info = self
             .sys
@@ -43,6 +57,11 @@ impl Driver for DirDriver {
             .map_err(Error::io("inspect", "/data"))?;
         Ok((info.uid, info.gid))
     }
+}
+
+/// The device node `DirDriver` attaches for a volume: a file.
+fn fake_device(v: &VolumeRecord) -> PathBuf {
+    Path::new("/dev").join(&v.id)
 }
 
 struct Fixture {
@@ -195,6 +214,36 @@ fn failed_kernel_mount_leaves_the_volume_as_it_was() {
 }
 
 #[test]
+fn a_device_stage_that_fails_leaves_nothing_attached_or_recorded() {
+    let f = fixture();
+    f.svc.create(req("v")).unwrap();
+    let staging = Path::new("/staging");
+    f.sys.add_dir(staging);
+    f.sys.fail_next("BindWith", 5); // EIO
+    assert!(f.svc.stage_device("v", staging, false).is_err());
+    let r = record(&f.store, "v").unwrap();
+    assert_eq!(r.device, None);
+    assert_eq!(f.sys.file_size(&fake_device(&r)), None, "left attached");
+
+    f.svc.stage_device("v", staging, false).unwrap();
+    f.svc.stage_device("v", staging, false).unwrap();
+    let r = record(&f.store, "v").unwrap();
+    let stagings = &r.device.as_ref().unwrap().stagings;
+    assert_eq!(stagings.iter().collect::<Vec<_>>(), [staging]);
+    assert_eq!(mounts(&f.sys), [staging.join("device")]);
+    // Its filesystem is not mounted meanwhile, nor the volume removed.
+    let refused = f.svc.mount("v", "c1").unwrap_err();
+    assert_eq!(refused.kind(), crate::ErrorKind::FailedPrecondition);
+    assert!(f.svc.remove("v", true).is_err());
+
+    f.svc.unstage("v", staging).unwrap();
+    let r = record(&f.store, "v").unwrap();
+    assert_eq!(r.device, None);
+    assert_eq!(f.sys.file_size(&fake_device(&r)), None, "left attached");
+    assert!(mounts(&f.sys).is_empty());
+}
+
+#[test]
 fn failed_create_leaves_nothing() {
     let f = fixture();
     f.sys.fail_next("CreateDir(\"/data/", 28);
@@ -286,6 +335,7 @@ fn reconcile_finishes_or_rolls_back_each_half_done_operation() {
             removes_finished: 1,
             mounts_restored: 1,
             stale_mounts_removed: 4,
+            device_stagings_dropped: 0,
             snapshots_finished: 0,
             failures: vec![],
         }

@@ -8,9 +8,9 @@ use tonic::Code;
 
 use proto::plugin_capability::service::Type as ServiceType;
 use proto::volume_capability::access_mode::Mode;
-use proto::volume_capability::{AccessMode, AccessType, BlockVolume};
+use proto::volume_capability::{AccessMode, AccessType};
 
-use crate::{code, create_req, mount_cap, Fixture, MIB};
+use crate::{block_cap, code, create_req, mount_cap, Fixture, MIB};
 
 #[tokio::test]
 async fn identity_names_the_plugin_and_reports_ready() {
@@ -322,14 +322,19 @@ async fn validate_confirms_what_stowage_serves_and_only_that() {
         .unwrap()
         .into_inner();
     assert_eq!(ok.confirmed.unwrap().volume_capabilities.len(), 2);
-    let block = proto::VolumeCapability {
-        access_type: Some(AccessType::Block(BlockVolume {})),
-        access_mode: Some(AccessMode {
-            mode: Mode::SingleNodeWriter as i32,
-        }),
-    };
+    // Raw block access: for a volume with a device, not for a directory.
+    let block = block_cap(Mode::SingleNodeWriter);
+    let raw = c
+        .validate_volume_capabilities(validate(vec![block.clone()]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(raw.confirmed.is_some(), "{}", raw.message);
+    f.create(create_req("val-dir", "local", 0)).await.unwrap();
+    let mut on_dir = validate(vec![block]);
+    on_dir.volume_id = "val-dir".into();
     let refused = c
-        .validate_volume_capabilities(validate(vec![block]))
+        .validate_volume_capabilities(on_dir)
         .await
         .unwrap()
         .into_inner();

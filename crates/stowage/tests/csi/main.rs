@@ -5,6 +5,7 @@
 mod controller;
 mod lifecycle;
 mod node;
+mod raw_block;
 mod snapshots;
 
 use std::collections::HashMap;
@@ -15,7 +16,7 @@ use stowage_testkit::Daemon;
 use tonic::{Code, Status};
 
 use proto::volume_capability::access_mode::Mode;
-use proto::volume_capability::{AccessMode, AccessType, MountVolume};
+use proto::volume_capability::{AccessMode, AccessType, BlockVolume, MountVolume};
 
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_stowage");
@@ -72,13 +73,23 @@ impl Fixture {
     }
 
     pub async fn stage(&self, id: &str, staging: &Path) -> Result<(), Status> {
+        self.stage_as(id, staging, mount_cap(Mode::SingleNodeWriter))
+            .await
+    }
+
+    pub async fn stage_as(
+        &self,
+        id: &str,
+        staging: &Path,
+        cap: proto::VolumeCapability,
+    ) -> Result<(), Status> {
         self.csi
             .node
             .clone()
             .node_stage_volume(proto::NodeStageVolumeRequest {
                 volume_id: id.into(),
                 staging_target_path: s(staging),
-                volume_capability: Some(mount_cap(Mode::SingleNodeWriter)),
+                volume_capability: Some(cap),
                 ..Default::default()
             })
             .await
@@ -104,6 +115,18 @@ impl Fixture {
         target: &Path,
         readonly: bool,
     ) -> Result<(), Status> {
+        let cap = mount_cap(Mode::SingleNodeWriter);
+        self.publish_as(id, staging, target, cap, readonly).await
+    }
+
+    pub async fn publish_as(
+        &self,
+        id: &str,
+        staging: &Path,
+        target: &Path,
+        cap: proto::VolumeCapability,
+        readonly: bool,
+    ) -> Result<(), Status> {
         self.csi
             .node
             .clone()
@@ -111,7 +134,7 @@ impl Fixture {
                 volume_id: id.into(),
                 staging_target_path: s(staging),
                 target_path: s(target),
-                volume_capability: Some(mount_cap(Mode::SingleNodeWriter)),
+                volume_capability: Some(cap),
                 readonly,
                 ..Default::default()
             })
@@ -156,6 +179,13 @@ pub fn s(p: &Path) -> String {
 pub fn mount_cap(mode: Mode) -> proto::VolumeCapability {
     proto::VolumeCapability {
         access_type: Some(AccessType::Mount(MountVolume::default())),
+        access_mode: Some(AccessMode { mode: mode as i32 }),
+    }
+}
+
+pub fn block_cap(mode: Mode) -> proto::VolumeCapability {
+    proto::VolumeCapability {
+        access_type: Some(AccessType::Block(BlockVolume {})),
         access_mode: Some(AccessMode { mode: mode as i32 }),
     }
 }
