@@ -32,6 +32,47 @@ const MAX_RANGES: usize = 64;
 /// The SELinux type containers may read and write.
 const CONTAINER_TYPE: &str = "system_u:object_r:container_file_t:s0";
 
+/// Every id a user namespace can map: 0 to 2^32 - 2.
+const ID_SPACE: u64 = u32::MAX as u64;
+
+/// The mapping that presents a volume to a mount group (CSI's
+/// `volume_mount_group`, Kubernetes' fsGroup): the root's on-disk group
+/// shows as `group` and `group` as the root's group, so that the map stays
+/// one-to-one; every other uid and gid shows as itself, so that every
+/// caller can still create files.
+pub fn group_mapping(root_gid: u32, group: u32) -> IdMapping {
+    let identity = |from: u64, to: u64| {
+        (from < to).then(|| IdRange {
+            disk: from as u32,
+            container: from as u32,
+            count: (to - from) as u32,
+        })
+    };
+    let (low, high) = (root_gid.min(group) as u64, root_gid.max(group) as u64);
+    let mut gids: Vec<IdRange> = Vec::new();
+    if low == high {
+        gids.extend(identity(0, ID_SPACE));
+    } else {
+        gids.extend(identity(0, low));
+        gids.push(IdRange {
+            disk: low as u32,
+            container: high as u32,
+            count: 1,
+        });
+        gids.extend(identity(low + 1, high));
+        gids.push(IdRange {
+            disk: high as u32,
+            container: low as u32,
+            count: 1,
+        });
+        gids.extend(identity(high + 1, ID_SPACE));
+    }
+    IdMapping {
+        uids: identity(0, ID_SPACE).into_iter().collect(),
+        gids,
+    }
+}
+
 /// Splits options into the common ones and the driver's own.
 pub fn split(options: &Options) -> (Options, Options) {
     options
@@ -348,6 +389,24 @@ mod tests {
             container,
             count,
         }
+    }
+
+    #[test]
+    fn a_mount_group_swaps_with_the_root_group_and_keeps_every_other_id() {
+        let m = group_mapping(0, 2000);
+        assert_eq!(m.gid_to_container(0), Some(2000));
+        assert_eq!(m.gid_to_container(2000), Some(0));
+        for id in [1, 1999, 2001, 65534, u32::MAX - 1] {
+            assert_eq!(m.gid_to_container(id), Some(id), "{id}");
+            assert_eq!(m.uid_to_container(id), Some(id), "{id}");
+        }
+        assert_eq!(m.gid_to_container(u32::MAX), None);
+        assert_eq!(m.gids.len(), 4, "no empty range below 0");
+        let covered: u64 = m.gids.iter().map(|r| r.count as u64).sum();
+        assert_eq!(covered, ID_SPACE);
+        let same = group_mapping(7, 7);
+        assert_eq!(same.gids, same.uids);
+        assert_eq!(group_mapping(3000, 5).gid_to_container(5), Some(3000));
     }
 
     #[test]

@@ -89,10 +89,16 @@ pub trait Sys: Send + Sync + 'static {
         idmap: Option<&UserNamespace>,
     ) -> io::Result<()>;
     /// Bind-mounts the file or directory `source` (not its submounts) onto
-    /// `target`, an existing entry of the same kind, with `attrs` set on
-    /// the new mount before it becomes visible. Both paths are resolved
-    /// without following symlinks.
-    fn bind_with(&self, source: &Path, target: &Path, attrs: MountAttrs) -> io::Result<()>;
+    /// `target`, an existing entry of the same kind, with `attrs` (and the
+    /// idmapping, if given) set on the new mount before it becomes visible.
+    /// Both paths are resolved without following symlinks.
+    fn bind_with(
+        &self,
+        source: &Path,
+        target: &Path,
+        attrs: MountAttrs,
+        idmap: Option<&UserNamespace>,
+    ) -> io::Result<()>;
     /// Mounts a fresh tmpfs onto the directory `target`, idmapped if asked.
     fn mount_tmpfs(
         &self,

@@ -203,12 +203,21 @@ impl Sys for LinuxSys {
         attach(&tree, target)
     }
 
-    fn bind_with(&self, source: &Path, target: &Path, attrs: MountAttrs) -> io::Result<()> {
+    fn bind_with(
+        &self,
+        source: &Path,
+        target: &Path,
+        attrs: MountAttrs,
+        idmap: Option<&UserNamespace>,
+    ) -> io::Result<()> {
         let source = open_nofollow(source, OFlags::PATH)?;
         let flags = OpenTreeFlags::OPEN_TREE_CLONE
             | OpenTreeFlags::OPEN_TREE_CLOEXEC
             | OpenTreeFlags::AT_EMPTY_PATH;
         let tree = rmount::open_tree(&source, "", flags)?;
+        if let Some(userns) = idmap {
+            set_idmap(&tree, userns, false)?;
+        }
         set_attrs(&tree, attrs)?;
         attach_to(&tree, target, OFlags::empty())
     }

@@ -28,6 +28,7 @@ pub enum Call {
         source: PathBuf,
         target: PathBuf,
         attrs: MountAttrs,
+        idmap: Option<IdMapping>,
     },
     MountTmpfs {
         target: PathBuf,
@@ -245,11 +246,18 @@ impl Sys for RecordingSys {
         Ok(())
     }
 
-    fn bind_with(&self, source: &Path, target: &Path, attrs: MountAttrs) -> io::Result<()> {
+    fn bind_with(
+        &self,
+        source: &Path,
+        target: &Path,
+        attrs: MountAttrs,
+        idmap: Option<&UserNamespace>,
+    ) -> io::Result<()> {
         let mut s = self.record(Call::BindWith {
             source: source.into(),
             target: target.into(),
             attrs,
+            idmap: idmap.map(|u| u.mapping.clone()),
         })?;
         let exists = |s: &State, p: &Path| s.dirs.contains(p) || s.files.contains_key(p);
         if !exists(&s, source) || !exists(&s, target) {

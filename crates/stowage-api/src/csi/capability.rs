@@ -25,6 +25,8 @@ pub struct Access {
     /// The filesystem the CO asked for, if any.
     pub fs_type: Option<String>,
     pub attrs: MountAttrs,
+    /// The group the volume is to be presented to (Kubernetes' fsGroup).
+    pub mount_group: Option<u32>,
 }
 
 /// Parses a capability, refusing what Stowage cannot serve with the reason.
@@ -55,13 +57,20 @@ pub fn parse(cap: &VolumeCapability) -> Result<Access, String> {
                     read_only,
                     ..MountAttrs::default()
                 },
+                mount_group: None,
             })
         }
         None => return Err("access type (mount or block) is required".into()),
     };
-    if !mount.volume_mount_group.is_empty() {
-        return Err("volume_mount_group is not supported; use the owner parameter".into());
-    }
+    let mount_group = match mount.volume_mount_group.as_str() {
+        "" => None,
+        g => Some(
+            g.parse::<u32>()
+                .ok()
+                .filter(|g| *g != u32::MAX)
+                .ok_or_else(|| format!("volume_mount_group {g:?} is not a numeric group id"))?,
+        ),
+    };
     let mut attrs = mount_attrs(&mount.mount_flags)?;
     attrs.read_only |= read_only;
     Ok(Access {
@@ -70,6 +79,7 @@ pub fn parse(cap: &VolumeCapability) -> Result<Access, String> {
         block: false,
         fs_type: (!mount.fs_type.is_empty()).then(|| mount.fs_type.clone()),
         attrs,
+        mount_group,
     })
 }
 
@@ -183,6 +193,22 @@ mod tests {
         let a = parse(&mount(Mode::MultiNodeMultiWriter, &["noexec", "ro"])).unwrap();
         assert!(!a.exclusive && !a.read_only && a.attrs.read_only && a.attrs.no_exec);
         assert!(parse(&mount(Mode::Unknown, &[])).is_err());
+    }
+
+    #[test]
+    fn a_mount_group_is_a_numeric_gid() {
+        let mut cap = mount(Mode::SingleNodeWriter, &[]);
+        let group = |cap: &mut VolumeCapability, g: &str| {
+            if let Some(AccessType::Mount(m)) = &mut cap.access_type {
+                m.volume_mount_group = g.into();
+            }
+            parse(cap)
+        };
+        assert_eq!(group(&mut cap, "2000").unwrap().mount_group, Some(2000));
+        assert_eq!(group(&mut cap, "").unwrap().mount_group, None);
+        for bad in ["wheel", "-1", "4294967295", "1,2"] {
+            assert!(group(&mut cap, bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

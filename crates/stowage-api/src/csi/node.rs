@@ -58,8 +58,11 @@ impl Node for Csi {
         let staging = path("staging_target_path", &req.staging_target_path)?;
         let mut attrs = access.attrs;
         attrs.read_only |= req.readonly;
+        // The group is applied per publication, so that workloads with
+        // other groups can share one staging.
+        let group = access.mount_group;
         self.exclusive(&id.clone(), move |s| {
-            s.publish(&id, &staging, &target, attrs)
+            s.publish(&id, &staging, &target, attrs, group)
         })
         .await?;
         Ok(Response::new(NodePublishVolumeResponse {}))
@@ -147,6 +150,7 @@ impl Node for Csi {
             rpc::Type::StageUnstageVolume,
             rpc::Type::GetVolumeStats,
             rpc::Type::ExpandVolume,
+            rpc::Type::VolumeMountGroup,
         ]
         .into_iter()
         .map(|t| NodeServiceCapability {

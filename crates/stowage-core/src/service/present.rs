@@ -103,6 +103,43 @@ impl VolumeService {
         Ok(presentation)
     }
 
+    /// The user namespace that presents the volume mounted at
+    /// `mountpoint` to the mount group `group` (see
+    /// [`ownership::group_mapping`]), or `None` when its root's group is
+    /// `group` already. The root is made group-writable and setgid, so
+    /// that what members create stays in the group: one change to one
+    /// directory, whatever the volume holds.
+    pub(super) fn group_namespace(
+        &self,
+        record: &VolumeRecord,
+        mountpoint: &Path,
+        group: u32,
+    ) -> Result<Option<Arc<UserNamespace>>> {
+        let (common, _) = ownership::split(&record.options);
+        if OwnershipSpec::parse(&common)?.is_some() {
+            return Err(Error::InvalidRequest(format!(
+                "volume {} presents its own owner (owner, uidmap or gidmap); \
+                 a mount group cannot be applied over it",
+                record.name
+            )));
+        }
+        let root = self
+            .sys
+            .inspect_nofollow(mountpoint)
+            .map_err(Error::io("inspect", mountpoint))?;
+        let group_writable = 0o2070;
+        if root.mode & group_writable != group_writable {
+            self.sys
+                .set_owner_mode(mountpoint, root.uid, root.gid, root.mode | group_writable)
+                .map_err(Error::io("make group-writable", mountpoint))?;
+        }
+        if root.gid == group {
+            return Ok(None);
+        }
+        self.user_namespace(&ownership::group_mapping(root.gid, group))
+            .map(Some)
+    }
+
     /// The user namespace for `mapping`, made on first use.
     fn user_namespace(&self, mapping: &IdMapping) -> Result<Arc<UserNamespace>> {
         let mut cache = self.namespaces.lock().unwrap_or_else(|e| e.into_inner());

@@ -78,7 +78,7 @@ impl VolumeService {
             let mountpoint = self.mount_loaded(&mut loaded, &consumer)?;
             if let Err(e) = self
                 .sys
-                .bind_with(&mountpoint, staging, MountAttrs::default())
+                .bind_with(&mountpoint, staging, MountAttrs::default(), None)
             {
                 let _ = self.unmount_loaded(&mut loaded, &consumer);
                 return Err(path_error("bind volume at staging path", staging, e));
@@ -166,7 +166,7 @@ impl VolumeService {
             ..MountAttrs::default()
         };
         self.sys
-            .bind_with(&device, &node, attrs)
+            .bind_with(&device, &node, attrs, None)
             .map_err(|e| path_error("bind device at staging path", &node, e))
     }
 
@@ -223,14 +223,16 @@ impl VolumeService {
     }
 
     /// Binds the staged volume at `target`, which is created (and removed
-    /// again by [`Self::unpublish`]). Publishing again with the same
-    /// attributes succeeds; other attributes are a conflict.
+    /// again by [`Self::unpublish`]), presented to `mount_group` if given.
+    /// Publishing again with the same attributes succeeds; other
+    /// attributes are a conflict.
     pub fn publish(
         &self,
         name: &str,
         staging: &Path,
         target: &Path,
         attrs: MountAttrs,
+        mount_group: Option<u32>,
     ) -> Result<()> {
         logged("publish", name, || {
             let name = VolumeName::parse(name)?;
@@ -260,6 +262,11 @@ impl VolumeService {
                     ),
                 });
             }
+            if device.is_some() && mount_group.is_some() {
+                return Err(Error::InvalidRequest(
+                    "a mount group applies to a filesystem, not to a raw device".into(),
+                ));
+            }
             let volume = self.shown(&table, &loaded.record)?.ok_or_else(not_staged)?;
             if !top_mount(&table, &source).is_some_and(|m| volume.at(m)) {
                 return Err(not_staged());
@@ -286,11 +293,20 @@ impl VolumeService {
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
                 Err(e) => return Err(path_error("create target path", target, e)),
             };
-            if let Err(e) = self.sys.bind_with(&source, target, attrs) {
+            let mountpoint = self.layout.mountpoint(&loaded.record.id);
+            let idmap = match mount_group {
+                Some(group) => self.group_namespace(&loaded.record, &mountpoint, group),
+                None => Ok(None),
+            };
+            let bound = idmap.and_then(|idmap| {
+                (self.sys.bind_with(&source, target, attrs, idmap.as_deref()))
+                    .map_err(|e| path_error("bind volume at target path", target, e))
+            });
+            if let Err(e) = bound {
                 if created {
                     let _ = self.remove_target(target);
                 }
-                return Err(path_error("bind volume at target path", target, e));
+                return Err(e);
             }
             Ok(())
         })

@@ -4,9 +4,13 @@
 use stowage_testkit::csi::proto;
 use tonic::Code;
 
-use proto::node_service_capability::rpc::Type as NodeCap;
+use std::os::unix::fs::PermissionsExt;
 
-use crate::{code, create_req, s, Fixture};
+use proto::node_service_capability::rpc::Type as NodeCap;
+use proto::volume_capability::access_mode::Mode;
+use proto::volume_capability::AccessType;
+
+use crate::{code, create_req, mount_cap, s, Fixture};
 
 #[tokio::test]
 async fn node_info_and_capabilities() {
@@ -40,6 +44,7 @@ async fn node_info_and_capabilities() {
         NodeCap::StageUnstageVolume,
         NodeCap::GetVolumeStats,
         NodeCap::ExpandVolume,
+        NodeCap::VolumeMountGroup,
     ] {
         assert!(types.contains(&(wanted as i32)), "{wanted:?}");
     }
@@ -210,4 +215,72 @@ async fn staging_and_publishing_repeat_and_refuse_foreign_mounts() {
     assert!(staging.is_dir());
     assert!(f.leftover_mounts().is_empty());
     assert_eq!(f.daemon.inspect("rep")["consumers"], serde_json::json!([]));
+}
+
+/// A mount group (Kubernetes' fsGroup) is presented through an idmapped
+/// publication: the root's group shows as the mount group, a member
+/// running as any uid writes there, and the data on disk keeps its owner.
+#[tokio::test]
+async fn a_mount_group_is_presented_per_publication_without_chown() {
+    let f = Fixture::start().await;
+    f.create(create_req("grouped", "local", 0)).await.unwrap();
+    let staging = f.staging("grouped");
+    let member = f.target("member");
+    let plain = f.target("plain");
+    f.stage("grouped", &staging).await.unwrap();
+    let mut cap = mount_cap(Mode::SingleNodeWriter);
+    if let Some(AccessType::Mount(m)) = &mut cap.access_type {
+        m.volume_mount_group = "2000".into();
+    }
+    f.publish_as("grouped", &staging, &member, cap.clone(), false)
+        .await
+        .unwrap();
+    f.publish_as("grouped", &staging, &member, cap.clone(), false)
+        .await
+        .unwrap();
+    f.publish("grouped", &staging, &plain, false).await.unwrap();
+
+    let (_, shown_gid) = stowage_testkit::owner(&member);
+    assert_eq!(shown_gid, 2000);
+    let mode = std::fs::metadata(&member).unwrap().permissions().mode();
+    assert_eq!(mode & 0o2070, 0o2070, "root is group-writable and setgid");
+    // uid 1234 with only the mount group as a supplementary group.
+    let file = member.join("by-member");
+    stowage_testkit::run(
+        "setpriv",
+        &[
+            "--reuid=1234",
+            "--regid=1234",
+            "--groups=2000",
+            "touch",
+            &s(&file),
+        ],
+    );
+    assert_eq!(stowage_testkit::owner(&file), (1234, 2000));
+    // Without the group the same file shows its on-disk owner: the root's
+    // group, as nothing was chowned.
+    let (_, disk_gid) = stowage_testkit::owner(&plain);
+    assert_eq!(
+        stowage_testkit::owner(&plain.join("by-member")),
+        (1234, disk_gid)
+    );
+    assert_ne!(disk_gid, 2000);
+
+    for target in [&member, &plain] {
+        f.unpublish("grouped", target).await.unwrap();
+    }
+    f.unstage("grouped", &staging).await.unwrap();
+
+    // A volume that presents its own owner takes no mount group.
+    let mut owned = create_req("owned", "local", 0);
+    owned.parameters.insert("owner".into(), "184:998".into());
+    f.create(owned).await.unwrap();
+    let staging = f.staging("owned");
+    f.stage("owned", &staging).await.unwrap();
+    let target = f.target("owned");
+    let refused = f.publish_as("owned", &staging, &target, cap, false).await;
+    assert_eq!(code(refused), Code::InvalidArgument);
+    assert!(!target.exists());
+    f.unstage("owned", &staging).await.unwrap();
+    assert!(f.leftover_mounts().is_empty());
 }
