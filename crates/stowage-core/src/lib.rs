@@ -27,5 +27,6 @@ pub use snapshot::{Snapshot, SnapshotRecord, SnapshotRequest};
 pub use store::{Collection, MemoryStore, Precondition, Revision, Store, StoreError, Versioned};
 pub use stowage_sys::MountAttrs;
 pub use volume::{
-    Attachment, CreateRequest, DeviceUse, Volume, VolumeFilter, VolumeRecord, VolumeState,
+    Attachment, CopyProgress, CreateRequest, DeviceUse, Volume, VolumeFilter, VolumeRecord,
+    VolumeState,
 };

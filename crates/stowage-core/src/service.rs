@@ -35,7 +35,7 @@ use crate::options::check_map_limits;
 use crate::ownership;
 use crate::snapshot::SnapshotRecord;
 use crate::store::{Collection, Precondition, Revision, Store};
-use crate::volume::{CreateRequest, Volume, VolumeFilter, VolumeRecord, VolumeState};
+use crate::volume::{CopyProgress, CreateRequest, Volume, VolumeFilter, VolumeRecord, VolumeState};
 
 pub use publish::PathUsage;
 pub use reconcile::ReconcileReport;
@@ -54,6 +54,8 @@ pub struct VolumeService {
     locks: KeyedLocks,
     /// One user namespace per distinct mapping, made once and reused.
     namespaces: Mutex<HashMap<IdMapping, Arc<UserNamespace>>>,
+    /// The copies running now, by what they make (see [`copy_key`]).
+    copies: Mutex<HashMap<String, CopyProgress>>,
     /// The node this host is known as to orchestrators.
     node_id: String,
 }
@@ -112,6 +114,7 @@ impl VolumeService {
             layout,
             locks: KeyedLocks::default(),
             namespaces: Mutex::default(),
+            copies: Mutex::default(),
             node_id: DEFAULT_NODE_ID.to_string(),
         }
     }
@@ -277,7 +280,8 @@ impl VolumeService {
 
     /// Makes `record`'s storage a copy of `source`, grown to its size.
     fn copy_into(&self, driver: &dyn Driver, record: &VolumeRecord, source: &Copied) -> Result<()> {
-        let mut progress = progress_logger(record.name.as_str());
+        let mut tracker = self.track_copy(copy_key("volume", &record.name));
+        let mut progress = |done, total| tracker.report(done, total);
         let method = match source {
             Copied::Snapshot(snap) => {
                 driver.create_from(record, Source::Snapshot(snap), &mut progress)?
@@ -584,6 +588,7 @@ impl VolumeService {
             usage: None,
             attachments: r.attachments.clone(),
             device: r.device.clone(),
+            copy: self.copy_progress(&copy_key("volume", &r.name)),
         }
     }
 
@@ -686,15 +691,54 @@ fn snapshot_lock_key(name: &VolumeName) -> String {
     format!("snapshot/{name}")
 }
 
-/// Logs a long copy's progress every 10%.
-fn progress_logger(what: &str) -> impl FnMut(u64, u64) + '_ {
-    let mut next = 0u64;
-    move |done, total| {
+/// What a copy makes, as [`VolumeService::copy_progress`] looks it up:
+/// `kind` is `volume` or `snapshot`.
+fn copy_key(kind: &str, name: &VolumeName) -> String {
+    format!("{kind}/{name}")
+}
+
+/// Reports a running copy's progress: to `inspect`, and to the log every
+/// 10%. Dropping it ends the report, however the copy ended.
+struct CopyTracker<'a> {
+    copies: &'a Mutex<HashMap<String, CopyProgress>>,
+    key: String,
+    next_log: u64,
+}
+
+impl CopyTracker<'_> {
+    fn report(&mut self, done: u64, total: u64) {
+        let progress = CopyProgress {
+            done_bytes: done,
+            total_bytes: total,
+        };
+        (self.copies.lock().unwrap_or_else(|e| e.into_inner())).insert(self.key.clone(), progress);
         let percent = (done * 100).checked_div(total).unwrap_or(100);
-        if percent >= next {
-            info!(target: "stowage::copy", volume = what, done, total, percent, "copying");
-            next = percent + 10;
+        if percent >= self.next_log {
+            info!(target: "stowage::copy", of = %self.key, done, total, percent, "copying");
+            self.next_log = percent + 10;
         }
+    }
+}
+
+impl Drop for CopyTracker<'_> {
+    fn drop(&mut self) {
+        (self.copies.lock().unwrap_or_else(|e| e.into_inner())).remove(&self.key);
+    }
+}
+
+impl VolumeService {
+    fn track_copy(&self, key: String) -> CopyTracker<'_> {
+        CopyTracker {
+            copies: &self.copies,
+            key,
+            next_log: 0,
+        }
+    }
+
+    /// How far the copy making `key` has come, while it runs.
+    fn copy_progress(&self, key: &str) -> Option<CopyProgress> {
+        let copies = self.copies.lock().unwrap_or_else(|e| e.into_inner());
+        copies.get(key).copied()
     }
 }
 

@@ -7,7 +7,7 @@ use time::OffsetDateTime;
 use crate::error::{Error, Result};
 use crate::name::VolumeName;
 use crate::options::Options;
-use crate::volume::VolumeState;
+use crate::volume::{CopyProgress, VolumeState};
 
 /// The persisted record of one snapshot. Snapshot names follow the volume
 /// name rules and share none of their namespace.
@@ -59,6 +59,9 @@ pub struct Snapshot {
     pub size_bytes: Option<u64>,
     pub status: VolumeState,
     pub method: String,
+    /// While it is being made: how far its copy has come.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copy: Option<CopyProgress>,
 }
 
 impl From<&SnapshotRecord> for Snapshot {
@@ -71,6 +74,7 @@ impl From<&SnapshotRecord> for Snapshot {
             size_bytes: r.size_bytes,
             status: r.state,
             method: r.method.clone(),
+            copy: None,
         }
     }
 }

@@ -142,6 +142,13 @@ impl From<stowage_sys::Usage> for Usage {
     }
 }
 
+/// How far a copy that makes a volume or a snapshot has come.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyProgress {
+    pub done_bytes: u64,
+    pub total_bytes: u64,
+}
+
 /// A volume as callers see it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Volume {
@@ -173,6 +180,9 @@ pub struct Volume {
     /// Its raw block device's use, while staged as one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<DeviceUse>,
+    /// While it is being made as a copy: how far the copy has come.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copy: Option<CopyProgress>,
 }
 
 /// A conjunction of conditions for `list`.

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Result};
 use hyper::Method;
 use serde_json::json;
-use stowage_core::{Snapshot, Volume};
+use stowage_core::{CopyProgress, Snapshot, Volume};
 
 use crate::cli::{Cli, Command, CreateArgs, Format, ListArgs, SnapshotCommand, VolumeCommand};
 use crate::client::{encode, Client};
@@ -111,7 +111,12 @@ async fn create(client: &Client, args: CreateArgs) -> Result<ExitCode> {
         "clone_of": args.clone_of,
     });
     let copying = args.from_snapshot.is_some() || args.clone_of.is_some();
-    let v: Volume = with_spinner(copying, "copying", async {
+    let made = format!("/v1/volumes/{}", encode(&args.name));
+    let progress = || async {
+        let v: Volume = client.call(Method::GET, &made, None).await.ok()?;
+        v.copy
+    };
+    let v: Volume = with_progress(copying, "copying", progress, async {
         client.call(Method::POST, "/v1/volumes", Some(body)).await
     })
     .await?;
@@ -259,7 +264,17 @@ async fn snapshot(client: &Client, cmd: SnapshotCommand) -> Result<ExitCode> {
     match cmd {
         SnapshotCommand::Create { volume, name } => {
             let body = json!({ "volume": volume, "name": name });
-            let snap: Snapshot = with_spinner(true, "snapshotting", async {
+            // Without a name the daemon picks one: the copy under way is
+            // the one of this volume that reports progress.
+            let of_volume = format!("/v1/snapshots?volume={}", encode(&volume));
+            let progress = || async {
+                let snaps: Vec<Snapshot> = client.call(Method::GET, &of_volume, None).await.ok()?;
+                snaps
+                    .into_iter()
+                    .filter(|s| name.as_ref().is_none_or(|n| *n == s.name))
+                    .find_map(|s| s.copy)
+            };
+            let snap: Snapshot = with_progress(true, "snapshotting", progress, async {
                 client.call(Method::POST, "/v1/snapshots", Some(body)).await
             })
             .await?;
@@ -298,13 +313,19 @@ async fn snapshot(client: &Client, cmd: SnapshotCommand) -> Result<ExitCode> {
     }
 }
 
-/// Runs a request that may take long (a full copy), with a spinner and
-/// the elapsed time on a terminal.
-async fn with_spinner<T>(
+/// Runs a request that may take long (a full copy) with, on a terminal, a
+/// progress bar fed by `progress`, which asks the daemon how far the copy
+/// has come. Until the daemon reports a copy (a reflink reports none), it
+/// is a spinner with the elapsed time.
+async fn with_progress<T, F>(
     enabled: bool,
     what: &str,
+    progress: impl Fn() -> F,
     request: impl std::future::Future<Output = Result<T>>,
-) -> Result<T> {
+) -> Result<T>
+where
+    F: std::future::Future<Output = Option<CopyProgress>>,
+{
     if !enabled || !std::io::stderr().is_terminal() {
         return request.await;
     }
@@ -314,7 +335,27 @@ async fn with_spinner<T>(
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
     );
     bar.enable_steady_tick(std::time::Duration::from_millis(100));
-    let result = request.await;
+    let mut poll = tokio::time::interval(std::time::Duration::from_millis(250));
+    tokio::pin!(request);
+    let result = loop {
+        tokio::select! {
+            result = &mut request => break result,
+            _ = poll.tick() => {
+                let Some(p) = progress().await else { continue };
+                if bar.length() != Some(p.total_bytes) {
+                    bar.set_length(p.total_bytes);
+                    bar.set_style(
+                        indicatif::ProgressStyle::with_template(
+                            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                        )
+                        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                        .progress_chars("=> "),
+                    );
+                }
+                bar.set_position(p.done_bytes);
+            }
+        }
+    };
     bar.finish_and_clear();
     result
 }

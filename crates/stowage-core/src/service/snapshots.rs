@@ -4,7 +4,7 @@
 
 use tracing::warn;
 
-use super::{logged, now_seconds, progress_logger, snapshot_lock_key, Loaded, VolumeService};
+use super::{copy_key, logged, now_seconds, snapshot_lock_key, Loaded, VolumeService};
 use crate::error::{Error, Result};
 use crate::name::VolumeName;
 use crate::snapshot::{Snapshot, SnapshotRecord, SnapshotRequest};
@@ -63,7 +63,8 @@ impl VolumeService {
         };
         let mut loaded = self.insert(record)?;
         let mounted = self.mounted_at(&source.id)?;
-        let mut progress = progress_logger(source.name.as_str());
+        let mut tracker = self.track_copy(copy_key("snapshot", &loaded.record.name));
+        let mut progress = |done, total| tracker.report(done, total);
         match driver.snapshot(&source, mounted.as_deref(), &loaded.record, &mut progress) {
             Ok(method) => loaded.record.method = method.as_str().to_string(),
             Err(e) => {
@@ -86,7 +87,7 @@ impl VolumeService {
             .list_all::<SnapshotRecord>()?
             .iter()
             .filter(|l| volume.as_ref().is_none_or(|v| *v == l.record.volume))
-            .map(|l| Snapshot::from(&l.record))
+            .map(|l| self.snapshot_view(&l.record))
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
@@ -94,7 +95,15 @@ impl VolumeService {
 
     pub fn inspect_snapshot(&self, name: &str) -> Result<Snapshot> {
         let name = VolumeName::parse(name)?;
-        Ok(Snapshot::from(&self.load_snapshot(&name)?.record))
+        Ok(self.snapshot_view(&self.load_snapshot(&name)?.record))
+    }
+
+    /// A snapshot as callers see it, with its copy's progress while made.
+    fn snapshot_view(&self, r: &SnapshotRecord) -> Snapshot {
+        Snapshot {
+            copy: self.copy_progress(&copy_key("snapshot", &r.name)),
+            ..Snapshot::from(r)
+        }
     }
 
     /// Deletes a snapshot and its data. Volumes restored from it are

@@ -472,3 +472,46 @@ fn check_block_state(d: &Daemon) {
         .collect();
     assert_eq!(on_disk, images, "images and store disagree");
 }
+
+/// A sparse copy tells `inspect` how far it has come while it runs, which
+/// the CLI turns into a progress bar; the report ends with the copy.
+#[test]
+fn a_sparse_copy_reports_its_progress_while_it_runs() {
+    let root = ScratchFs::new("ext4", "3G", &[], "");
+    let d = Daemon::start_in(BIN, root.path(), &[]);
+    d.ok(&[
+        "volume", "create", "big", "--driver", "block", "-o", "size=1G",
+    ]);
+    let mp = mount(&d, "big", "filler");
+    sh(&format!(
+        "dd if=/dev/zero of={}/data bs=1M count=768 conv=fsync status=none",
+        mp.display()
+    ));
+    d.ok(&["volume", "unmount", "big", "--consumer", "filler"]);
+
+    let mut seen = Vec::new();
+    std::thread::scope(|s| {
+        let snapshot = s.spawn(|| d.cli(&["snapshot", "create", "big", "big-snap"]));
+        while !snapshot.is_finished() {
+            let out = d.cli(&["snapshot", "inspect", "big-snap"]);
+            if out.status.success() {
+                let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+                let copy = &v[0]["copy"];
+                if !copy.is_null() {
+                    seen.push((copy["done_bytes"].as_u64(), copy["total_bytes"].as_u64()));
+                }
+            }
+        }
+        let out = snapshot.join().unwrap();
+        assert!(out.status.success(), "{}", stderr_of(&out));
+    });
+    assert!(!seen.is_empty(), "no progress seen during the copy");
+    for (done, total) in &seen {
+        let (done, total) = (done.unwrap(), total.unwrap());
+        assert!(total >= 768 << 20 && done <= total, "{done}/{total}");
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(&d.ok(&["snapshot", "inspect", "big-snap"])).unwrap();
+    assert!(v[0]["copy"].is_null(), "progress outlived the copy: {v}");
+    assert_eq!(v[0]["method"], "sparse-copy");
+}
