@@ -8,6 +8,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
+use stowage_testkit::Daemon;
 use tokio::net::UnixStream;
 
 /// A keep-alive HTTP/1 connection to the daemon.
@@ -48,6 +49,44 @@ impl Conn {
         }
         Ok(bytes)
     }
+}
+
+/// The `stowage` binary built beside the running bench.
+pub fn stowage_bin() -> Result<String> {
+    let bin = std::env::current_exe()?.with_file_name("stowage");
+    Ok(bin.to_str().context("binary path")?.to_string())
+}
+
+/// A daemon whose data root is on the root filesystem (under /var/tmp),
+/// like /var/lib/stowage: fsync and mkfs cost what they cost for a real
+/// data root.
+pub fn daemon_on_root_fs() -> Result<Daemon> {
+    Ok(Daemon::start_in(
+        &stowage_bin()?,
+        Path::new("/var/tmp"),
+        &[],
+    ))
+}
+
+/// The REST requests of one volume's life, the lifecycle cycle every
+/// bench compares against: create (with `create_body`), mount, unmount,
+/// remove.
+pub fn rest_cycle(name: &str, create_body: String) -> [(Method, String, Option<String>); 4] {
+    let consumer = || Some(r#"{"consumer":"bench"}"#.to_string());
+    [
+        (Method::POST, "/v1/volumes".to_string(), Some(create_body)),
+        (
+            Method::POST,
+            format!("/v1/volumes/{name}/mount"),
+            consumer(),
+        ),
+        (
+            Method::POST,
+            format!("/v1/volumes/{name}/unmount"),
+            consumer(),
+        ),
+        (Method::DELETE, format!("/v1/volumes/{name}"), None),
+    ]
 }
 
 /// The median of some durations.

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use hyper::Method;
-use stowage_bench::{median, median_f64, Conn};
+use stowage_bench::{median, median_f64, stowage_bin, Conn};
 use stowage_testkit::{require_root, run, Daemon, ScratchFs};
 
 /// One fio job; returns bytes/s and IOPS.
@@ -232,8 +232,8 @@ async fn main() -> Result<()> {
             _ => bail!("usage: block [--runs N] [--runtime SECONDS] [--only io|snapshot]"),
         }
     }
-    let bin = std::env::current_exe()?.with_file_name("stowage");
-    let bin = bin.to_str().context("binary path")?;
+    let bin = stowage_bin()?;
+    let bin = bin.as_str();
     if parts.contains("io") {
         io(bin, runs, runtime).await?;
     }

@@ -9,11 +9,10 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use hyper::Method;
-use stowage_bench::{median, median_f64, Conn, RunSettings};
+use stowage_bench::{daemon_on_root_fs, median, median_f64, rest_cycle, Conn, RunSettings};
 use stowage_testkit::csi::{proto, CsiClient};
-use stowage_testkit::Daemon;
 
 use proto::volume_capability::access_mode::Mode;
 use proto::volume_capability::{AccessMode, AccessType, MountVolume};
@@ -162,43 +161,24 @@ async fn csi_cycle(
     Ok(times)
 }
 
-async fn rest_cycle(conn: &mut Conn, driver: &str, name: &str) -> Result<()> {
+/// The REST baseline: bench/lifecycle's cycle on `driver`.
+async fn rest_run(conn: &mut Conn, driver: &str, name: &str) -> Result<()> {
     let body = match driver {
         "block" => {
             format!(r#"{{"name":"{name}","driver":"block","options":{{"size":"{BLOCK_SIZE}"}}}}"#)
         }
         _ => format!(r#"{{"name":"{name}","driver":"{driver}"}}"#),
     };
-    conn.call(Method::POST, "/v1/volumes", Some(body)).await?;
-    let consumer = Some(r#"{"consumer":"bench"}"#.to_string());
-    conn.call(
-        Method::POST,
-        &format!("/v1/volumes/{name}/mount"),
-        consumer.clone(),
-    )
-    .await?;
-    conn.call(
-        Method::POST,
-        &format!("/v1/volumes/{name}/unmount"),
-        consumer,
-    )
-    .await?;
-    conn.call(Method::DELETE, &format!("/v1/volumes/{name}"), None)
-        .await?;
+    for (method, path, body) in rest_cycle(name, body) {
+        conn.call(method, &path, body).await?;
+    }
     Ok(())
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
     let s = RunSettings::from_args()?;
-    // On the root filesystem, like /var/lib/stowage: fsync and mkfs cost
-    // what they cost for a real data root.
-    let stowage = std::env::current_exe()?.with_file_name("stowage");
-    let daemon = Daemon::start_in(
-        stowage.to_str().context("path")?,
-        Path::new("/var/tmp"),
-        &[],
-    );
+    let daemon = daemon_on_root_fs()?;
     let csi = CsiClient::connect(&daemon.csi_socket()).await?;
     let mut conn = Conn::open(&daemon.socket()).await?;
     // The parent of every target path exists, as a CO makes sure.
@@ -236,7 +216,7 @@ async fn main() -> Result<()> {
             ours.push(run);
             steps.extend(cycles);
             let (run, _) = timed(s.seconds, async |i| {
-                rest_cycle(&mut conn, driver, &format!("rest-{driver}-{round}-{i}")).await
+                rest_run(&mut conn, driver, &format!("rest-{driver}-{round}-{i}")).await
             })
             .await?;
             base.push(run);

@@ -8,10 +8,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
-use hyper::Method;
-use stowage_bench::{median_f64, Conn, RunSettings};
-use stowage_testkit::Daemon;
+use anyhow::{bail, Result};
+use stowage_bench::{daemon_on_root_fs, median_f64, rest_cycle, Conn, RunSettings};
 
 const TARGET_CYCLES_PER_SEC: f64 = 500.0;
 
@@ -76,24 +74,7 @@ async fn stowage_run(socket: &Path, clients: usize, seconds: f64, round: usize) 
                 let name = format!("r{round}-c{c}-{i}");
                 i += 1;
                 let cycle = Instant::now();
-                let steps = [
-                    (
-                        Method::POST,
-                        "/v1/volumes".to_string(),
-                        Some(format!(r#"{{"name":"{name}"}}"#)),
-                    ),
-                    (
-                        Method::POST,
-                        format!("/v1/volumes/{name}/mount"),
-                        Some(r#"{"consumer":"bench"}"#.to_string()),
-                    ),
-                    (
-                        Method::POST,
-                        format!("/v1/volumes/{name}/unmount"),
-                        Some(r#"{"consumer":"bench"}"#.to_string()),
-                    ),
-                    (Method::DELETE, format!("/v1/volumes/{name}"), None),
-                ];
+                let steps = rest_cycle(&name, format!(r#"{{"name":"{name}"}}"#));
                 for (method, path, body) in steps {
                     let t = Instant::now();
                     conn.call(method, &path, body).await?;
@@ -165,14 +146,7 @@ fn by_hand_run(dir: &Path, clients: usize, seconds: f64) -> Result<Run> {
 #[tokio::main]
 async fn main() -> Result<()> {
     let s = RunSettings::from_args()?;
-    // On the root filesystem, like /var/lib/stowage: fsync costs what it
-    // costs for a real data root.
-    let stowage = std::env::current_exe()?.with_file_name("stowage");
-    let daemon = Daemon::start_in(
-        stowage.to_str().context("path")?,
-        Path::new("/var/tmp"),
-        &[],
-    );
+    let daemon = daemon_on_root_fs()?;
     let socket = daemon.socket();
     let hand_dir = daemon.base().join("by-hand");
     std::fs::create_dir_all(&hand_dir)?;

@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use hyper::Method;
-use stowage_bench::{median, Conn};
+use stowage_bench::{daemon_on_root_fs, median, Conn};
 use stowage_sys::{IdMapping, IdRange, LinuxSys, Sys};
-use stowage_testkit::{owner, require_root, run, Daemon};
+use stowage_testkit::{owner, require_root, run};
 
 const DISK: u32 = 15149;
 const OWNER: (u32, u32) = (184, 998);
@@ -140,14 +140,8 @@ async fn main() -> Result<()> {
 }
 
 async fn bench(base: &Path, mnt: &Path, sizes: &[usize], runs: usize) -> Result<()> {
-    let stowage = std::env::current_exe()?.with_file_name("stowage");
-    let daemon = Daemon::start_in(
-        stowage.to_str().context("path")?,
-        Path::new("/var/tmp"),
-        &[],
-    );
+    let daemon = daemon_on_root_fs()?;
     let mut conn = Conn::open(&daemon.socket()).await?;
-    let _ = base;
 
     println!(
         "bench/ownership: make a tree owned by {DISK} usable as 184:998 (ext4 on loop, warm cache)"
