@@ -279,13 +279,18 @@ impl Driver for Block {
     }
 
     fn resize(&self, volume: &VolumeRecord, size: u64, mounted_at: Option<&Path>) -> Result<()> {
+        // In raw use, the filesystem on the device (if any) is its user's
+        // to grow; only the device grows here.
+        let raw = volume.device.is_some();
+        let fs = filesystem(volume)?;
+        if !raw {
+            fs.check_grow(self.sys.as_ref(), mounted_at.is_some())?;
+        }
         let image = self.layout.image(&volume.id);
-        if volume.device.is_some() {
-            // In raw use, the filesystem on the device (if any) is its
-            // user's to grow; only the device grows here.
-            self.sys
-                .grow_image(&image, size)
-                .map_err(Error::io("grow image", &image))?;
+        self.sys
+            .grow_image(&image, size)
+            .map_err(Error::io("grow image", &image))?;
+        if raw {
             return match self.attached_device(volume)? {
                 Some(device) => self
                     .sys
@@ -294,11 +299,6 @@ impl Driver for Block {
                 None => Ok(()),
             };
         }
-        let fs = filesystem(volume)?;
-        fs.check_grow(self.sys.as_ref(), mounted_at.is_some())?;
-        self.sys
-            .grow_image(&image, size)
-            .map_err(Error::io("grow image", &image))?;
         if let Some(mp) = mounted_at {
             let device = self.device_at(mp)?;
             self.sys

@@ -114,11 +114,7 @@ impl VolumeService {
             if device_use.read_only != read_only {
                 return Err(precondition(format!(
                     "is staged on this node {}; stage it the same way",
-                    if device_use.read_only {
-                        "read-only"
-                    } else {
-                        "writable"
-                    }
+                    access_word(device_use.read_only)
                 )));
             }
             let new = device_use.stagings.insert(staging.to_path_buf());
@@ -208,18 +204,27 @@ impl VolumeService {
         })
     }
 
-    /// Whether the volume's device is still bound at the recorded
-    /// `staging`, per `table`.
-    pub(super) fn device_bound_at(
+    /// The recorded device stagings where `table` no longer shows the
+    /// volume's device bound (all of them once the device is detached).
+    pub(super) fn lost_device_stagings(
         &self,
         record: &VolumeRecord,
         table: &[MountEntry],
-        staging: &Path,
-    ) -> Result<bool> {
-        let driver = self.drivers.get(&record.driver)?;
-        Ok(driver.attached_device(record)?.is_some_and(|d| {
-            top_mount(table, &staging.join(DEVICE_NODE)).is_some_and(|m| binds_device(m, &d))
-        }))
+    ) -> Result<Vec<PathBuf>> {
+        let Some(device_use) = &record.device else {
+            return Ok(Vec::new());
+        };
+        let shown = self.shown(table, record)?;
+        let bound = |staging: &Path| {
+            let node = top_mount(table, &staging.join(DEVICE_NODE));
+            shown.as_ref().zip(node).is_some_and(|(v, m)| v.at(m))
+        };
+        Ok(device_use
+            .stagings
+            .iter()
+            .filter(|s| !bound(s))
+            .cloned()
+            .collect())
     }
 
     /// Binds the staged volume at `target`, which is created (and removed
@@ -245,21 +250,19 @@ impl VolumeService {
                 name: name.to_string(),
                 path: staging.to_path_buf(),
             };
-            let device = loaded.record.device.as_ref();
+            // The device staged at this staging path, if that is what it holds.
+            let device = (loaded.record.device.as_ref()).filter(|d| d.stagings.contains(staging));
             let source = match device {
-                Some(d) if d.stagings.contains(staging) => staging.join(DEVICE_NODE),
-                _ => staging.to_path_buf(),
+                Some(_) => staging.join(DEVICE_NODE),
+                None => staging.to_path_buf(),
             };
             if let Some(d) = device.filter(|d| d.read_only != attrs.read_only) {
                 // A read-only mount of a device node does not stop writes
                 // to the device; only a read-only device does.
+                let how = access_word(d.read_only);
                 return Err(Error::Precondition {
                     name: name.to_string(),
-                    reason: format!(
-                        "is staged as a {} device; publish it {} too",
-                        if d.read_only { "read-only" } else { "writable" },
-                        if d.read_only { "read-only" } else { "writable" },
-                    ),
+                    reason: format!("is staged as a {how} device; publish it {how} too"),
                 });
             }
             if device.is_some() && mount_group.is_some() {
@@ -441,6 +444,15 @@ pub(super) fn top_mount<'t>(table: &'t [MountEntry], path: &Path) -> Option<&'t 
 /// Whether two mounts show the same tree of the same filesystem.
 fn same_tree(a: &MountEntry, b: &MountEntry) -> bool {
     a.device == b.device && a.root == b.root
+}
+
+/// How an error names a device's or a publication's access.
+fn access_word(read_only: bool) -> &'static str {
+    if read_only {
+        "read-only"
+    } else {
+        "writable"
+    }
 }
 
 /// Whether `m` binds the node of `device` (devtmpfs shows the node's

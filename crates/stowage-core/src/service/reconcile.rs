@@ -128,21 +128,15 @@ impl VolumeService {
         table: &[MountEntry],
         report: &mut ReconcileReport,
     ) -> Result<()> {
-        let Some(device_use) = &loaded.record.device else {
+        if loaded.record.device.is_none() {
             if loaded.record.consumers.is_empty() {
                 self.drivers
                     .get(&loaded.record.driver)?
                     .detach_device(&loaded.record)?;
             }
             return Ok(());
-        };
-        let mut gone = Vec::new();
-        for staging in &device_use.stagings {
-            if !self.device_bound_at(&loaded.record, table, staging)? {
-                gone.push(staging.clone());
-            }
         }
-        for staging in gone {
+        for staging in self.lost_device_stagings(&loaded.record, table)? {
             warn!(volume = %loaded.record.name, staging = %staging.display(), "raw device staging gone");
             self.drop_staging(loaded, &staging)?;
             report.device_stagings_dropped += 1;
