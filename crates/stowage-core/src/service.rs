@@ -376,16 +376,9 @@ impl VolumeService {
         if loaded.record.consumers.contains(consumer) {
             return Ok(target);
         }
-        if loaded.record.device.is_some() {
-            return Err(Error::Precondition {
-                name: loaded.record.name.to_string(),
-                reason: format!(
-                    "is in use as a raw block device ({}); unstage it before mounting its \
-                     filesystem",
-                    loaded.record.users().join(", ")
-                ),
-            });
-        }
+        loaded
+            .record
+            .refuse_raw_use("unstage it before mounting its filesystem")?;
         let first = loaded.record.consumers.is_empty();
         loaded.record.consumers.insert(consumer.to_string());
         if first {
@@ -452,15 +445,7 @@ impl VolumeService {
         if loaded.record.state == VolumeState::Creating {
             return Err(busy(&loaded.record));
         }
-        if loaded.record.device.is_some() {
-            return Err(Error::Precondition {
-                name: name.to_string(),
-                reason: format!(
-                    "is in use as a raw block device ({}); unstage it first",
-                    loaded.record.users().join(", ")
-                ),
-            });
-        }
+        loaded.record.refuse_raw_use("unstage it first")?;
         if !loaded.record.consumers.is_empty() && !force {
             return Err(Error::InUse {
                 name: name.to_string(),

@@ -79,6 +79,21 @@ impl VolumeRecord {
         !self.consumers.is_empty() || self.device.is_some()
     }
 
+    /// Refuses what cannot be done while the volume is in use as a raw
+    /// block device, saying by whom and `advice`.
+    pub fn refuse_raw_use(&self, advice: &str) -> Result<()> {
+        match &self.device {
+            Some(_) => Err(Error::Precondition {
+                name: self.name.to_string(),
+                reason: format!(
+                    "is in use as a raw block device ({}); {advice}",
+                    self.users().join(", ")
+                ),
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// Who holds the volume, for errors that say so.
     pub fn users(&self) -> Vec<String> {
         let stagings = self.device.iter().flat_map(|d| &d.stagings);

@@ -25,6 +25,9 @@ use filesystem::{Filesystem, MKFS_OPTIONS};
 
 const OWN_OPTIONS: &[&str] = &["size", "fs"];
 const EINVAL: i32 = libc::EINVAL;
+/// A device in raw use has no filesystem Stowage can freeze, so a copy of
+/// it could not be made consistent.
+const RAW_COPY_ADVICE: &str = "it cannot be copied consistently: unstage it first";
 /// How long an image may stay attached after its last unmount.
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -128,20 +131,6 @@ impl Block {
             }
         }
         copied
-    }
-}
-
-/// A device in raw use has no filesystem Stowage can freeze, so a copy of
-/// it could not be made consistent.
-fn refuse_raw_copy(volume: &VolumeRecord) -> Result<()> {
-    match &volume.device {
-        Some(_) => Err(Error::Precondition {
-            name: volume.name.to_string(),
-            reason: "is in use as a raw block device, which cannot be copied consistently; \
-                     unstage it first"
-                .into(),
-        }),
-        None => Ok(()),
     }
 }
 
@@ -349,7 +338,7 @@ impl Driver for Block {
         snapshot: &SnapshotRecord,
         progress: Progress<'_>,
     ) -> Result<CopyMethod> {
-        refuse_raw_copy(volume)?;
+        volume.refuse_raw_use(RAW_COPY_ADVICE)?;
         let dst = self.layout.snapshot(&snapshot.id);
         self.copy(&self.layout.image(&volume.id), mounted_at, &dst, progress)
     }
@@ -371,7 +360,7 @@ impl Driver for Block {
                 self.copy(&self.layout.snapshot(&snap.id), None, &dst, progress)
             }
             Source::Volume(from, mounted) => {
-                refuse_raw_copy(from)?;
+                from.refuse_raw_use(RAW_COPY_ADVICE)?;
                 self.copy(&self.layout.image(&from.id), mounted, &dst, progress)
             }
         }
