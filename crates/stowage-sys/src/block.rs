@@ -328,14 +328,8 @@ pub(crate) fn attach_loop(image: &Path, read_only: bool) -> io::Result<LoopDevic
 /// Makes `device` stay bound without a handle or a mount (clears
 /// autoclear), for raw block use; [`detach_loop`] releases it.
 pub(crate) fn keep_loop(device: &LoopDevice) -> io::Result<()> {
-    let opened;
-    let fd = match &device._fd {
-        Some(fd) => fd.as_fd(),
-        None => {
-            opened = open_nofollow(&device.path, OFlags::RDONLY)?;
-            opened.as_fd()
-        }
-    };
+    let fd = (device._fd.as_ref())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "simulated loop device"))?;
     // SAFETY: all-zero bytes are a valid LoopInfo64 (integers and arrays).
     let mut info: LoopInfo64 = unsafe { std::mem::zeroed() };
     // SAFETY: LOOP_GET_STATUS64 writes one LoopInfo64 at the pointer, which
