@@ -220,6 +220,34 @@ pub fn fs_type_at(path: &Path) -> Option<String> {
         .map(|m| m.fs_type)
 }
 
+/// The loop devices whose backing file is `path` or lies under it.
+pub fn loop_devices_backing(path: &Path) -> Vec<PathBuf> {
+    let path = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/sys/block").unwrap() {
+        let name = entry.unwrap().file_name();
+        let backing = Path::new("/sys/block")
+            .join(&name)
+            .join("loop/backing_file");
+        if let Ok(file) = std::fs::read_to_string(backing) {
+            if Path::new(file.trim_end()).starts_with(&path) {
+                out.push(Path::new("/dev").join(name));
+            }
+        }
+    }
+    out
+}
+
+/// Polls `cond` every 10 ms until it holds; panics naming `what` once
+/// `within` has passed.
+pub fn wait_until(what: &str, within: Duration, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + within;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting: {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// The owner (uid, gid) of `p` itself, a symlink included.
 pub fn owner(p: &Path) -> (u32, u32) {
     use std::os::unix::fs::MetadataExt;

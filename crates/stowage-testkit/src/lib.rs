@@ -8,6 +8,9 @@ pub mod daemon;
 pub mod engines;
 pub mod scratch;
 
-pub use daemon::{fs_type_at, mounts_under, owner, require_root, run, stderr_of, Daemon};
+pub use daemon::{
+    fs_type_at, loop_devices_backing, mounts_under, owner, require_root, run, stderr_of,
+    wait_until, Daemon,
+};
 pub use engines::{Env, Kind, IMAGE};
 pub use scratch::ScratchFs;

@@ -5,9 +5,11 @@
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::{FileExt, FileTypeExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::time::Duration;
 
 use stowage_testkit::csi::proto;
+use stowage_testkit::{loop_devices_backing, wait_until};
 use tonic::Code;
 
 use proto::volume_capability::access_mode::Mode;
@@ -21,35 +23,12 @@ fn raw_req(name: &str, size: i64, mode: Mode) -> proto::CreateVolumeRequest {
     req
 }
 
-/// Loop devices whose backing file lies under `dir`.
-fn loops_under(dir: &Path) -> Vec<PathBuf> {
-    let dir = dir.canonicalize().unwrap();
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/sys/block").unwrap() {
-        let name = entry.unwrap().file_name();
-        let backing = Path::new("/sys/block")
-            .join(&name)
-            .join("loop/backing_file");
-        if let Ok(file) = std::fs::read_to_string(backing) {
-            if Path::new(file.trim_end()).starts_with(&dir) {
-                out.push(Path::new("/dev").join(name));
-            }
-        }
-    }
-    out
-}
-
 /// Waits until no loop device backs a file under `dir`. The kernel
 /// finishes a detach at the device's last close, which a udev probe may
 /// delay.
-fn all_detached(dir: &Path) -> bool {
-    for _ in 0..500 {
-        if loops_under(dir).is_empty() {
-            return true;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    false
+fn wait_detached(dir: &Path) {
+    let none = || loop_devices_backing(dir).is_empty();
+    wait_until("loop devices detached", Duration::from_secs(5), none);
 }
 
 fn is_block_device(p: &Path) -> bool {
@@ -69,7 +48,7 @@ async fn a_raw_block_volume_is_its_device_from_stage_to_delete() {
 
     f.stage_as("raw", &staging, cap.clone()).await.unwrap();
     f.stage_as("raw", &staging, cap.clone()).await.unwrap();
-    assert_eq!(loops_under(&f.daemon.base()).len(), 1);
+    assert_eq!(loop_devices_backing(&f.daemon.base()).len(), 1);
     assert!(is_block_device(&staging.join("device")));
     for target in [&writer, &second] {
         f.publish_as("raw", &staging, target, cap.clone(), false)
@@ -128,7 +107,7 @@ async fn a_raw_block_volume_is_its_device_from_stage_to_delete() {
     f.unstage("raw", &staging).await.unwrap();
     f.unstage("raw", &staging).await.unwrap();
     assert!(!staging.join("device").exists());
-    assert!(all_detached(&f.daemon.base()), "device left attached");
+    wait_detached(&f.daemon.base());
     assert!(f.leftover_mounts().is_empty());
 
     // Afterwards the same volume mounts as a filesystem again.
@@ -170,7 +149,7 @@ async fn a_read_only_device_refuses_writes_and_raw_needs_a_device() {
     drop(dev);
     f.unpublish("raw-ro", &target).await.unwrap();
     f.unstage("raw-ro", &staging).await.unwrap();
-    assert!(all_detached(&f.daemon.base()), "device left attached");
+    wait_detached(&f.daemon.base());
     f.delete("raw-ro").await.unwrap();
 
     // Directory volumes have no device to hand out.
@@ -226,7 +205,7 @@ async fn a_device_outlives_a_killed_daemon_but_not_its_last_staging() {
     stowage_testkit::run("umount", &[&s(&staging.join("device"))]);
     f.daemon.spawn();
     f.reconnect().await;
-    assert!(all_detached(&f.daemon.base()), "device left attached");
+    wait_detached(&f.daemon.base());
     assert!(f.daemon.log().contains("raw device staging gone"));
     f.unstage("raw-kill", &staging).await.unwrap();
     assert_eq!(code(f.delete("raw-kill").await), Code::Ok);

@@ -8,9 +8,12 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use stowage_sys::{LinuxSys, Sys};
-use stowage_testkit::{fs_type_at, stderr_of, Daemon, ScratchFs};
+use stowage_testkit::{fs_type_at, loop_devices_backing, stderr_of, wait_until, Daemon, ScratchFs};
 
 use crate::BIN;
+
+/// How long a loop device may take to go after its last unmount.
+const RELEASE: Duration = Duration::from_secs(2);
 
 fn xfs_root() -> ScratchFs {
     ScratchFs::new("xfs", "3G", &["-m", "reflink=1"], "")
@@ -26,23 +29,6 @@ fn image_of(d: &Daemon, name: &str) -> PathBuf {
     d.data
         .join("images")
         .join(format!("{}.img", id_of(d, name)))
-}
-
-/// The loop devices whose backing file is `image`.
-fn loops_backing(image: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/sys/block").unwrap() {
-        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
-        let backing = Path::new("/sys/block")
-            .join(&name)
-            .join("loop/backing_file");
-        if let Ok(text) = std::fs::read_to_string(backing) {
-            if Path::new(text.trim_end()) == image {
-                out.push(name);
-            }
-        }
-    }
-    out
 }
 
 fn mount(d: &Daemon, name: &str, consumer: &str) -> PathBuf {
@@ -82,7 +68,7 @@ fn block_volumes_live_on_loop_devices_only_while_mounted() {
         let image = image_of(&d, &name);
         assert_eq!(std::fs::metadata(&image).unwrap().len(), 320 << 20);
         assert!(
-            loops_backing(&image).is_empty(),
+            loop_devices_backing(&image).is_empty(),
             "attached before any mount"
         );
 
@@ -96,7 +82,7 @@ fn block_volumes_live_on_loop_devices_only_while_mounted() {
 
         let mp = mount(&d, &name, "c1");
         assert_eq!(fs_type_at(&mp).as_deref(), Some(fs));
-        assert_eq!(loops_backing(&image).len(), 1);
+        assert_eq!(loop_devices_backing(&image).len(), 1);
         std::fs::write(mp.join("data"), vec![42u8; 4 << 20]).unwrap();
         let used = d.inspect(&name)["usage"]["used_bytes"].as_u64().unwrap();
         assert!(used >= 4 << 20, "usage counts the write: {used}");
@@ -115,21 +101,13 @@ fn block_volumes_live_on_loop_devices_only_while_mounted() {
         d.ok(&["volume", "unmount", &name, "--consumer", "c1"]);
         assert!(fs_type_at(&mp).is_none());
         // The loop device clears itself once unmounted.
-        wait_until(|| loops_backing(&image).is_empty(), "loop device released");
+        wait_until("loop device released", RELEASE, || {
+            loop_devices_backing(&image).is_empty()
+        });
         d.ok(&["volume", "rm", &name]);
         assert!(!image.exists());
     }
     assert!(d.list().is_empty());
-}
-
-fn wait_until(cond: impl Fn() -> bool, what: &str) {
-    for _ in 0..200 {
-        if cond() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    panic!("timed out waiting: {what}");
 }
 
 #[test]
@@ -457,13 +435,19 @@ fn check_block_state(d: &Daemon) {
         let mounted = !v["consumers"].as_array().unwrap().is_empty();
         let mp = PathBuf::from(v["mountpoint"].as_str().unwrap());
         assert_eq!(fs_type_at(&mp).is_some(), mounted, "{v}");
-        assert_eq!(loops_backing(&image).len(), usize::from(mounted), "{v}");
+        assert_eq!(
+            loop_devices_backing(&image).len(),
+            usize::from(mounted),
+            "{v}"
+        );
         if !mounted {
             // Usable: a good filesystem, not a half-formatted image.
             let mp = mount(d, name, "probe");
             assert_eq!(fs_type_at(&mp).as_deref(), Some("ext4"));
             d.ok(&["volume", "unmount", name, "--consumer", "probe"]);
-            wait_until(|| loops_backing(&image).is_empty(), "loop released");
+            wait_until("loop released", RELEASE, || {
+                loop_devices_backing(&image).is_empty()
+            });
         }
     }
     let on_disk: std::collections::BTreeSet<String> = std::fs::read_dir(d.data.join("images"))
