@@ -1,5 +1,6 @@
 //! The built-in drivers under the volume service, on the recording syscall
-//! layer: which calls ownership and label options lead to.
+//! layer: which calls ownership and label options lead to, and how a
+//! `local` volume with a size is made and unmade on a (simulated) btrfs.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -218,4 +219,38 @@ fn unknown_options_list_the_common_ones_too() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("valid options: size, mode, uid, gid, owner, uidmap, gidmap, ownership, allow-root, label"), "{err}");
+}
+
+#[test]
+fn a_sized_local_volume_is_a_limited_subvolume_and_a_failed_limit_leaves_none() {
+    let (sys, svc) = service();
+    sys.set_subvolumes(true);
+    let v = create(&svc, "q", "local", &[("size", "10M")]);
+    let dir = std::path::PathBuf::from("/data/volumes").join(v.mountpoint.file_name().unwrap());
+    assert_eq!(sys.subvolume_limit(&dir), Some(Some(10 << 20)));
+    svc.resize("q", 20 << 20).unwrap();
+    assert_eq!(sys.subvolume_limit(&dir), Some(Some(20 << 20)));
+
+    sys.fail_next("LimitSubvolume", libc::EPERM);
+    let err = svc
+        .create(CreateRequest {
+            name: "r".into(),
+            options: [("size".to_string(), "10M".to_string())].into(),
+            ..Default::default()
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("qgroup"), "{err}");
+    assert_eq!(sys.armed_failures(), 0);
+    let made: Vec<_> = sys
+        .calls()
+        .into_iter()
+        .filter_map(|c| match c {
+            Call::CreateSubvolume(p) if p != dir => Some(p),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(made.len(), 1);
+    assert_eq!(sys.subvolume_limit(&made[0]), None, "rolled back");
+    assert!(!sys.dir_exists(&made[0]));
+    assert_eq!(svc.list(&Default::default()).unwrap().len(), 1);
 }

@@ -97,6 +97,8 @@ pub enum CopyMethod {
     Reflink,
     /// Only the allocated ranges were copied, holes stay holes.
     SparseCopy,
+    /// A btrfs snapshot of a subvolume: constant time, shares every block.
+    Subvolume,
 }
 
 impl CopyMethod {
@@ -104,11 +106,12 @@ impl CopyMethod {
         match self {
             CopyMethod::Reflink => "reflink",
             CopyMethod::SparseCopy => "sparse-copy",
+            CopyMethod::Subvolume => "subvolume",
         }
     }
 }
 
-fn ioctl_check(rc: libc::c_int) -> io::Result<libc::c_int> {
+pub(crate) fn ioctl_check(rc: libc::c_int) -> io::Result<libc::c_int> {
     if rc < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -434,7 +437,7 @@ pub(crate) fn fs_usage(path: &Path) -> io::Result<Usage> {
     usage_of(&dir)
 }
 
-fn usage_of(fd: impl AsFd) -> io::Result<Usage> {
+pub(crate) fn usage_of(fd: impl AsFd) -> io::Result<Usage> {
     let st = rfs::fstatvfs(fd)?;
     let unit = st.f_frsize;
     Ok(Usage {

@@ -7,6 +7,7 @@
 //! makes the call fail instead of mounting somewhere else.
 
 mod block;
+mod btrfs;
 mod idmap;
 mod linux;
 mod mountinfo;
@@ -185,6 +186,26 @@ pub trait Sys: Send + Sync + 'static {
     /// Whether this process holds the capability numbered `cap` (see
     /// capabilities(7)) in its effective set.
     fn has_capability(&self, cap: u32) -> bool;
+
+    /// Whether directories made in `dir` can be subvolumes (btrfs): they
+    /// snapshot in constant time and take a size limit.
+    fn supports_subvolumes(&self, dir: &Path) -> io::Result<bool>;
+    /// Whether `path` is the root directory of a subvolume.
+    fn is_subvolume(&self, path: &Path) -> io::Result<bool>;
+    /// Creates the subvolume `path` (its parent exists, and no component
+    /// is a symlink). `AlreadyExists` if something is there.
+    fn create_subvolume(&self, path: &Path) -> io::Result<()>;
+    /// Makes the new subvolume `dst` a snapshot of the subvolume `src`,
+    /// read-only if asked, in constant time; it shares every block.
+    fn snapshot_subvolume(&self, src: &Path, dst: &Path, read_only: bool) -> io::Result<()>;
+    /// Deletes the subvolume `path` with everything in it, subvolumes a
+    /// consumer made inside included. `NotFound` if absent.
+    fn delete_subvolume(&self, path: &Path) -> io::Result<()>;
+    /// Limits the bytes the subvolume `path` may refer to, turning quota
+    /// accounting on for its filesystem if it is off.
+    fn limit_subvolume(&self, path: &Path, bytes: u64) -> io::Result<()>;
+    /// Capacity (the limit) and use of the subvolume `path`.
+    fn subvolume_usage(&self, path: &Path) -> io::Result<Usage>;
 }
 
 /// Treats "already there" as success, for idempotent creation.

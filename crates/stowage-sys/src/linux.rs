@@ -13,8 +13,8 @@ use rustix::mount::{
 use std::os::fd::AsRawFd;
 
 use crate::{
-    block, parse_mountinfo, tree, CopyMethod, DirInfo, FileId, FsInfo, IdMapping, LoopDevice,
-    MountAttrs, MountEntry, Sys, TmpfsOptions, TreeStats, Usage, UserNamespace,
+    block, btrfs, parse_mountinfo, tree, CopyMethod, DirInfo, FileId, FsInfo, IdMapping,
+    LoopDevice, MountAttrs, MountEntry, Sys, TmpfsOptions, TreeStats, Usage, UserNamespace,
 };
 
 /// Talks to the running Linux kernel.
@@ -370,6 +370,34 @@ impl Sys for LinuxSys {
 
     fn run_tool(&self, program: &str, args: &[String], ok: &[i32]) -> io::Result<()> {
         block::run_tool(program, args, ok)
+    }
+
+    fn supports_subvolumes(&self, dir: &Path) -> io::Result<bool> {
+        btrfs::on_btrfs(dir)
+    }
+
+    fn is_subvolume(&self, path: &Path) -> io::Result<bool> {
+        btrfs::is_subvolume(path)
+    }
+
+    fn create_subvolume(&self, path: &Path) -> io::Result<()> {
+        btrfs::create_subvolume(path)
+    }
+
+    fn snapshot_subvolume(&self, src: &Path, dst: &Path, read_only: bool) -> io::Result<()> {
+        btrfs::snapshot_subvolume(src, dst, read_only)
+    }
+
+    fn delete_subvolume(&self, path: &Path) -> io::Result<()> {
+        btrfs::delete_subvolume(path)
+    }
+
+    fn limit_subvolume(&self, path: &Path, bytes: u64) -> io::Result<()> {
+        btrfs::limit_subvolume(path, bytes)
+    }
+
+    fn subvolume_usage(&self, path: &Path) -> io::Result<Usage> {
+        btrfs::subvolume_usage(path)
     }
 
     fn has_capability(&self, cap: u32) -> bool {

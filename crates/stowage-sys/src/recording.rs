@@ -61,6 +61,14 @@ pub enum Call {
     InspectDevice(PathBuf),
     Freeze(PathBuf, bool),
     RunTool(String, Vec<String>),
+    CreateSubvolume(PathBuf),
+    SnapshotSubvolume {
+        src: PathBuf,
+        dst: PathBuf,
+        read_only: bool,
+    },
+    DeleteSubvolume(PathBuf),
+    LimitSubvolume(PathBuf, u64),
 }
 
 #[derive(Default)]
@@ -76,6 +84,10 @@ struct State {
     selinux: bool,
     /// Loop devices attached so far.
     loops: usize,
+    /// Whether directories may be subvolumes (a simulated btrfs).
+    subvolumes_supported: bool,
+    /// Subvolumes and their size limits.
+    subvolumes: BTreeMap<PathBuf, Option<u64>>,
     /// Failures to inject: the next call whose debug form contains the key
     /// fails with the errno.
     failures: Vec<(String, i32)>,
@@ -110,6 +122,18 @@ impl RecordingSys {
     /// Pretends `path` exists as a directory (a host directory to import).
     pub fn add_dir(&self, path: impl Into<PathBuf>) {
         self.lock().dirs.insert(path.into());
+    }
+
+    /// Pretends the data root is on btrfs, where directories may be
+    /// subvolumes (or not).
+    pub fn set_subvolumes(&self, supported: bool) {
+        self.lock().subvolumes_supported = supported;
+    }
+
+    /// The size limit of a simulated subvolume: `None` if there is no
+    /// such subvolume, `Some(None)` if it has no limit.
+    pub fn subvolume_limit(&self, path: &Path) -> Option<Option<u64>> {
+        self.lock().subvolumes.get(path).copied()
     }
 
     /// Whether the simulated `path` exists.
@@ -490,7 +514,12 @@ impl Sys for RecordingSys {
     }
 
     fn fs_usage(&self, _path: &Path) -> io::Result<Usage> {
-        Ok(Usage::default())
+        // A simulated filesystem of 1 TiB, all of it free.
+        Ok(Usage {
+            capacity_bytes: 1 << 40,
+            available_bytes: 1 << 40,
+            ..Usage::default()
+        })
     }
 
     fn freeze(&self, mountpoint: &Path, frozen: bool) -> io::Result<()> {
@@ -505,5 +534,72 @@ impl Sys for RecordingSys {
 
     fn has_capability(&self, _cap: u32) -> bool {
         true
+    }
+
+    fn supports_subvolumes(&self, _dir: &Path) -> io::Result<bool> {
+        Ok(self.lock().subvolumes_supported)
+    }
+
+    fn is_subvolume(&self, path: &Path) -> io::Result<bool> {
+        Ok(self.lock().subvolumes.contains_key(path))
+    }
+
+    fn create_subvolume(&self, path: &Path) -> io::Result<()> {
+        let mut s = self.record(Call::CreateSubvolume(path.into()))?;
+        if !s.subvolumes_supported {
+            return Err(errno(libc::ENOTTY));
+        }
+        if !s.dirs.insert(path.into()) {
+            return Err(errno(libc::EEXIST));
+        }
+        s.subvolumes.insert(path.into(), None);
+        Ok(())
+    }
+
+    fn snapshot_subvolume(&self, src: &Path, dst: &Path, read_only: bool) -> io::Result<()> {
+        let mut s = self.record(Call::SnapshotSubvolume {
+            src: src.into(),
+            dst: dst.into(),
+            read_only,
+        })?;
+        if !s.subvolumes.contains_key(src) {
+            return Err(errno(libc::EINVAL));
+        }
+        if !s.dirs.insert(dst.into()) {
+            return Err(errno(libc::EEXIST));
+        }
+        s.subvolumes.insert(dst.into(), None);
+        Ok(())
+    }
+
+    fn delete_subvolume(&self, path: &Path) -> io::Result<()> {
+        let mut s = self.record(Call::DeleteSubvolume(path.into()))?;
+        if s.subvolumes.remove(path).is_none() {
+            return Err(errno(libc::ENOENT));
+        }
+        s.dirs.remove(path);
+        Ok(())
+    }
+
+    fn limit_subvolume(&self, path: &Path, bytes: u64) -> io::Result<()> {
+        let mut s = self.record(Call::LimitSubvolume(path.into(), bytes))?;
+        match s.subvolumes.get_mut(path) {
+            Some(limit) => {
+                *limit = Some(bytes);
+                Ok(())
+            }
+            None => Err(errno(libc::ENOENT)),
+        }
+    }
+
+    fn subvolume_usage(&self, path: &Path) -> io::Result<Usage> {
+        match self.lock().subvolumes.get(path) {
+            Some(limit) => Ok(Usage {
+                capacity_bytes: limit.unwrap_or(0),
+                available_bytes: limit.unwrap_or(0),
+                ..Usage::default()
+            }),
+            None => Err(errno(libc::ENOENT)),
+        }
     }
 }

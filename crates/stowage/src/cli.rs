@@ -142,13 +142,13 @@ pub enum SnapshotCommand {
 pub struct CreateArgs {
     /// Volume name: [a-zA-Z0-9][a-zA-Z0-9_.-]*, at most 128 bytes.
     pub name: String,
-    /// Driver: local (a directory), tmpfs (memory), bind (an existing host
+    /// Driver: local (a directory; a subvolume on btrfs), tmpfs (memory), bind (an existing host
     /// directory), block (a loop-backed filesystem of a fixed size)
     /// [default: local, or the source's driver for a copy].
     #[arg(short, long)]
     pub driver: Option<String>,
     /// Driver option KEY=VALUE, repeatable.
-    /// local: uid, gid, mode.
+    /// local: uid, gid, mode, and size on a btrfs data root (a qgroup limit).
     /// tmpfs: size (64m, 1g, 50%), mode, uid, gid.
     /// bind: path (absolute, no symlinks).
     /// block: size (required: 512M, 10G), fs=ext4|xfs, inode-ratio=BYTES,

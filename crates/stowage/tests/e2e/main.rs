@@ -6,6 +6,7 @@ mod block;
 mod crash;
 mod lifecycle;
 mod ownership;
+mod subvolumes;
 
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_stowage");

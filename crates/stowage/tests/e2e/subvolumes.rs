@@ -1,0 +1,167 @@
+//! `local` volumes on a btrfs data root are subvolumes: sizes enforced as
+//! qgroup limits and grown online, snapshots and clones as subvolume
+//! snapshots. On other data roots a size or a snapshot is refused.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use stowage_testkit::{stderr_of, Daemon, ScratchFs};
+
+use crate::block::{id_of, mount, sh, snapshot_and_clone};
+use crate::BIN;
+
+/// The inode number of every btrfs subvolume's root.
+const SUBVOLUME_ROOT_INO: u64 = 256;
+
+fn btrfs_root() -> ScratchFs {
+    ScratchFs::new("btrfs", "1G", &[], "")
+}
+
+fn volume_dir(d: &Daemon, name: &str) -> PathBuf {
+    d.data.join("volumes").join(id_of(d, name))
+}
+
+fn is_subvolume(path: &Path) -> bool {
+    std::fs::metadata(path).unwrap().ino() == SUBVOLUME_ROOT_INO
+}
+
+/// Writes `mib` MiB to `file` with dd; returns dd's standard error if it
+/// failed.
+fn fill(file: &Path, mib: u32) -> Result<(), String> {
+    let out = Command::new("dd")
+        .args([
+            "if=/dev/zero",
+            &format!("of={}", file.display()),
+            "bs=1M",
+            &format!("count={mib}"),
+            "conv=fsync",
+        ])
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(stderr_of(&out))
+    }
+}
+
+/// The volume's usage after a sync, since btrfs accounts qgroups at each
+/// transaction commit.
+fn usage(d: &Daemon, name: &str, mp: &Path) -> serde_json::Value {
+    sh(&format!("sync -f {}", mp.display()));
+    d.inspect(name)["usage"].clone()
+}
+
+#[test]
+fn local_volumes_on_btrfs_are_subvolumes_with_enforced_sizes() {
+    let root = btrfs_root();
+    let d = Daemon::start_in(BIN, root.path(), &[]);
+    d.ok(&["volume", "create", "q", "-o", "size=32M"]);
+    d.ok(&["volume", "create", "other"]);
+    assert!(is_subvolume(&volume_dir(&d, "q")));
+    assert!(is_subvolume(&volume_dir(&d, "other")));
+    assert_eq!(d.inspect("q")["size_bytes"], 32u64 << 20);
+    assert!(d.inspect("other")["usage"].is_null(), "no size, no usage");
+
+    let mp = mount(&d, "q", "c");
+    let err = fill(&mp.join("fill"), 64).unwrap_err();
+    assert!(err.contains("Disk quota exceeded"), "{err}");
+    let u = usage(&d, "q", &mp);
+    assert_eq!(u["capacity_bytes"], 32u64 << 20, "{u}");
+    let used = u["used_bytes"].as_u64().unwrap();
+    assert!(used > 24 << 20 && used <= 32 << 20, "{u}");
+    assert!(u["available_bytes"].as_u64().unwrap() < 8 << 20, "{u}");
+
+    // The limit is the volume's own: other volumes, the data root and the
+    // daemon carry on.
+    let o = mount(&d, "other", "c");
+    fill(&o.join("big"), 64).unwrap();
+    d.ok(&["volume", "create", "after"]);
+
+    // Growing changes the limit online, while mounted.
+    d.ok(&["volume", "resize", "q", "--size", "96M"]);
+    std::fs::remove_file(mp.join("fill")).unwrap();
+    fill(&mp.join("fill"), 64).unwrap();
+    for i in 0..10 {
+        std::fs::write(mp.join(format!("f{i}")), b"x").unwrap();
+    }
+    let u = usage(&d, "q", &mp);
+    assert_eq!(u["capacity_bytes"], 96u64 << 20, "{u}");
+    assert!(u["used_bytes"].as_u64().unwrap() >= 64 << 20, "{u}");
+    // The root, fill and f0..f9.
+    assert_eq!(u["inodes_used"], 12, "{u}");
+    let err = d.fails(&["volume", "resize", "q", "--size", "64M"]);
+    assert!(err.contains("shrinking"), "{err}");
+    let err = d.fails(&["volume", "resize", "q", "--size", "10Q"]);
+    assert!(err.contains("unknown unit"), "{err}");
+
+    // A subvolume a consumer made inside does not stop the removal.
+    sh(&format!("btrfs -q subvolume create {}/inner", mp.display()));
+    std::fs::write(mp.join("inner/file"), b"nested").unwrap();
+    let dir = volume_dir(&d, "q");
+    d.ok(&["volume", "unmount", "q", "--consumer", "c"]);
+    d.ok(&["volume", "rm", "q"]);
+    assert!(!dir.exists());
+    let listed = sh(&format!("btrfs subvolume list {}", root.path().display()));
+    assert!(
+        !listed.contains(dir.file_name().unwrap().to_str().unwrap()),
+        "{listed}"
+    );
+}
+
+#[test]
+fn local_snapshots_on_btrfs_are_subvolume_snapshots() {
+    let root = btrfs_root();
+    // Consistency under writes, restore, clone independence: as for block.
+    let d = snapshot_and_clone(
+        root.path(),
+        &["-o", "size=200M", "-o", "uid=1000"],
+        "subvolume",
+    );
+    for (name, capacity) in [("restored", 200u64 << 20), ("twin", 500 << 20)] {
+        assert!(is_subvolume(&volume_dir(&d, name)), "{name}");
+        let dir = volume_dir(&d, name);
+        assert_eq!(std::fs::metadata(&dir).unwrap().uid(), 1000, "{name}");
+        assert_eq!(
+            d.inspect(name)["usage"]["capacity_bytes"],
+            capacity,
+            "{name}"
+        );
+    }
+    // A snapshot is a read-only subvolume.
+    d.ok(&["snapshot", "create", "twin", "frozen"]);
+    let snaps: Vec<_> = std::fs::read_dir(d.data.join("snapshots"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(snaps.len(), 1);
+    assert!(is_subvolume(&snaps[0]));
+    let err = std::fs::write(snaps[0].join("new"), b"x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(30), "EROFS: {err}");
+    d.ok(&["snapshot", "rm", "frozen"]);
+    assert_eq!(
+        std::fs::read_dir(d.data.join("snapshots")).unwrap().count(),
+        0
+    );
+}
+
+#[test]
+fn local_sizes_and_snapshots_are_refused_off_btrfs() {
+    let root = ScratchFs::new("ext4", "256M", &[], "");
+    let d = Daemon::start_in(BIN, root.path(), &[]);
+    let err = d.fails(&["volume", "create", "sized", "-o", "size=10M"]);
+    assert!(err.contains("only on a btrfs data root"), "{err}");
+    assert!(d.list().is_empty());
+    d.ok(&["volume", "create", "plain"]);
+    assert!(!is_subvolume(&volume_dir(&d, "plain")));
+    let err = d.fails(&["snapshot", "create", "plain"]);
+    assert!(err.contains("plain directory"), "{err}");
+    assert_eq!(
+        std::fs::read_dir(d.data.join("snapshots")).unwrap().count(),
+        0
+    );
+    let err = d.fails(&["volume", "create", "copy", "--clone-of", "plain"]);
+    assert!(err.contains("plain directory"), "{err}");
+    assert_eq!(d.list().len(), 1);
+}
