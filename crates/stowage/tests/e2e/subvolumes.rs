@@ -2,9 +2,11 @@
 //! qgroup limits and grown online, snapshots and clones as subvolume
 //! snapshots. On other data roots a size or a snapshot is refused.
 
+use std::collections::BTreeSet;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use stowage_testkit::{stderr_of, Daemon, ScratchFs};
 
@@ -164,4 +166,75 @@ fn local_sizes_and_snapshots_are_refused_off_btrfs() {
     let err = d.fails(&["volume", "create", "copy", "--clone-of", "plain"]);
     assert!(err.contains("plain directory"), "{err}");
     assert_eq!(d.list().len(), 1);
+}
+
+/// kill -9 at random instants of sized creates, snapshots, restores and
+/// removals: after each restart every volume and snapshot is ready and is a
+/// subvolume (volumes with their limit), and no subvolume is left over.
+#[test]
+fn kill_9_around_subvolume_work_leaves_store_and_disk_agreeing() {
+    let root = btrfs_root();
+    let mut d = Daemon::start_in(BIN, root.path(), &[]);
+    let mut rng = 0x9E37_79B9_7F4A_7C15u64;
+    let mut seen = (0, 0);
+    for round in 0..16 {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let n = round / 4 % 2;
+        let (v, s, c) = (format!("v{n}"), format!("s{n}"), format!("c{n}"));
+        let args: Vec<&str> = match round % 4 {
+            0 => vec!["volume", "create", &v, "-o", "size=16M"],
+            1 => vec!["snapshot", "create", &v, &s],
+            2 => vec!["volume", "create", &c, "--from-snapshot", &s],
+            _ => vec!["volume", "rm", "-f", &v],
+        };
+        let mut child = Command::new(BIN)
+            .arg("--host")
+            .arg(format!("unix://{}", d.socket().display()))
+            .args(&args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(rng % 15));
+        d.kill9();
+        let _ = child.wait();
+        d.spawn();
+        let (volumes, snapshots) = check_subvolume_state(&d);
+        seen = (seen.0.max(volumes), seen.1.max(snapshots));
+    }
+    // Some kills came after the work was done, so the checks above saw it.
+    assert!(seen.0 > 0 && seen.1 > 0, "{seen:?}");
+}
+
+/// Checks store against disk; returns how many volumes and snapshots
+/// there are.
+fn check_subvolume_state(d: &Daemon) -> (usize, usize) {
+    let names = |dir: &str| -> BTreeSet<String> {
+        std::fs::read_dir(d.data.join(dir))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    let mut ids = BTreeSet::new();
+    for v in d.list() {
+        assert_eq!(v["status"], "ready", "{v}");
+        let name = v["name"].as_str().unwrap();
+        let dir = volume_dir(d, name);
+        assert!(is_subvolume(&dir), "{v}");
+        assert_eq!(d.inspect(name)["usage"]["capacity_bytes"], 16 << 20, "{v}");
+        ids.insert(dir.file_name().unwrap().to_string_lossy().into_owned());
+    }
+    assert_eq!(names("volumes"), ids, "volumes on disk and in the store");
+    let snaps: serde_json::Value =
+        serde_json::from_str(&d.ok(&["snapshot", "ls", "--format", "json"])).unwrap();
+    let snaps = snaps.as_array().unwrap();
+    assert!(snaps.iter().all(|s| s["status"] == "ready"), "{snaps:?}");
+    let on_disk = names("snapshots");
+    assert_eq!(on_disk.len(), snaps.len(), "{on_disk:?} against {snaps:?}");
+    for id in &on_disk {
+        assert!(is_subvolume(&d.data.join("snapshots").join(id)), "{id}");
+    }
+    (ids.len(), snaps.len())
 }
