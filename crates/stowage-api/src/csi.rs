@@ -196,6 +196,7 @@ mod tests {
             code_of(ErrorKind::ResourceExhausted),
             Code::ResourceExhausted
         );
+        assert_eq!(code_of(ErrorKind::OutOfRange), Code::OutOfRange);
         assert_eq!(code_of(ErrorKind::Internal), Code::Internal);
     }
 

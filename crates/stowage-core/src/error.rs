@@ -21,6 +21,8 @@ pub enum ErrorKind {
     FailedPrecondition,
     /// Not enough space (or another resource) to do what was asked.
     ResourceExhausted,
+    /// A size was asked that this volume cannot have here.
+    OutOfRange,
     /// Stowage or the kernel failed.
     Internal,
 }
@@ -34,6 +36,7 @@ impl ErrorKind {
             ErrorKind::Conflict => "conflict",
             ErrorKind::FailedPrecondition => "failed_precondition",
             ErrorKind::ResourceExhausted => "resource_exhausted",
+            ErrorKind::OutOfRange => "out_of_range",
             ErrorKind::Internal => "internal",
         }
     }
@@ -46,6 +49,7 @@ impl ErrorKind {
             ErrorKind::Conflict => 409,
             ErrorKind::FailedPrecondition => 409,
             ErrorKind::ResourceExhausted => 507,
+            ErrorKind::OutOfRange => 400,
             ErrorKind::Internal => 500,
         }
     }
@@ -59,6 +63,7 @@ impl ErrorKind {
             ErrorKind::Conflict => 6,
             ErrorKind::ResourceExhausted => 8,
             ErrorKind::FailedPrecondition => 9,
+            ErrorKind::OutOfRange => 11,
             ErrorKind::Internal => 13,
         }
     }
@@ -92,6 +97,8 @@ pub enum Error {
     InvalidFilter { filter: String, reason: String },
     #[error("driver {driver} does not support {what}")]
     Unsupported { driver: String, what: String },
+    #[error("{driver} volumes cannot have a size here: {reason}")]
+    SizeUnsupported { driver: String, reason: String },
     #[error("{0}")]
     InvalidRequest(String),
     #[error("no such snapshot: {name}")]
@@ -157,6 +164,7 @@ impl Error {
             | Error::AttachmentConflict { .. }
             | Error::PathTaken { .. } => ErrorKind::Conflict,
             Error::NoSpace(_) => ErrorKind::ResourceExhausted,
+            Error::SizeUnsupported { .. } => ErrorKind::OutOfRange,
             Error::Busy { .. }
             | Error::InUse { .. }
             | Error::Precondition { .. }

@@ -88,16 +88,15 @@ impl Driver for Local {
         options::mode(opts, "mode")?;
         if options::size(opts, "size")?.is_some() && !self.subvolumes()? {
             // Never accept a size that nothing enforces.
-            return Err(Error::invalid_option(
-                "size",
-                &opts["size"],
-                format!(
-                    "local volumes enforce a size only on a btrfs data root (as a qgroup \
-                     limit), and {} is not on btrfs; use --driver block -o size=SIZE for a \
-                     volume with a size here",
+            return Err(Error::SizeUnsupported {
+                driver: self.name().into(),
+                reason: format!(
+                    "local volumes enforce one only on a btrfs data root (as a qgroup \
+                     limit), and {} is not on btrfs; use --driver block -o size=SIZE \
+                     for a volume with a size here",
                     self.layout.data_root.display()
                 ),
-            ));
+            });
         }
         Ok(())
     }

@@ -54,12 +54,23 @@ impl Controller for Csi {
             options.insert("fs".into(), fs);
         }
         let range = req.capacity_range.as_ref();
-        if takes_size(&driver) {
-            options.insert("size".into(), capability::size_for(range)?.to_string());
-        } else if capability::bounds(range)? != (0, 0) {
-            return Err(Status::out_of_range(format!(
-                "driver {driver} does not enforce sizes; use driver=block or tmpfs"
-            )));
+        let asked = capability::bounds(range)? != (0, 0);
+        match driver.as_str() {
+            "block" | "tmpfs" => {
+                options.insert("size".into(), capability::size_for(range)?.to_string());
+            }
+            // Sized only where its data root can enforce it (btrfs); the
+            // driver refuses with OUT_OF_RANGE elsewhere.
+            "local" if asked => {
+                options.insert("size".into(), capability::size_for(range)?.to_string());
+            }
+            _ if asked => {
+                return Err(Status::out_of_range(format!(
+                    "driver {driver} does not enforce sizes; use driver=block or tmpfs \
+                     (or local on a btrfs data root)"
+                )));
+            }
+            _ => {}
         }
         let (from_snapshot, clone_of) = match req
             .volume_content_source
@@ -438,11 +449,6 @@ fn csi_snapshot(s: &stowage_core::Snapshot) -> super::proto::Snapshot {
         ready_to_use: s.status == stowage_core::VolumeState::Ready,
         group_snapshot_id: String::new(),
     }
-}
-
-/// Drivers whose volumes have a size the CSI capacity sets.
-fn takes_size(driver: &str) -> bool {
-    matches!(driver, "block" | "tmpfs")
 }
 
 /// Drivers whose volumes are block devices: formatted with the fs_type a

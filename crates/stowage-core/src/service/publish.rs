@@ -355,6 +355,14 @@ impl VolumeService {
                 capacity_bytes: loaded.record.size_bytes.unwrap_or(0),
             }),
             Some(Shown::Tree(_)) => {
+                // A volume with a size has the driver's own accounting (a
+                // subvolume's qgroup); the filesystem at `path` may be the
+                // whole data root.
+                if loaded.record.size_bytes.is_some() {
+                    if let Some(usage) = self.usage(&loaded.record)? {
+                        return Ok(PathUsage::Filesystem(usage));
+                    }
+                }
                 let usage = self
                     .sys
                     .fs_usage(path)

@@ -36,9 +36,15 @@ impl Fixture {
     }
 
     pub async fn start_with(extra: &[&str]) -> Fixture {
+        Fixture::start_in(&std::env::temp_dir(), extra).await
+    }
+
+    /// A fixture whose daemon keeps its roots under `parent` (a data root
+    /// on a filesystem made for the test).
+    pub async fn start_in(parent: &Path, extra: &[&str]) -> Fixture {
         let mut args = vec!["--node-id", "csi-test-node"];
         args.extend_from_slice(extra);
-        let daemon = Daemon::start_with(BIN, &args);
+        let daemon = Daemon::start_in(BIN, parent, &args);
         let csi = CsiClient::connect(&daemon.csi_socket()).await.unwrap();
         Fixture {
             daemon,

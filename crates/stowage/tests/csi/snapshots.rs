@@ -282,3 +282,76 @@ async fn expansion_grows_a_volume_in_use() {
     f.unpublish("grow", &target).await.unwrap();
     f.unstage("grow", &staging).await.unwrap();
 }
+
+/// On a btrfs data root, `local` volumes take a capacity (a qgroup limit),
+/// report it in their stats, grow, and snapshot as subvolumes.
+#[tokio::test]
+async fn local_volumes_on_a_btrfs_data_root_have_capacities_and_snapshots() {
+    let root = stowage_testkit::ScratchFs::new("btrfs", "1G", &[], "");
+    let f = Fixture::start_in(root.path(), &[]).await;
+    let mut c = f.csi.controller.clone();
+    let v = f
+        .create(create_req("dir", "local", 20 * MIB))
+        .await
+        .unwrap();
+    assert_eq!(v.capacity_bytes, 20 * MIB);
+    let staging = f.staging("dir");
+    let target = f.target("dir");
+    f.stage("dir", &staging).await.unwrap();
+    f.publish("dir", &staging, &target, false).await.unwrap();
+    std::fs::write(target.join("data"), b"before").unwrap();
+    let stats = |f: &Fixture| {
+        let mut node = f.csi.node.clone();
+        let target = target.clone();
+        async move {
+            node.node_get_volume_stats(proto::NodeGetVolumeStatsRequest {
+                volume_id: "dir".into(),
+                volume_path: crate::s(&target),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .usage[0]
+                .total
+        }
+    };
+    assert_eq!(stats(&f).await, 20 * MIB);
+    let grown = c
+        .controller_expand_volume(proto::ControllerExpandVolumeRequest {
+            volume_id: "dir".into(),
+            capacity_range: Some(proto::CapacityRange {
+                required_bytes: 40 * MIB,
+                limit_bytes: 0,
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(grown.capacity_bytes, 40 * MIB);
+    assert_eq!(stats(&f).await, 40 * MIB);
+
+    let snap = c
+        .create_snapshot(snapshot_req("dir-snap", "dir"))
+        .await
+        .unwrap()
+        .into_inner()
+        .snapshot
+        .unwrap();
+    assert!(snap.ready_to_use);
+    std::fs::write(target.join("data"), b"after").unwrap();
+    let mut restore = create_req("dir-restored", "local", 40 * MIB);
+    restore.volume_content_source = Some(proto::VolumeContentSource {
+        r#type: Some(Source::Snapshot(SnapshotSource {
+            snapshot_id: "dir-snap".into(),
+        })),
+    });
+    f.create(restore).await.unwrap();
+    let staging2 = f.staging("dir-restored");
+    f.stage("dir-restored", &staging2).await.unwrap();
+    assert_eq!(std::fs::read(staging2.join("data")).unwrap(), b"before");
+    f.unstage("dir-restored", &staging2).await.unwrap();
+    f.unpublish("dir", &target).await.unwrap();
+    f.unstage("dir", &staging).await.unwrap();
+}
