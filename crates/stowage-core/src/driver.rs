@@ -96,8 +96,9 @@ pub trait Driver: Send + Sync + 'static {
     fn requested_size(&self, _options: &Options) -> Result<Option<u64>> {
         Ok(None)
     }
-    /// Grows the volume to `size` bytes; it is mounted at `mounted_at`
-    /// when in use. Smaller sizes have been refused by the caller.
+    /// Grows the volume to `size` bytes, or gives a volume without a size
+    /// that size; it is mounted at `mounted_at` when in use. Smaller sizes
+    /// have been refused by the caller.
     fn resize(&self, _volume: &VolumeRecord, _size: u64, _mounted_at: Option<&Path>) -> Result<()> {
         Err(self.unsupported("resizing"))
     }

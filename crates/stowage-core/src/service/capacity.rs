@@ -6,9 +6,9 @@ use crate::name::VolumeName;
 use crate::volume::{Usage, Volume, VolumeRecord};
 
 impl VolumeService {
-    /// Grows a volume to `size` bytes, online if it is in use. Asking for
-    /// the current size succeeds and changes nothing; a smaller size is
-    /// refused.
+    /// Grows a volume to `size` bytes, online if it is in use, or gives a
+    /// volume without a size one. Asking for the current size succeeds and
+    /// changes nothing; a smaller size is refused.
     pub fn resize(&self, name: &str, size: u64) -> Result<Volume> {
         logged("resize", name, || self.resize_inner(name, size))
     }
@@ -18,16 +18,16 @@ impl VolumeService {
         let _guard = self.locks.lock(name.as_str());
         let mut loaded = self.load_ready(&name)?;
         let driver = self.drivers.get(&loaded.record.driver)?.clone();
-        let Some(current) = loaded.record.size_bytes else {
-            return Err(driver.unsupported("sizes (create it with -o size=...)"));
-        };
-        if size < current {
+        // A volume without a size gets one where its driver can enforce
+        // it (a subvolume's limit); other drivers refuse.
+        let current = loaded.record.size_bytes;
+        if let Some(current) = current.filter(|c| size < *c) {
             return Err(Error::InvalidRequest(format!(
                 "volume {name} has {current} bytes; shrinking to {size} is not supported"
             )));
         }
-        if size > current {
-            self.check_space(size - current)?;
+        if current != Some(size) {
+            self.check_space(size - current.unwrap_or(0))?;
             let mounted = self.mounted_at(&loaded.record.id)?;
             driver.resize(&loaded.record, size, mounted.as_deref())?;
             loaded.record.size_bytes = Some(size);
