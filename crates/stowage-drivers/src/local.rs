@@ -5,7 +5,7 @@
 //! Elsewhere it is a plain directory, which takes no size (this refusal is
 //! deliberate: a size nothing enforces is worse than none) and no snapshot.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use stowage_core::options::{self, check_known, Options};
@@ -44,7 +44,7 @@ impl Local {
     }
 
     /// The subvolume of `volume`, refusing a plain directory for `what`.
-    fn subvolume_of(&self, volume: &VolumeRecord, what: &str) -> Result<std::path::PathBuf> {
+    fn subvolume_of(&self, volume: &VolumeRecord, what: &str) -> Result<PathBuf> {
         let dir = self.layout.volume_dir(&volume.id);
         if self.subvolume_at(&dir)? != Some(true) {
             return Err(Error::Unsupported {

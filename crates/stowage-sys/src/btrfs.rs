@@ -284,7 +284,7 @@ pub(crate) fn subvolume_usage(path: &Path) -> io::Result<Usage> {
         u64::MAX
     };
     let fs = usage_of(&dir)?;
-    let entries = tree::walk(path, 2, &|_, _, _| Ok(false))?.entries;
+    let entries = tree::walk(path, tree::parallelism(), &|_, _, _| Ok(false))?.entries;
     Ok(Usage {
         capacity_bytes: capacity.min(fs.capacity_bytes),
         used_bytes: used,

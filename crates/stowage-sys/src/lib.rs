@@ -22,7 +22,7 @@ pub use idmap::{IdMapping, IdRange, UserNamespace};
 pub use linux::LinuxSys;
 pub use mountinfo::{parse_mountinfo, MountEntry};
 pub use recording::{Call, RecordingSys};
-pub use tree::TreeStats;
+pub use tree::{parallelism, TreeStats};
 
 /// Identity of a file: device and inode, as `stat` reports them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

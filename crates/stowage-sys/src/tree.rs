@@ -29,6 +29,11 @@ pub struct TreeStats {
     pub changed: u64,
 }
 
+/// How many threads a tree walk uses: one per core.
+pub fn parallelism() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
 /// Acts on one entry: `name` relative to `dir`, or `dir` itself when
 /// `name` is empty. Returns whether it changed something.
 type Action<'a> = dyn Fn(BorrowedFd<'_>, &CStr, &Stat) -> io::Result<bool> + Sync + 'a;

@@ -55,22 +55,21 @@ impl Controller for Csi {
         }
         let range = req.capacity_range.as_ref();
         let asked = capability::bounds(range)? != (0, 0);
-        match driver.as_str() {
-            "block" | "tmpfs" => {
-                options.insert("size".into(), capability::size_for(range)?.to_string());
-            }
+        let sized = match driver.as_str() {
+            "block" | "tmpfs" => true,
             // Sized only where its data root can enforce it (btrfs); the
             // driver refuses with OUT_OF_RANGE elsewhere.
-            "local" if asked => {
-                options.insert("size".into(), capability::size_for(range)?.to_string());
-            }
+            "local" => asked,
             _ if asked => {
                 return Err(Status::out_of_range(format!(
                     "driver {driver} does not enforce sizes; use driver=block or tmpfs \
                      (or local on a btrfs data root)"
                 )));
             }
-            _ => {}
+            _ => false,
+        };
+        if sized {
+            options.insert("size".into(), capability::size_for(range)?.to_string());
         }
         let (from_snapshot, clone_of) = match req
             .volume_content_source

@@ -1,5 +1,7 @@
 //! Sizes: growing a volume, and reading its usage.
 
+use std::path::Path;
+
 use super::{logged, VolumeService};
 use crate::error::{Error, Result};
 use crate::name::VolumeName;
@@ -50,8 +52,18 @@ impl VolumeService {
 
     /// Usage of a ready volume, read under its lock.
     pub(super) fn usage(&self, record: &VolumeRecord) -> Result<Option<Usage>> {
-        let driver = self.drivers.get(&record.driver)?;
         let mounted = self.mounted_at(&record.id)?;
-        Ok(driver.usage(record, mounted.as_deref())?.map(Usage::from))
+        self.usage_at(record, mounted.as_deref())
+    }
+
+    /// Usage of a ready volume known to be mounted at `mounted_at` (or
+    /// not mounted, if `None`).
+    pub(super) fn usage_at(
+        &self,
+        record: &VolumeRecord,
+        mounted_at: Option<&Path>,
+    ) -> Result<Option<Usage>> {
+        let driver = self.drivers.get(&record.driver)?;
+        Ok(driver.usage(record, mounted_at)?.map(Usage::from))
     }
 }

@@ -175,7 +175,7 @@ impl VolumeService {
             return Ok(None);
         }
         self.sys
-            .chown_tree(target, mapping, parallelism())
+            .chown_tree(target, mapping, stowage_sys::parallelism())
             .map(Some)
             .map_err(Error::io("change owners under", target))
     }
@@ -199,7 +199,7 @@ impl VolumeService {
         } else {
             let stats = self
                 .sys
-                .relabel_tree(target, context, parallelism())
+                .relabel_tree(target, context, stowage_sys::parallelism())
                 .map_err(Error::io("relabel", target))?;
             (
                 true,
@@ -215,8 +215,4 @@ impl VolumeService {
             reason,
         })
     }
-}
-
-fn parallelism() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| n.get())
 }

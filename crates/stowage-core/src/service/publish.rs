@@ -357,9 +357,11 @@ impl VolumeService {
             Some(Shown::Tree(_)) => {
                 // A volume with a size has the driver's own accounting (a
                 // subvolume's qgroup); the filesystem at `path` may be the
-                // whole data root.
+                // whole data root. Shown as a tree, it is mounted at its
+                // mountpoint: no need to read the mount table again.
                 if loaded.record.size_bytes.is_some() {
-                    if let Some(usage) = self.usage(&loaded.record)? {
+                    let mountpoint = self.layout.mountpoint(&loaded.record.id);
+                    if let Some(usage) = self.usage_at(&loaded.record, Some(&mountpoint))? {
                         return Ok(PathUsage::Filesystem(usage));
                     }
                 }

@@ -172,6 +172,23 @@ impl Fixture {
             .map(drop)
     }
 
+    /// The bytes NodeGetVolumeStats reports as the total of `id` at `path`.
+    pub async fn total_bytes(&self, id: &str, path: &Path) -> i64 {
+        let stats = self
+            .csi
+            .node
+            .clone()
+            .node_get_volume_stats(proto::NodeGetVolumeStatsRequest {
+                volume_id: id.into(),
+                volume_path: s(path),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        stats.usage[0].total
+    }
+
     /// Mounts left under the staging and target directories.
     pub fn leftover_mounts(&self) -> Vec<PathBuf> {
         stowage_testkit::mounts_under(self.paths.path())

@@ -15,6 +15,18 @@ fn snapshot_req(name: &str, source: &str) -> proto::CreateSnapshotRequest {
     }
 }
 
+/// A ControllerExpandVolume request for `id` with this capacity range.
+fn expand_req(id: &str, required: i64, limit: i64) -> proto::ControllerExpandVolumeRequest {
+    proto::ControllerExpandVolumeRequest {
+        volume_id: id.into(),
+        capacity_range: Some(proto::CapacityRange {
+            required_bytes: required,
+            limit_bytes: limit,
+        }),
+        ..Default::default()
+    }
+}
+
 #[tokio::test]
 async fn snapshots_restore_clone_list_and_delete() {
     let f = Fixture::start().await;
@@ -201,32 +213,9 @@ async fn expansion_grows_a_volume_in_use() {
     let target = f.target("grow");
     f.stage("grow", &staging).await.unwrap();
     f.publish("grow", &staging, &target, false).await.unwrap();
-    let total_bytes = |f: &Fixture| {
-        let mut node = f.csi.node.clone();
-        let target = target.clone();
-        async move {
-            let stats = node
-                .node_get_volume_stats(proto::NodeGetVolumeStatsRequest {
-                    volume_id: "grow".into(),
-                    volume_path: crate::s(&target),
-                    ..Default::default()
-                })
-                .await
-                .unwrap()
-                .into_inner();
-            stats.usage[0].total
-        }
-    };
-    let before = total_bytes(&f).await;
+    let before = f.total_bytes("grow", &target).await;
 
-    let expand = |required: i64, limit: i64| proto::ControllerExpandVolumeRequest {
-        volume_id: "grow".into(),
-        capacity_range: Some(proto::CapacityRange {
-            required_bytes: required,
-            limit_bytes: limit,
-        }),
-        ..Default::default()
-    };
+    let expand = |required: i64, limit: i64| expand_req("grow", required, limit);
     let grown = c
         .controller_expand_volume(expand(400 * MIB, 0))
         .await
@@ -234,7 +223,7 @@ async fn expansion_grows_a_volume_in_use() {
         .into_inner();
     assert_eq!(grown.capacity_bytes, 400 * MIB);
     assert!(!grown.node_expansion_required);
-    let after = total_bytes(&f).await;
+    let after = f.total_bytes("grow", &target).await;
     assert!(after > before, "{after} > {before}");
     // Asking again, or for less, changes nothing.
     for required in [400 * MIB, 100 * MIB] {
@@ -300,37 +289,14 @@ async fn local_volumes_on_a_btrfs_data_root_have_capacities_and_snapshots() {
     f.stage("dir", &staging).await.unwrap();
     f.publish("dir", &staging, &target, false).await.unwrap();
     std::fs::write(target.join("data"), b"before").unwrap();
-    let stats = |f: &Fixture| {
-        let mut node = f.csi.node.clone();
-        let target = target.clone();
-        async move {
-            node.node_get_volume_stats(proto::NodeGetVolumeStatsRequest {
-                volume_id: "dir".into(),
-                volume_path: crate::s(&target),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .usage[0]
-                .total
-        }
-    };
-    assert_eq!(stats(&f).await, 20 * MIB);
+    assert_eq!(f.total_bytes("dir", &target).await, 20 * MIB);
     let grown = c
-        .controller_expand_volume(proto::ControllerExpandVolumeRequest {
-            volume_id: "dir".into(),
-            capacity_range: Some(proto::CapacityRange {
-                required_bytes: 40 * MIB,
-                limit_bytes: 0,
-            }),
-            ..Default::default()
-        })
+        .controller_expand_volume(expand_req("dir", 40 * MIB, 0))
         .await
         .unwrap()
         .into_inner();
     assert_eq!(grown.capacity_bytes, 40 * MIB);
-    assert_eq!(stats(&f).await, 40 * MIB);
+    assert_eq!(f.total_bytes("dir", &target).await, 40 * MIB);
 
     let snap = c
         .create_snapshot(snapshot_req("dir-snap", "dir"))

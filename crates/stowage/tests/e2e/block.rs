@@ -164,6 +164,26 @@ fn bad_block_input_is_refused_and_changes_nothing() {
     assert_eq!(d.inspect("v")["size_bytes"], 32u64 << 20);
 }
 
+/// Writes `mib` MiB to `file` with dd; returns dd's standard error if it
+/// failed.
+pub(crate) fn fill(file: &Path, mib: u32) -> Result<(), String> {
+    let out = Command::new("dd")
+        .args([
+            "if=/dev/zero",
+            &format!("of={}", file.display()),
+            "bs=1M",
+            &format!("count={mib}"),
+            "conv=fsync",
+        ])
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(stderr_of(&out))
+    }
+}
+
 /// Appends numbered 4 KiB records to `file` until stopped, fsyncing each.
 pub(crate) fn writer(file: &Path) -> std::process::Child {
     let script = format!(
@@ -356,21 +376,8 @@ fn a_full_volume_gives_enospc_and_nothing_else_breaks() {
     d.ok(&["volume", "create", "small", "-d", "block", "-o", "size=32M"]);
     d.ok(&["volume", "create", "other", "-d", "block", "-o", "size=32M"]);
     let mp = mount(&d, "small", "c");
-    let out = Command::new("dd")
-        .args([
-            "if=/dev/zero",
-            &format!("of={}/fill", mp.display()),
-            "bs=1M",
-            "count=64",
-        ])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(
-        stderr_of(&out).contains("No space left on device"),
-        "{}",
-        stderr_of(&out)
-    );
+    let err = fill(&mp.join("fill"), 64).unwrap_err();
+    assert!(err.contains("No space left on device"), "{err}");
     let usage = &d.inspect("small")["usage"];
     assert!(
         usage["available_bytes"].as_u64().unwrap() < 1 << 20,

@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use stowage_testkit::{stderr_of, Daemon, ScratchFs};
+use stowage_testkit::{Daemon, ScratchFs};
 
-use crate::block::{id_of, mount, sh, snapshot_and_clone};
+use crate::block::{fill, id_of, mount, sh, snapshot_and_clone};
 use crate::BIN;
 
 /// The inode number of every btrfs subvolume's root.
@@ -26,26 +26,6 @@ fn volume_dir(d: &Daemon, name: &str) -> PathBuf {
 
 fn is_subvolume(path: &Path) -> bool {
     std::fs::metadata(path).unwrap().ino() == SUBVOLUME_ROOT_INO
-}
-
-/// Writes `mib` MiB to `file` with dd; returns dd's standard error if it
-/// failed.
-fn fill(file: &Path, mib: u32) -> Result<(), String> {
-    let out = Command::new("dd")
-        .args([
-            "if=/dev/zero",
-            &format!("of={}", file.display()),
-            "bs=1M",
-            &format!("count={mib}"),
-            "conv=fsync",
-        ])
-        .output()
-        .unwrap();
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(stderr_of(&out))
-    }
 }
 
 /// The volume's usage after a sync, since btrfs accounts qgroups at each
