@@ -8,7 +8,7 @@ use tonic::Code;
 
 use proto::volume_capability::access_mode::Mode;
 
-use crate::{code, create_req, mount_cap, s, Fixture, MIB};
+use crate::{code, create_req, mount_cap, Fixture, MIB};
 
 async fn full_lifecycle(driver: &str, capacity: i64) {
     let f = Fixture::start().await;
@@ -36,18 +36,7 @@ async fn full_lifecycle(driver: &str, capacity: i64) {
     let refused = std::fs::write(reader.join("nope"), b"x").unwrap_err();
     assert_eq!(refused.kind(), ErrorKind::ReadOnlyFilesystem);
 
-    let stats = f
-        .csi
-        .node
-        .clone()
-        .node_get_volume_stats(proto::NodeGetVolumeStatsRequest {
-            volume_id: name.clone(),
-            volume_path: s(&writer),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let stats = f.stats(&name, &writer).await;
     let bytes = &stats.usage[0];
     let inodes = &stats.usage[1];
     assert!(bytes.total > 0 && bytes.used > 0 && bytes.available > 0);

@@ -172,10 +172,9 @@ impl Fixture {
             .map(drop)
     }
 
-    /// The bytes NodeGetVolumeStats reports as the total of `id` at `path`.
-    pub async fn total_bytes(&self, id: &str, path: &Path) -> i64 {
-        let stats = self
-            .csi
+    /// What NodeGetVolumeStats reports for `id` at `path`.
+    pub async fn stats(&self, id: &str, path: &Path) -> proto::NodeGetVolumeStatsResponse {
+        self.csi
             .node
             .clone()
             .node_get_volume_stats(proto::NodeGetVolumeStatsRequest {
@@ -185,8 +184,12 @@ impl Fixture {
             })
             .await
             .unwrap()
-            .into_inner();
-        stats.usage[0].total
+            .into_inner()
+    }
+
+    /// The bytes NodeGetVolumeStats reports as the total of `id` at `path`.
+    pub async fn total_bytes(&self, id: &str, path: &Path) -> i64 {
+        self.stats(id, path).await.usage[0].total
     }
 
     /// Mounts left under the staging and target directories.

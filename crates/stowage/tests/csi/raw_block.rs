@@ -73,18 +73,7 @@ async fn a_raw_block_volume_is_its_device_from_stage_to_delete() {
     // A device still open when unstaged goes at its last close.
     drop(other);
 
-    let stats = f
-        .csi
-        .node
-        .clone()
-        .node_get_volume_stats(proto::NodeGetVolumeStatsRequest {
-            volume_id: "raw".into(),
-            volume_path: s(&writer),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let stats = f.stats("raw", &writer).await;
     assert_eq!(stats.usage.len(), 1);
     assert_eq!(stats.usage[0].total, 64 * MIB);
 
