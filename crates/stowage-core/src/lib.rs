@@ -24,7 +24,9 @@ pub use locks::{KeyGuard, KeyedLocks};
 pub use name::VolumeName;
 pub use service::{PathUsage, ReconcileReport, VolumeService};
 pub use snapshot::{Snapshot, SnapshotRecord, SnapshotRequest};
-pub use store::{Collection, MemoryStore, Precondition, Revision, Store, StoreError, Versioned};
+pub use store::{
+    Collection, Durability, MemoryStore, Precondition, Revision, Store, StoreError, Versioned,
+};
 pub use stowage_sys::MountAttrs;
 pub use volume::{
     Attachment, CopyProgress, CreateRequest, DeviceUse, Volume, VolumeFilter, VolumeRecord,

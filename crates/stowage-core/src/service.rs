@@ -34,7 +34,7 @@ use crate::name::{validate_consumer, VolumeName};
 use crate::options::check_map_limits;
 use crate::ownership;
 use crate::snapshot::SnapshotRecord;
-use crate::store::{Collection, Precondition, Revision, Store};
+use crate::store::{Collection, Durability, Precondition, Revision, Store};
 use crate::volume::{CopyProgress, CreateRequest, Volume, VolumeFilter, VolumeRecord, VolumeState};
 
 pub use publish::PathUsage;
@@ -235,7 +235,7 @@ impl VolumeService {
                 state: VolumeState::Ready,
                 ..record
             };
-            return self.view(&self.insert(record)?.record);
+            return Ok(self.view_new(&self.insert(record)?.record));
         }
         let mut loaded = self.insert(record)?;
         let made = match &source {
@@ -251,7 +251,7 @@ impl VolumeService {
         }
         loaded.record.state = VolumeState::Ready;
         self.save(&mut loaded)?;
-        self.view(&loaded.record)
+        Ok(self.view_new(&loaded.record))
     }
 
     /// Loads the snapshot or volume a create copies from; it must be ready.
@@ -387,14 +387,14 @@ impl VolumeService {
             // removes it.
             let driver = self.drivers.get(&loaded.record.driver)?.clone();
             self.present(driver.as_ref(), &mut loaded.record)?;
-            if let Err(e) = self.save(loaded) {
+            if let Err(e) = self.save_mounts(loaded) {
                 let _ = self.withdraw(&loaded.record.id, 1);
                 return Err(e);
             }
             return Ok(target);
         }
         // Already presented: recording the consumer is the whole change.
-        self.save(loaded)?;
+        self.save_mounts(loaded)?;
         Ok(target)
     }
 
@@ -418,14 +418,14 @@ impl VolumeService {
             return Ok(());
         }
         loaded.record.consumers.remove(consumer);
-        self.save(loaded)?;
+        self.save_mounts(loaded)?;
         if loaded.record.consumers.is_empty() {
             // The record goes first: after a crash, reconcile finishes the
             // unmount of a volume that no consumer holds.
             if let Err(e) = self.withdraw(&loaded.record.id, 1) {
                 // Still mounted: the consumer keeps it.
                 loaded.record.consumers.insert(consumer.to_string());
-                self.save(loaded)?;
+                self.save_mounts(loaded)?;
                 return Err(e);
             }
         }
@@ -556,6 +556,12 @@ impl VolumeService {
         Ok(self.view_with(r, &self.mount_table()?))
     }
 
+    /// A volume just created: its mountpoint is named by a new id, so
+    /// nothing is mounted there and the mount table need not be read.
+    fn view_new(&self, r: &VolumeRecord) -> Volume {
+        self.view_with(r, &[])
+    }
+
     fn view_with(&self, r: &VolumeRecord, table: &[MountEntry]) -> Volume {
         let mountpoint = self.layout.mountpoint(&r.id);
         Volume {
@@ -627,11 +633,25 @@ impl VolumeService {
     }
 
     fn save<R: Record>(&self, loaded: &mut Loaded<R>) -> Result<()> {
-        loaded.revision = self.store.put(
+        self.save_with(loaded, Durability::Host)
+    }
+
+    /// Saves a change to what only mirrors the kernel: the consumers and
+    /// the mount they hold, the stagings of an attached device. Neither
+    /// mounts nor loop devices outlive the host, so this record need not
+    /// either; it survives a crash of the daemon, and saves the fsync that
+    /// would otherwise double the cost of a mount.
+    fn save_mounts(&self, loaded: &mut Loaded) -> Result<()> {
+        self.save_with(loaded, Durability::Process)
+    }
+
+    fn save_with<R: Record>(&self, loaded: &mut Loaded<R>, durability: Durability) -> Result<()> {
+        loaded.revision = self.store.put_with(
             R::COLLECTION,
             loaded.record.key(),
             &loaded.record.to_json(),
             Precondition::Revision(loaded.revision),
+            durability,
         )?;
         Ok(())
     }

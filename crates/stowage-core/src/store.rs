@@ -25,6 +25,20 @@ impl Collection {
     }
 }
 
+/// What a write must survive before `put` returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// A crash of the host, power loss included: fsync'd, or committed by
+    /// a quorum.
+    Host,
+    /// A crash of the daemon, not necessarily of the host. For records
+    /// that only mirror kernel state (mounts, attached loop devices),
+    /// which a reboot drops too: after a power loss the store may hold an
+    /// earlier consistent state of them, and reconcile brings the kernel
+    /// in line with whichever it holds.
+    Process,
+}
+
 /// A value with the revision of its last write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Versioned {
@@ -64,18 +78,32 @@ pub enum StoreError {
 }
 
 /// A durable store. `put` and `delete` return only once the change is
-/// durable (fsync'd, or committed by a quorum).
+/// durable (fsync'd, or committed by a quorum); `put_with` may ask for
+/// less.
 pub trait Store: Send + Sync + 'static {
     fn get(&self, collection: Collection, key: &str) -> Result<Option<Versioned>, StoreError>;
     fn list(&self, collection: Collection) -> Result<Vec<Versioned>, StoreError>;
-    /// Writes `value` if `expect` holds; returns the new revision.
+    /// Writes `value` if `expect` holds, durable as `durability` asks;
+    /// returns the new revision. Writes become durable in order: one that
+    /// survives a crash brings every earlier one with it.
+    fn put_with(
+        &self,
+        collection: Collection,
+        key: &str,
+        value: &[u8],
+        expect: Precondition,
+        durability: Durability,
+    ) -> Result<Revision, StoreError>;
+    /// [`Self::put_with`] that survives a crash of the host.
     fn put(
         &self,
         collection: Collection,
         key: &str,
         value: &[u8],
         expect: Precondition,
-    ) -> Result<Revision, StoreError>;
+    ) -> Result<Revision, StoreError> {
+        self.put_with(collection, key, value, expect, Durability::Host)
+    }
     /// Deletes `key` if it is at revision `expect`.
     fn delete(&self, collection: Collection, key: &str, expect: Revision)
         -> Result<(), StoreError>;
@@ -122,12 +150,14 @@ impl Store for MemoryStore {
             .collect())
     }
 
-    fn put(
+    /// Memory survives nothing: every durability is the same here.
+    fn put_with(
         &self,
         collection: Collection,
         key: &str,
         value: &[u8],
         expect: Precondition,
+        _: Durability,
     ) -> Result<Revision, StoreError> {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let k = (collection, key.to_string());
@@ -215,6 +245,19 @@ pub mod conformance {
         // A re-created key never reuses a revision.
         let r3 = store.put(c, "a", b"three", Precondition::Absent).unwrap();
         assert!(r3 > rb);
+
+        // A write asking less durability is the same write.
+        let rp = store
+            .put_with(
+                c,
+                "a",
+                b"four",
+                Precondition::Revision(r3),
+                Durability::Process,
+            )
+            .unwrap();
+        assert!(rp > r3);
+        assert_eq!(store.get(c, "a").unwrap().unwrap().value, b"four");
 
         // Binary values survive.
         let bytes: Vec<u8> = (0..=255).collect();

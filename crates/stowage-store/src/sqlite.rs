@@ -1,5 +1,10 @@
 //! The embedded store: one SQLite database in WAL mode with
-//! `synchronous=FULL`, so every commit is fsync'd before it returns.
+//! `synchronous=FULL`, so every commit is fsync'd before it returns. A
+//! batch of writes that only ask [`Durability::Process`] commits with
+//! `synchronous=NORMAL` instead: into the WAL without an fsync, so it
+//! survives a crash of the daemon (the kernel holds the pages) but
+//! perhaps not of the host. The WAL is sequential, so the next fsync'd
+//! commit or checkpoint makes it durable along with its own.
 //!
 //! Writes are group-committed by whichever caller finds no commit in
 //! flight: it becomes the leader and commits everything queued in one
@@ -13,7 +18,9 @@ use std::path::Path;
 use std::sync::{Condvar, Mutex};
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
-use stowage_core::store::{Collection, Precondition, Revision, Store, StoreError, Versioned};
+use stowage_core::store::{
+    Collection, Durability, Precondition, Revision, Store, StoreError, Versioned,
+};
 use tracing::debug;
 
 /// Most writes folded into one transaction.
@@ -44,6 +51,7 @@ enum Write {
         key: String,
         value: Vec<u8>,
         expect: Precondition,
+        durability: Durability,
     },
     Delete {
         collection: Collection,
@@ -66,9 +74,40 @@ pub struct SqliteStore {
     queue: Mutex<Queue>,
     committed: Condvar,
     /// Only the current leader uses it.
-    writer: Mutex<Connection>,
+    writer: Mutex<Writer>,
     readers: Mutex<Vec<Connection>>,
     path: std::path::PathBuf,
+}
+
+/// The write connection, and the durability its `synchronous` setting
+/// gives now.
+struct Writer {
+    conn: Connection,
+    durability: Durability,
+}
+
+impl Writer {
+    /// Sets `synchronous` for the next commit; a no-op when it is set.
+    fn commit_as(&mut self, durability: Durability) -> rusqlite::Result<()> {
+        if self.durability != durability {
+            let level = match durability {
+                Durability::Host => "FULL",
+                Durability::Process => "NORMAL",
+            };
+            self.conn.pragma_update(None, "synchronous", level)?;
+            self.durability = durability;
+        }
+        Ok(())
+    }
+}
+
+impl Write {
+    fn durability(&self) -> Durability {
+        match self {
+            Write::Put { durability, .. } => *durability,
+            Write::Delete { .. } => Durability::Host,
+        }
+    }
 }
 
 fn backend(e: rusqlite::Error) -> StoreError {
@@ -125,7 +164,10 @@ impl SqliteStore {
         Ok(SqliteStore {
             queue: Mutex::default(),
             committed: Condvar::new(),
-            writer: Mutex::new(conn),
+            writer: Mutex::new(Writer {
+                conn,
+                durability: Durability::Host,
+            }),
             readers: Mutex::new(Vec::new()),
             path: path.to_path_buf(),
         })
@@ -151,8 +193,8 @@ impl SqliteStore {
             let batch: Vec<(u64, Write)> = q.waiting.drain(..n).collect();
             drop(q);
             let results = {
-                let mut conn = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-                commit_batch(&mut conn, &batch)
+                let mut writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+                commit_batch(&mut writer, &batch)
             };
             q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
             q.committing = false;
@@ -188,13 +230,25 @@ impl SqliteStore {
     }
 }
 
-/// Applies a batch in one transaction. A failed precondition fails only its
-/// own write; a database error fails the whole batch, which is rolled back.
+/// Applies a batch in one transaction, as durable as its most demanding
+/// write asks. A failed precondition fails only its own write; a database
+/// error fails the whole batch, which is rolled back.
 fn commit_batch(
-    conn: &mut Connection,
+    writer: &mut Writer,
     batch: &[(u64, Write)],
 ) -> rusqlite::Result<Vec<Result<Revision, StoreError>>> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let durability = if batch
+        .iter()
+        .any(|(_, w)| w.durability() == Durability::Host)
+    {
+        Durability::Host
+    } else {
+        Durability::Process
+    };
+    writer.commit_as(durability)?;
+    let tx = writer
+        .conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut revision: Revision =
         tx.query_row("SELECT value FROM meta WHERE key = 'revision'", [], |r| {
             r.get(0)
@@ -286,18 +340,20 @@ impl Store for SqliteStore {
         })
     }
 
-    fn put(
+    fn put_with(
         &self,
         collection: Collection,
         key: &str,
         value: &[u8],
         expect: Precondition,
+        durability: Durability,
     ) -> Result<Revision, StoreError> {
         self.write(Write::Put {
             collection,
             key: key.to_string(),
             value: value.to_vec(),
             expect,
+            durability,
         })
     }
 
@@ -355,6 +411,57 @@ mod tests {
             .put(Collection::Volumes, "a", b"z", Precondition::Absent)
             .unwrap();
         assert!(next > r, "revisions never repeat across restarts");
+    }
+
+    #[test]
+    fn process_durable_writes_outlive_a_writer_that_never_closes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let store = SqliteStore::open(&path).unwrap();
+        let r = store
+            .put(Collection::Volumes, "a", b"host", Precondition::Absent)
+            .unwrap();
+        store
+            .put_with(
+                Collection::Volumes,
+                "a",
+                b"process",
+                Precondition::Revision(r),
+                Durability::Process,
+            )
+            .unwrap();
+        // As after kill -9: no close, no checkpoint; only the WAL has it.
+        std::mem::forget(store);
+        let reopened = SqliteStore::open(&path).unwrap();
+        let got = reopened.get(Collection::Volumes, "a").unwrap().unwrap();
+        assert_eq!(got.value, b"process");
+    }
+
+    #[test]
+    fn each_commit_syncs_as_its_batch_asks() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("s.db")).unwrap();
+        let synchronous = || -> i64 {
+            let writer = store.writer.lock().unwrap();
+            writer
+                .conn
+                .pragma_query_value(None, "synchronous", |r| r.get(0))
+                .unwrap()
+        };
+        let (normal, full) = (1, 2);
+        assert_eq!(synchronous(), full);
+        let mut expect = Precondition::Absent;
+        for (durability, level) in [
+            (Durability::Process, normal),
+            (Durability::Process, normal),
+            (Durability::Host, full),
+        ] {
+            let r = store
+                .put_with(Collection::Volumes, "a", b"v", expect, durability)
+                .unwrap();
+            expect = Precondition::Revision(r);
+            assert_eq!(synchronous(), level, "after a {durability:?} write");
+        }
     }
 
     #[test]

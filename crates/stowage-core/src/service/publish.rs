@@ -121,7 +121,7 @@ impl VolumeService {
             if new {
                 // The record goes first: reconcile detaches a device that
                 // no recorded staging path holds.
-                self.save(&mut loaded)?;
+                self.save_mounts(&mut loaded)?;
             }
             let bound = self.bind_device(&loaded.record, staging, read_only, first);
             if bound.is_err() && new {
@@ -173,12 +173,12 @@ impl VolumeService {
         };
         device_use.stagings.remove(staging);
         if !device_use.stagings.is_empty() {
-            return self.save(loaded);
+            return self.save_mounts(loaded);
         }
         loaded.record.device = None;
         // The record goes first: reconcile detaches the device of a
         // volume that nothing holds.
-        self.save(loaded)?;
+        self.save_mounts(loaded)?;
         self.drivers
             .get(&loaded.record.driver)?
             .detach_device(&loaded.record)

@@ -105,7 +105,7 @@ impl VolumeService {
         if have == 0 {
             let driver = self.drivers.get(&loaded.record.driver)?.clone();
             self.present(driver.as_ref(), &mut loaded.record)?;
-            self.save(&mut loaded)?;
+            self.save_mounts(&mut loaded)?;
             report.mounts_restored += 1;
         } else if have > 1 {
             // Stacked by an interrupted retry: keep the bottom one.
