@@ -57,14 +57,16 @@ pub fn stowage_bin() -> Result<String> {
     Ok(bin.to_str().context("binary path")?.to_string())
 }
 
-/// A daemon whose data root is on the root filesystem (under /var/tmp),
-/// like /var/lib/stowage: fsync and mkfs cost what they cost for a real
-/// data root.
+/// A daemon with its roots where `stowage serve` puts them by default:
+/// the data root on the root filesystem (under /var/tmp, like
+/// /var/lib/stowage), so fsync and mkfs cost what they cost for a real
+/// data root, and the run root, which holds the mountpoints, on the tmpfs
+/// /run.
 pub fn daemon_on_root_fs() -> Result<Daemon> {
-    Ok(Daemon::start_in(
+    Ok(Daemon::start_apart(
         &stowage_bin()?,
         Path::new("/var/tmp"),
-        &[],
+        Path::new("/run"),
     ))
 }
 

@@ -20,6 +20,8 @@ pub struct Daemon {
     pub bin: PathBuf,
     /// Removed (with everything in it) when the daemon is dropped.
     _dir: tempfile::TempDir,
+    /// The run root's own directory, when it lives apart from `_dir`.
+    _run_dir: Option<tempfile::TempDir>,
     pub data: PathBuf,
     pub run: PathBuf,
     /// Extra arguments of `stowage serve`.
@@ -50,7 +52,28 @@ impl Daemon {
             data: base.join("data"),
             run: base.join("run"),
             _dir: dir,
+            _run_dir: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            child: None,
+        };
+        d.spawn();
+        d
+    }
+
+    /// Starts a daemon whose data root lives under `data_parent` and run
+    /// root under `run_parent`: on two filesystems, as `serve` puts them
+    /// by default (/var/lib and the tmpfs /run).
+    pub fn start_apart(bin: &str, data_parent: &Path, run_parent: &Path) -> Daemon {
+        require_root();
+        let run_dir = tempfile::tempdir_in(run_parent).unwrap();
+        let dir = tempfile::tempdir_in(data_parent).unwrap();
+        let mut d = Daemon {
+            bin: bin.into(),
+            data: dir.path().canonicalize().unwrap().join("data"),
+            run: run_dir.path().canonicalize().unwrap(),
+            _dir: dir,
+            _run_dir: Some(run_dir),
+            extra: Vec::new(),
             child: None,
         };
         d.spawn();
@@ -195,9 +218,11 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
-        // Leave no mount behind for the temporary directory's removal.
-        for m in mounts_under(&self.base()).iter().rev() {
-            let _ = rustix::mount::unmount(m, rustix::mount::UnmountFlags::DETACH);
+        // Leave no mount behind for the temporary directories' removal.
+        for dir in [self.base(), self.run.clone()] {
+            for m in mounts_under(&dir).iter().rev() {
+                let _ = rustix::mount::unmount(m, rustix::mount::UnmountFlags::DETACH);
+            }
         }
     }
 }
