@@ -238,7 +238,7 @@ async fn snapshots(bin: &str, runs: usize, case: &SnapshotCase) -> Result<()> {
     Ok(())
 }
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
     require_root();
     let (mut runs, mut runtime, mut parts) = (3usize, 30u32, "io,snapshot".to_string());

@@ -175,7 +175,7 @@ async fn rest_run(conn: &mut Conn, driver: &str, name: &str) -> Result<()> {
     Ok(())
 }
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
     let s = RunSettings::from_args()?;
     let daemon = daemon_on_root_fs()?;

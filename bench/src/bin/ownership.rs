@@ -108,7 +108,7 @@ async fn release(conn: &mut Conn, name: &str) -> Result<()> {
     Ok(())
 }
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
     require_root();
     let mut sizes = vec![10_000usize, 100_000, 1_000_000];
@@ -155,7 +155,7 @@ async fn bench(base: &Path, mnt: &Path, sizes: &[usize], runs: usize) -> Result<
         "bench/ownership: make a tree owned by {DISK} usable as 184:998 (ext4 on loop, warm cache)"
     );
     println!(
-        "idmap and fallback: create + mount over the REST socket (4 fsync'd commits included)"
+        "idmap and fallback: create + mount over the REST socket (create's commit is fsync'd)"
     );
     println!("medians of {runs} runs (1 run of chown -R and of the fallback above 100k files)\n");
     println!(
