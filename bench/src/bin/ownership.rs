@@ -63,9 +63,13 @@ fn reset(root: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Writes back the filesystem holding `root` (untimed).
+/// Writes back the filesystem holding `root`, then every filesystem: the
+/// loop device's writes dirty its image file on the root filesystem, whose
+/// writeback would otherwise slow the store's fsyncs in the next timed
+/// run (untimed).
 fn settle(root: &Path) {
     run("sync", &["-f", root.to_str().unwrap()]);
+    run("sync", &[]);
 }
 
 /// create + mount through the REST socket; returns the time and the
