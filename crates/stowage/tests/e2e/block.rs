@@ -161,6 +161,10 @@ fn bad_block_input_is_refused_and_changes_nothing() {
     d.ok(&["volume", "create", "dir"]);
     let err = d.fails(&["volume", "resize", "dir", "--size", "1G"]);
     assert!(err.contains("does not support sizes"), "{err}");
+    // A tmpfs keeps nothing on the data root: no space check, its own answer.
+    d.ok(&["volume", "create", "ram", "-d", "tmpfs"]);
+    let err = d.fails(&["volume", "resize", "ram", "--size", "1P"]);
+    assert!(err.contains("does not support resizing"), "{err}");
     assert_eq!(d.inspect("v")["size_bytes"], 32u64 << 20);
 }
 
