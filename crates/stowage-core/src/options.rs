@@ -7,6 +7,14 @@ use crate::error::{Error, Result};
 /// Driver options as the user gave them.
 pub type Options = BTreeMap<String, String>;
 
+/// Options from literal pairs, as code and tests write them.
+pub fn from_pairs(pairs: &[(&str, &str)]) -> Options {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
 /// Longest option or label value accepted, in bytes.
 const MAX_VALUE_LEN: usize = 4096;
 /// Most labels or options on one volume.
@@ -188,12 +196,7 @@ mod tests {
         }
     }
 
-    fn opts(pairs: &[(&str, &str)]) -> Options {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use super::from_pairs as opts;
 
     #[test]
     fn unknown_option_lists_valid_ones() {

@@ -376,12 +376,7 @@ pub struct LabelReport {
 mod tests {
     use super::*;
 
-    fn opts(pairs: &[(&str, &str)]) -> Options {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::options::from_pairs as opts;
 
     fn range(disk: u32, container: u32, count: u32) -> IdRange {
         IdRange {

@@ -2,7 +2,6 @@
 //! layer: which calls ownership and label options lead to, and how a
 //! `local` volume with a size is made and unmade on a (simulated) btrfs.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use stowage_core::{CreateRequest, Layout, MemoryStore, Volume, VolumeService};
@@ -23,10 +22,7 @@ fn create(svc: &VolumeService, name: &str, driver: &str, opts: &[(&str, &str)]) 
     svc.create(CreateRequest {
         name: name.into(),
         driver: Some(driver.into()),
-        options: opts
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect::<BTreeMap<_, _>>(),
+        options: stowage_core::options::from_pairs(opts),
         ..Default::default()
     })
     .unwrap()

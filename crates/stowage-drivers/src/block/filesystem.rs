@@ -188,12 +188,7 @@ fn bounded(opts: &Options, key: &str, min: u64, max: u64) -> Result<Option<u64>>
 mod tests {
     use super::*;
 
-    fn opts(pairs: &[(&str, &str)]) -> Options {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use stowage_core::options::from_pairs as opts;
 
     #[test]
     fn mkfs_options_are_rewritten_never_passed_through() {
