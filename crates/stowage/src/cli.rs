@@ -57,8 +57,8 @@ pub struct ServeArgs {
     pub docker_spec: Option<String>,
     /// Where to serve CSI: unix:///path.sock, as Kubernetes sidecars pass
     /// it [default: unix://RUN_ROOT/csi.sock].
-    #[arg(long, value_name = "URL", env = "CSI_ENDPOINT")]
-    pub csi_endpoint: Option<String>,
+    #[arg(long, value_name = "URL", env = "CSI_ENDPOINT", value_parser = crate::daemon::CsiEndpoint::parse)]
+    pub csi_endpoint: Option<crate::daemon::CsiEndpoint>,
     /// The name orchestrators know this host by [default: the hostname].
     #[arg(long, value_name = "ID", env = "STOWAGE_NODE_ID")]
     pub node_id: Option<String>,

@@ -27,8 +27,9 @@ pub struct Config {
     pub plugin_dir: PathBuf,
     /// Name under which to register with Docker through a spec file.
     pub docker_spec: Option<String>,
-    /// The CSI socket, as a `unix://` URL; under the run root if unset.
-    pub csi_endpoint: Option<String>,
+    /// The CSI socket, written as a `unix://` URL; under the run root if
+    /// unset.
+    pub csi_endpoint: Option<CsiEndpoint>,
     /// The node id given to orchestrators; the hostname if unset.
     pub node_id: Option<String>,
 }
@@ -80,9 +81,6 @@ impl Config {
         if let Some(id) = &args.node_id {
             config.node_id = Some(id.clone());
         }
-        if let Some(url) = &config.csi_endpoint {
-            unix_endpoint(url)?;
-        }
         for (what, p) in [
             ("data root", &config.data_root),
             ("run root", &config.run_root),
@@ -96,18 +94,32 @@ impl Config {
     }
 }
 
-/// The socket path of a `unix://` endpoint URL (`unix:///abs/path`, or
-/// `unix:/abs/path` as some orchestrators write it).
-fn unix_endpoint(url: &str) -> Result<PathBuf> {
-    let path = url
-        .strip_prefix("unix://")
-        .or_else(|| url.strip_prefix("unix:"))
-        .with_context(|| format!("the CSI endpoint must be a unix:// URL, got {url:?}"))?;
-    let path = PathBuf::from(path);
-    if !path.is_absolute() {
-        bail!("the CSI endpoint must name an absolute path, got {url:?}");
+/// Where to serve CSI: the socket path of a `unix://` endpoint URL
+/// (`unix:///abs/path`, or `unix:/abs/path` as some orchestrators write
+/// it), checked when the flag or the config file is read.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct CsiEndpoint(pub PathBuf);
+
+impl CsiEndpoint {
+    pub fn parse(url: &str) -> Result<CsiEndpoint> {
+        let path = url
+            .strip_prefix("unix://")
+            .or_else(|| url.strip_prefix("unix:"))
+            .with_context(|| format!("the CSI endpoint must be a unix:// URL, got {url:?}"))?;
+        let path = PathBuf::from(path);
+        if !path.is_absolute() {
+            bail!("the CSI endpoint must name an absolute path, got {url:?}");
+        }
+        Ok(CsiEndpoint(path))
     }
-    Ok(path)
+}
+
+impl TryFrom<String> for CsiEndpoint {
+    type Error = anyhow::Error;
+    fn try_from(url: String) -> Result<CsiEndpoint> {
+        CsiEndpoint::parse(&url)
+    }
 }
 
 /// The host's name, as the node id orchestrators know it by.
@@ -192,7 +204,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         write_docker_spec(Path::new(DOCKER_SPEC_DIR), name, &plugin_socket)?;
     }
     let csi_socket = match &config.csi_endpoint {
-        Some(url) => unix_endpoint(url)?,
+        Some(endpoint) => endpoint.0.clone(),
         None => layout.csi_socket(),
     };
     if let Some(dir) = csi_socket.parent() {
@@ -306,10 +318,12 @@ mod tests {
             ("unix:///csi/csi.sock", "/csi/csi.sock"),
             ("unix:/csi/csi.sock", "/csi/csi.sock"),
         ] {
-            assert_eq!(unix_endpoint(url).unwrap(), PathBuf::from(path));
+            assert_eq!(CsiEndpoint::parse(url).unwrap().0, PathBuf::from(path));
         }
         for bad in ["tcp://127.0.0.1:1234", "unix://relative.sock", "/csi.sock"] {
-            assert!(unix_endpoint(bad).is_err(), "{bad}");
+            assert!(CsiEndpoint::parse(bad).is_err(), "{bad}");
+            let toml = format!("csi_endpoint = {bad:?}");
+            assert!(toml::from_str::<Config>(&toml).is_err(), "{bad}");
         }
     }
 
