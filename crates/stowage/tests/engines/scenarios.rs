@@ -12,6 +12,16 @@ fn unique(kind: Kind, name: &str) -> String {
     format!("{name}-{}", kind.name())
 }
 
+/// The arguments of `run --network=none FLAGS… IMAGE COMMAND…`: every
+/// container here is offline and runs the test image.
+fn run<'a>(flags: &[&'a str], command: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["run", "--network=none"];
+    args.extend(flags);
+    args.push(IMAGE);
+    args.extend(command);
+    args
+}
+
 /// `volume create` through the engine with Stowage as the driver.
 fn create(env: &Env, kind: Kind, name: &str, opts: &[&str]) {
     let mut args = vec!["volume", "create", "--driver", &env.plugin];
@@ -55,13 +65,12 @@ fn wait_released(env: &Env, name: &str) {
 
 /// Starts a detached container that sleeps, with `volumes` (`-v` values).
 fn sleeper(env: &Env, kind: Kind, name: &str, volumes: &[&str], script: &str) {
-    let mut args = vec!["run", "-d", "--name", name, "--network=none"];
+    let mut flags = vec!["-d", "--name", name];
     for v in volumes {
-        args.extend(["-v", v]);
+        flags.extend(["-v", v]);
     }
     let script = format!("{script} sleep 600");
-    args.extend([IMAGE, "sh", "-c", &script]);
-    env.engine(kind, &args);
+    env.engine(kind, &run(&flags, &["sh", "-c", &script]));
 }
 
 fn remove_volume(env: &Env, kind: Kind, name: &str) {
@@ -79,20 +88,14 @@ pub fn mongodb_persistent_data(env: &Env, kind: Kind) {
     let first = unique(kind, "mongo-1");
     let out = env.engine(
         kind,
-        &[
-            "run",
-            "--name",
-            &first,
-            "--network=none",
-            "--user",
-            "184:998",
-            "-v",
-            &mount,
-            IMAGE,
-            "sh",
-            "-c",
-            "echo 'record 1' > /var/lib/mongodb/collection.wt && id -u && id -g",
-        ],
+        &run(
+            &["--name", &first, "--user", "184:998", "-v", &mount],
+            &[
+                "sh",
+                "-c",
+                "echo 'record 1' > /var/lib/mongodb/collection.wt && id -u && id -g",
+            ],
+        ),
     );
     assert_eq!(out, "184\n998\n");
     env.engine(kind, &["rm", &first]);
@@ -100,17 +103,8 @@ pub fn mongodb_persistent_data(env: &Env, kind: Kind) {
 
     // The "upgrade": a new container finds the data.
     let upgrade = unique(kind, "mongo-2");
-    let mut args = vec![
-        "run",
-        "-d",
-        "--name",
-        &upgrade,
-        "--network=none",
-        "--user",
-        "184:998",
-    ];
-    args.extend(["-v", &mount, IMAGE, "sleep", "600"]);
-    env.engine(kind, &args);
+    let flags = ["-d", "--name", &upgrade, "--user", "184:998", "-v", &mount];
+    env.engine(kind, &run(&flags, &["sleep", "600"]));
     let data = env.engine(
         kind,
         &["exec", &upgrade, "cat", "/var/lib/mongodb/collection.wt"],
@@ -145,51 +139,23 @@ pub fn pulp_shared_content(env: &Env, kind: Kind) {
         && ln -s /var/lib/pulp/content/pkg-1.0.rpm /var/www/pub/pkg-1.0.rpm";
     env.engine(
         kind,
-        &[
-            "run",
-            "--rm",
-            "--network=none",
-            "-v",
-            &lib_rw,
-            "-v",
-            &www_rw,
-            IMAGE,
-            "sh",
-            "-c",
-            worker,
-        ],
+        &run(
+            &["--rm", "-v", &lib_rw, "-v", &www_rw],
+            &["sh", "-c", worker],
+        ),
     );
     let web = env.engine(
         kind,
-        &[
-            "run",
-            "--rm",
-            "--network=none",
-            "-v",
-            &lib_ro,
-            "-v",
-            &www_ro,
-            IMAGE,
-            "cat",
-            "/var/www/pub/pkg-1.0.rpm",
-        ],
+        &run(
+            &["--rm", "-v", &lib_ro, "-v", &www_ro],
+            &["cat", "/var/www/pub/pkg-1.0.rpm"],
+        ),
     );
     assert_eq!(web, "package bits\n");
     for target in ["/var/www/pub/new", "/var/lib/pulp/content/new"] {
         let err = env.engine_fails(
             kind,
-            &[
-                "run",
-                "--rm",
-                "--network=none",
-                "-v",
-                &lib_ro,
-                "-v",
-                &www_ro,
-                IMAGE,
-                "touch",
-                target,
-            ],
+            &run(&["--rm", "-v", &lib_ro, "-v", &www_ro], &["touch", target]),
         );
         assert!(err.contains("Read-only file system"), "{err}");
     }
@@ -215,46 +181,27 @@ pub fn pulp_shared_content(env: &Env, kind: Kind) {
         && ln -s /var/lib/pulp/content/pkg-2.0.rpm /var/www/pub/pkg-2.0.rpm";
     env.engine(
         kind,
-        &[
-            "run",
-            "--rm",
-            "--network=none",
-            "--volumes-from",
-            &content,
-            IMAGE,
-            "sh",
-            "-c",
-            worker,
-        ],
+        &run(&["--rm", "--volumes-from", &content], &["sh", "-c", worker]),
     );
     let from_ro = format!("{content}:ro");
     let web = env.engine(
         kind,
-        &[
-            "run",
-            "--rm",
-            "--network=none",
-            "--volumes-from",
-            &from_ro,
-            IMAGE,
-            "cat",
-            "/var/www/pub/pkg-2.0.rpm",
-            "/var/www/pub/pkg-1.0.rpm",
-        ],
+        &run(
+            &["--rm", "--volumes-from", &from_ro],
+            &[
+                "cat",
+                "/var/www/pub/pkg-2.0.rpm",
+                "/var/www/pub/pkg-1.0.rpm",
+            ],
+        ),
     );
     assert_eq!(web, "version 2\npackage bits\n");
     let err = env.engine_fails(
         kind,
-        &[
-            "run",
-            "--rm",
-            "--network=none",
-            "--volumes-from",
-            &from_ro,
-            IMAGE,
-            "touch",
-            "/var/www/pub/x",
-        ],
+        &run(
+            &["--rm", "--volumes-from", &from_ro],
+            &["touch", "/var/www/pub/x"],
+        ),
     );
     assert!(err.contains("Read-only file system"), "{err}");
     env.engine(kind, &["rm", &content]);
@@ -274,20 +221,17 @@ pub fn copy_up(env: &Env, kind: Kind) {
     let mount = format!("{v}:/seed");
     let out = env.engine(
         kind,
-        &[
-            "run",
-            "--rm",
-            "--network=none",
-            "-v",
-            &mount,
-            IMAGE,
-            "stat",
-            "-c",
-            "%n %u:%g %a",
-            "/seed",
-            "/seed/config.txt",
-            "/seed/sub/nested.txt",
-        ],
+        &run(
+            &["--rm", "-v", &mount],
+            &[
+                "stat",
+                "-c",
+                "%n %u:%g %a",
+                "/seed",
+                "/seed/config.txt",
+                "/seed/sub/nested.txt",
+            ],
+        ),
     );
     let host = env.stowage(&["volume", "mount", &v, "--consumer", "host-check"]);
     let root = PathBuf::from(host.trim());
@@ -355,17 +299,10 @@ pub fn volumes_are_shared_with_stowage(env: &Env, kind: Kind) {
     let mount = format!("{from_stowage}:/d");
     let out = env.engine(
         kind,
-        &[
-            "run",
-            "--rm",
-            "--network=none",
-            "-v",
-            &mount,
-            IMAGE,
-            "sh",
-            "-c",
-            "echo hi > /d/f && cat /d/f",
-        ],
+        &run(
+            &["--rm", "-v", &mount],
+            &["sh", "-c", "echo hi > /d/f && cat /d/f"],
+        ),
     );
     assert_eq!(out, "hi\n");
     for v in [&from_engine, &from_stowage] {
@@ -418,17 +355,10 @@ pub fn missing_backing_directory(env: &Env, kind: Kind) {
     std::fs::remove_dir_all(env.base.join("data/volumes").join(&id)).unwrap();
     let err = env.engine_fails(
         kind,
-        &[
-            "run",
-            "--rm",
-            "--network=none",
-            "-v",
-            &format!("{v}:/d"),
-            IMAGE,
-            "sh",
-            "-c",
-            "echo leaked > /d/f",
-        ],
+        &run(
+            &["--rm", "-v", &format!("{v}:/d")],
+            &["sh", "-c", "echo leaked > /d/f"],
+        ),
     );
     assert!(err.contains("No such file or directory"), "{err}");
     assert!(
@@ -479,18 +409,7 @@ pub fn stowage_stopped_mid_run(env: &Env, kind: Kind) {
 
     env.stowage.lock().unwrap_or_else(|e| e.into_inner()).stop();
     let idle_mount = format!("{idle}:/d");
-    let err = env.engine_fails(
-        kind,
-        &[
-            "run",
-            "--rm",
-            "--network=none",
-            "-v",
-            &idle_mount,
-            IMAGE,
-            "true",
-        ],
-    );
+    let err = env.engine_fails(kind, &run(&["--rm", "-v", &idle_mount], &["true"]));
     assert!(err.contains("connection refused"), "{err}");
     // The running container keeps its data.
     assert_eq!(env.engine(kind, &["exec", &c, "cat", "/d/f"]), "before\n");
@@ -499,33 +418,9 @@ pub fn stowage_stopped_mid_run(env: &Env, kind: Kind) {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .spawn();
-    let out = env.engine(
-        kind,
-        &[
-            "run",
-            "--rm",
-            "--network=none",
-            "-v",
-            &mount,
-            IMAGE,
-            "cat",
-            "/d/f",
-        ],
-    );
+    let out = env.engine(kind, &run(&["--rm", "-v", &mount], &["cat", "/d/f"]));
     assert_eq!(out, "before\n");
-    let out = env.engine(
-        kind,
-        &[
-            "run",
-            "--rm",
-            "--network=none",
-            "-v",
-            &idle_mount,
-            IMAGE,
-            "ls",
-            "/d",
-        ],
-    );
+    let out = env.engine(kind, &run(&["--rm", "-v", &idle_mount], &["ls", "/d"]));
     assert_eq!(out, "");
     env.engine(kind, &["rm", "-f", &c]);
     wait_released(env, &v);
@@ -565,19 +460,7 @@ pub fn restart_engine_and_stowage(env: &Env, kind: Kind) {
             "{v} not listed after restart:\n{listed}"
         );
     }
-    let out = env.engine(
-        kind,
-        &[
-            "run",
-            "--rm",
-            "--network=none",
-            "-v",
-            &mount,
-            IMAGE,
-            "cat",
-            "/d/a",
-        ],
-    );
+    let out = env.engine(kind, &run(&["--rm", "-v", &mount], &["cat", "/d/a"]));
     assert_eq!(out, "alive\nagain\n");
     assert!(is_mounted(env, &v));
     env.engine(kind, &["rm", "-f", &c]);
@@ -599,17 +482,7 @@ pub fn implicit_create(env: &Env, kind: Kind) {
         Kind::Docker => {
             let out = env.engine(
                 kind,
-                &[
-                    "run",
-                    "--rm",
-                    "--network=none",
-                    "--mount",
-                    &spec,
-                    IMAGE,
-                    "sh",
-                    "-c",
-                    script,
-                ],
+                &run(&["--rm", "--mount", &spec], &["sh", "-c", script]),
             );
             assert_eq!(out, "184\n");
             let info = env.inspect(&v);
@@ -620,18 +493,7 @@ pub fn implicit_create(env: &Env, kind: Kind) {
             remove_volume(env, kind, &v);
         }
         Kind::Podman => {
-            let err = env.engine_fails(
-                kind,
-                &[
-                    "run",
-                    "--rm",
-                    "--network=none",
-                    "--mount",
-                    &spec,
-                    IMAGE,
-                    "true",
-                ],
-            );
+            let err = env.engine_fails(kind, &run(&["--rm", "--mount", &spec], &["true"]));
             assert!(err.contains("volume-driver"), "{err}");
             assert!(!env.stowage_raw(&["volume", "inspect", &v]).status.success());
         }
@@ -671,19 +533,10 @@ pub fn owner_maps_a_host_directory(env: &Env, kind: Kind) {
         && stat -c '%u:%g' /var/lib/mongodb /var/lib/mongodb/collection.wt /var/lib/mongodb/journal";
     let out = env.engine(
         kind,
-        &[
-            "run",
-            "--rm",
-            "--network=none",
-            "--user",
-            "184:998",
-            "-v",
-            &mount,
-            IMAGE,
-            "sh",
-            "-c",
-            script,
-        ],
+        &run(
+            &["--rm", "--user", "184:998", "-v", &mount],
+            &["sh", "-c", script],
+        ),
     );
     assert_eq!(out, "record from the host\n184:998\n184:998\n184:998\n");
     // On disk, everything still belongs to 15149.
@@ -715,43 +568,31 @@ pub fn two_uids_share_a_directory_through_their_own_owner(env: &Env, kind: Kind)
     create(env, kind, &a, &["driver=bind", &path, "owner=1000:1000"]);
     create(env, kind, &b, &["driver=bind", &path, "owner=2000:2000"]);
     let writer = unique(kind, "writer-1000");
-    let mut args = vec![
-        "run",
+    let mount_a = format!("{a}:/data");
+    let flags = [
         "-d",
         "--name",
         &writer,
-        "--network=none",
         "--user",
         "1000:1000",
-    ];
-    let mount_a = format!("{a}:/data");
-    args.extend([
         "-v",
         &mount_a,
-        IMAGE,
-        "sh",
-        "-c",
-        "echo from-1000 > /data/a && sleep 600",
-    ]);
-    env.engine(kind, &args);
+    ];
+    let script = "echo from-1000 > /data/a && sleep 600";
+    env.engine(kind, &run(&flags, &["sh", "-c", script]));
     let mount_b = format!("{b}:/data");
     let deadline = Instant::now() + Duration::from_secs(20);
     let out = loop {
         let out = env.engine_raw(
             kind,
-            &[
-                "run",
-                "--rm",
-                "--network=none",
-                "--user",
-                "2000:2000",
-                "-v",
-                &mount_b,
-                IMAGE,
-                "sh",
-                "-c",
-                "cat /data/a && echo from-2000 > /data/b && stat -c '%u' /data/a /data/b",
-            ],
+            &run(
+                &["--rm", "--user", "2000:2000", "-v", &mount_b],
+                &[
+                    "sh",
+                    "-c",
+                    "cat /data/a && echo from-2000 > /data/b && stat -c '%u' /data/a /data/b",
+                ],
+            ),
         );
         if out.status.success() || Instant::now() > deadline {
             break out;
@@ -794,22 +635,7 @@ pub fn podman_userns_auto_with_idmap(env: &Env, kind: Kind) {
     let mount = format!("{v}:/data:idmap");
     let out = env.engine(
         kind,
-        &[
-            "run",
-            "--rm",
-            "--network=none",
-            "--runtime",
-            "crun",
-            "--userns=auto",
-            "--user",
-            "184:998",
-            "-v",
-            &mount,
-            IMAGE,
-            "sh",
-            "-c",
-            "cat /proc/self/uid_map && echo in-userns > /data/f && stat -c '%u:%g' /data /data/f",
-        ],
+        &run(&["--rm", "--runtime", "crun", "--userns=auto", "--user", "184:998", "-v", &mount], &["sh", "-c", "cat /proc/self/uid_map && echo in-userns > /data/f && stat -c '%u:%g' /data /data/f"]),
     );
     let mut lines = out.lines();
     let uid_map: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
@@ -907,10 +733,7 @@ pub fn block_volume_through_the_plugin(env: &Env, kind: Kind) {
     assert_eq!(inspected["size_bytes"], 320u64 << 20);
     let out = env.engine_raw(
         kind,
-        &[
-            "run", "--rm", "--network=none", "-v", &format!("{v}:/data"), IMAGE, "sh", "-c",
-            "echo kept > /data/kept; dd if=/dev/zero of=/data/fill bs=1M count=400 2>&1; df -k /data | tail -1",
-        ],
+        &run(&["--rm", "-v", &format!("{v}:/data")], &["sh", "-c", "echo kept > /data/kept; dd if=/dev/zero of=/data/fill bs=1M count=400 2>&1; df -k /data | tail -1"]),
     );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("No space left on device"), "{text}");
@@ -925,16 +748,10 @@ pub fn block_volume_through_the_plugin(env: &Env, kind: Kind) {
     assert_eq!(
         env.engine(
             kind,
-            &[
-                "run",
-                "--rm",
-                "--network=none",
-                "-v",
-                &format!("{restored}:/r"),
-                IMAGE,
-                "cat",
-                "/r/kept"
-            ]
+            &run(
+                &["--rm", "-v", &format!("{restored}:/r")],
+                &["cat", "/r/kept"]
+            )
         ),
         "kept\n"
     );
