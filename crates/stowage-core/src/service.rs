@@ -209,7 +209,7 @@ impl VolumeService {
             }
         }
         if let Some(size) = size {
-            self.check_space(size)?;
+            self.check_space(driver.as_ref(), size)?;
         }
 
         let record = VolumeRecord {
@@ -302,8 +302,13 @@ impl VolumeService {
         }
     }
 
-    /// Refuses a size the data root cannot hold.
-    fn check_space(&self, size: u64) -> Result<()> {
+    /// Refuses `size` more bytes of `driver`'s storage where the data
+    /// root cannot hold them. Only storage on the data root takes its
+    /// space: a driver that keeps none there answers for itself.
+    fn check_space(&self, driver: &dyn Driver, size: u64) -> Result<()> {
+        if !driver.provisions_storage() {
+            return Ok(());
+        }
         let free = self.free_space()?;
         if size > free {
             return Err(Error::NoSpace(format!(

@@ -29,11 +29,7 @@ impl VolumeService {
             )));
         }
         if current != Some(size) {
-            // Only storage on the data root takes its space; a driver that
-            // keeps none there answers for itself (most cannot resize).
-            if driver.provisions_storage() {
-                self.check_space(size - current.unwrap_or(0))?;
-            }
+            self.check_space(driver.as_ref(), size - current.unwrap_or(0))?;
             let mounted = self.mounted_at(&loaded.record.id)?;
             driver.resize(&loaded.record, size, mounted.as_deref())?;
             loaded.record.size_bytes = Some(size);
