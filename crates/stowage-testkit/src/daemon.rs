@@ -45,19 +45,7 @@ impl Daemon {
     /// data root).
     pub fn start_in(bin: &str, parent: &Path, extra: &[&str]) -> Daemon {
         require_root();
-        let dir = tempfile::tempdir_in(parent).unwrap();
-        let base = dir.path().canonicalize().unwrap();
-        let mut d = Daemon {
-            bin: bin.into(),
-            data: base.join("data"),
-            run: base.join("run"),
-            _dir: dir,
-            _run_dir: None,
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-            child: None,
-        };
-        d.spawn();
-        d
+        Daemon::launch(bin, tempfile::tempdir_in(parent).unwrap(), None, extra)
     }
 
     /// Starts a daemon whose data root lives under `data_parent` and run
@@ -67,13 +55,29 @@ impl Daemon {
         require_root();
         let run_dir = tempfile::tempdir_in(run_parent).unwrap();
         let dir = tempfile::tempdir_in(data_parent).unwrap();
+        Daemon::launch(bin, dir, Some(run_dir), &[])
+    }
+
+    /// Starts `bin serve` with its data root in `dir` and its run root in
+    /// `run_dir`, or beside the data root if none is given.
+    fn launch(
+        bin: &str,
+        dir: tempfile::TempDir,
+        run_dir: Option<tempfile::TempDir>,
+        extra: &[&str],
+    ) -> Daemon {
+        let base = dir.path().canonicalize().unwrap();
+        let run = match &run_dir {
+            Some(r) => r.path().canonicalize().unwrap(),
+            None => base.join("run"),
+        };
         let mut d = Daemon {
             bin: bin.into(),
-            data: dir.path().canonicalize().unwrap().join("data"),
-            run: run_dir.path().canonicalize().unwrap(),
+            data: base.join("data"),
+            run,
             _dir: dir,
-            _run_dir: Some(run_dir),
-            extra: Vec::new(),
+            _run_dir: run_dir,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
             child: None,
         };
         d.spawn();
@@ -219,7 +223,8 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
         // Leave no mount behind for the temporary directories' removal.
-        for dir in [self.base(), self.run.clone()] {
+        let apart = self._run_dir.as_ref().map(|_| self.run.clone());
+        for dir in std::iter::once(self.base()).chain(apart) {
             for m in mounts_under(&dir).iter().rev() {
                 let _ = rustix::mount::unmount(m, rustix::mount::UnmountFlags::DETACH);
             }
