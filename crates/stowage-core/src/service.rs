@@ -246,7 +246,7 @@ impl VolumeService {
             if let Err(cleanup) = driver.remove(&loaded.record) {
                 warn!(volume = %loaded.record.name, error = %cleanup, "cleanup after failed create");
             }
-            self.erase(&loaded)?;
+            self.erase_journaled(&loaded)?;
             return Err(e);
         }
         loaded.record.state = VolumeState::Ready;
@@ -500,7 +500,7 @@ impl VolumeService {
         self.drivers
             .get(&loaded.record.driver)?
             .remove(&loaded.record)?;
-        self.erase(loaded)
+        self.erase_journaled(loaded)
     }
 
     /// Makes the volume's mountpoint and mounts the driver's data on it as
@@ -662,8 +662,24 @@ impl VolumeService {
     }
 
     fn erase<R: Record>(&self, loaded: &Loaded<R>) -> Result<()> {
-        self.store
-            .delete(R::COLLECTION, loaded.record.key(), loaded.revision)?;
+        self.erase_with(loaded, Durability::Host)
+    }
+
+    /// Deletes a record whose durable `Creating` or `Removing` state
+    /// already tells reconcile to finish the job after a power loss (roll
+    /// the create back, or complete the removal): the delete need only
+    /// outlive the daemon, and saves an fsync.
+    fn erase_journaled<R: Record>(&self, loaded: &Loaded<R>) -> Result<()> {
+        self.erase_with(loaded, Durability::Process)
+    }
+
+    fn erase_with<R: Record>(&self, loaded: &Loaded<R>, durability: Durability) -> Result<()> {
+        self.store.delete_with(
+            R::COLLECTION,
+            loaded.record.key(),
+            loaded.revision,
+            durability,
+        )?;
         Ok(())
     }
 }

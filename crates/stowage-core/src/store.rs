@@ -104,9 +104,24 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Revision, StoreError> {
         self.put_with(collection, key, value, expect, Durability::Host)
     }
-    /// Deletes `key` if it is at revision `expect`.
-    fn delete(&self, collection: Collection, key: &str, expect: Revision)
-        -> Result<(), StoreError>;
+    /// Deletes `key` if it is at revision `expect`, durable as
+    /// `durability` asks, in order with every other write.
+    fn delete_with(
+        &self,
+        collection: Collection,
+        key: &str,
+        expect: Revision,
+        durability: Durability,
+    ) -> Result<(), StoreError>;
+    /// [`Self::delete_with`] that survives a crash of the host.
+    fn delete(
+        &self,
+        collection: Collection,
+        key: &str,
+        expect: Revision,
+    ) -> Result<(), StoreError> {
+        self.delete_with(collection, key, expect, Durability::Host)
+    }
 }
 
 /// An in-memory store: the test double beside the trait.
@@ -175,11 +190,12 @@ impl Store for MemoryStore {
         Ok(revision)
     }
 
-    fn delete(
+    fn delete_with(
         &self,
         collection: Collection,
         key: &str,
         expect: Revision,
+        _: Durability,
     ) -> Result<(), StoreError> {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let k = (collection, key.to_string());
@@ -258,6 +274,8 @@ pub mod conformance {
             .unwrap();
         assert!(rp > r3);
         assert_eq!(store.get(c, "a").unwrap().unwrap().value, b"four");
+        store.delete_with(c, "a", rp, Durability::Process).unwrap();
+        assert!(store.get(c, "a").unwrap().is_none());
 
         // Binary values survive.
         let bytes: Vec<u8> = (0..=255).collect();

@@ -57,6 +57,7 @@ enum Write {
         collection: Collection,
         key: String,
         expect: Revision,
+        durability: Durability,
     },
 }
 
@@ -104,8 +105,7 @@ impl Writer {
 impl Write {
     fn durability(&self) -> Durability {
         match self {
-            Write::Put { durability, .. } => *durability,
-            Write::Delete { .. } => Durability::Host,
+            Write::Put { durability, .. } | Write::Delete { durability, .. } => *durability,
         }
     }
 }
@@ -357,16 +357,18 @@ impl Store for SqliteStore {
         })
     }
 
-    fn delete(
+    fn delete_with(
         &self,
         collection: Collection,
         key: &str,
         expect: Revision,
+        durability: Durability,
     ) -> Result<(), StoreError> {
         self.write(Write::Delete {
             collection,
             key: key.to_string(),
             expect,
+            durability,
         })
         .map(drop)
     }
@@ -462,6 +464,13 @@ mod tests {
             expect = Precondition::Revision(r);
             assert_eq!(synchronous(), level, "after a {durability:?} write");
         }
+        let Precondition::Revision(r) = expect else {
+            unreachable!()
+        };
+        store
+            .delete_with(Collection::Volumes, "a", r, Durability::Process)
+            .unwrap();
+        assert_eq!(synchronous(), normal, "after a Process delete");
     }
 
     #[test]

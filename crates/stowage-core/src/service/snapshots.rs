@@ -71,7 +71,7 @@ impl VolumeService {
                 if let Err(cleanup) = driver.remove_snapshot(&loaded.record) {
                     warn!(snapshot = %loaded.record.name, error = %cleanup, "cleanup after failed snapshot");
                 }
-                self.erase(&loaded)?;
+                self.erase_journaled(&loaded)?;
                 return Err(e);
             }
         }
@@ -135,7 +135,7 @@ impl VolumeService {
         self.drivers
             .get(&loaded.record.driver)?
             .remove_snapshot(&loaded.record)?;
-        self.erase(loaded)
+        self.erase_journaled(loaded)
     }
 
     /// Finishes or rolls back snapshots a crash interrupted; returns how

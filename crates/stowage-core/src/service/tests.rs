@@ -281,7 +281,7 @@ fn crash_state(store: &MemoryStore, name: &str, edit: impl FnOnce(&mut VolumeRec
 fn reconcile_finishes_or_rolls_back_each_half_done_operation() {
     let f = fixture();
     for n in [
-        "creating", "removing", "pmount", "punmount", "lost", "stacked", "idle",
+        "creating", "removing", "removed", "pmount", "punmount", "lost", "stacked", "idle",
     ] {
         f.svc.create(req(n)).unwrap();
     }
@@ -291,6 +291,12 @@ fn reconcile_finishes_or_rolls_back_each_half_done_operation() {
     // Crash in the middle of a forced remove of a mounted volume.
     f.svc.mount("removing", "c").unwrap();
     crash_state(&f.store, "removing", |r| r.state = VolumeState::Removing);
+    // Power lost after a whole remove: its last write, the delete of the
+    // record, needs no fsync, so the record may come back as Removing.
+    crash_state(&f.store, "removed", |r| r.state = VolumeState::Removing);
+    f.sys
+        .remove_tree(&Path::new("/data").join(id("removed")))
+        .unwrap();
     // Crash after the intent of a first mount, before the kernel mount.
     // Crash after the kernel mount of a first consumer, before the record.
     f.svc.mount("pmount", "c").unwrap();
@@ -330,9 +336,9 @@ fn reconcile_finishes_or_rolls_back_each_half_done_operation() {
     assert_eq!(
         report,
         ReconcileReport {
-            volumes: 7,
+            volumes: 8,
             creates_rolled_back: 1,
-            removes_finished: 1,
+            removes_finished: 2,
             mounts_restored: 1,
             stale_mounts_removed: 4,
             device_stagings_dropped: 0,
