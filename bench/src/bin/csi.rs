@@ -257,6 +257,30 @@ async fn main() -> Result<()> {
         csi_floor.as_secs_f64() * 1e3,
         rest_floor.as_secs_f64() * 1e3
     );
+    let csi_lookup = p50_of(2000, async || {
+        let r = node
+            .node_get_volume_stats(proto::NodeGetVolumeStatsRequest {
+                volume_id: "nothing-here".into(),
+                volume_path: "/nothing".into(),
+                staging_target_path: String::new(),
+            })
+            .await;
+        assert!(r.is_err());
+        Ok(())
+    })
+    .await?;
+    let rest_lookup = p50_of(2000, async || {
+        let _ = conn
+            .call(Method::GET, "/v1/volumes/nothing-here", None)
+            .await;
+        Ok(())
+    })
+    .await?;
+    println!(
+        "round trip looking up a missing volume, p50: csi {:.3}ms, rest {:.3}ms",
+        csi_lookup.as_secs_f64() * 1e3,
+        rest_lookup.as_secs_f64() * 1e3
+    );
     println!(
         "\ntarget: the CSI cycle at most {:.0}% over the REST cycle: {} (worst {:+.0}%)",
         TARGET_OVERHEAD * 100.0,

@@ -18,7 +18,7 @@ mod reconcile;
 mod snapshots;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -44,6 +44,9 @@ pub use reconcile::ReconcileReport;
 pub const DEFAULT_DRIVER: &str = "local";
 /// The node id of a service that was given none.
 pub const DEFAULT_NODE_ID: &str = "local";
+/// How many mounts stacked at one path an unmount of everything there
+/// takes off before it gives up: more is another process mounting there.
+const MAX_STACKED_MOUNTS: usize = 64;
 
 /// Owns the volumes of one host.
 pub struct VolumeService {
@@ -321,7 +324,8 @@ impl VolumeService {
 
     /// The volume's mountpoint, if the kernel has it mounted.
     fn mounted_at(&self, id: &str) -> Result<Option<PathBuf>> {
-        Ok((self.mount_count(id)? > 0).then(|| self.layout.mountpoint(id)))
+        let mountpoint = self.layout.mountpoint(id);
+        Ok(self.mount_at(&mountpoint)?.map(|_| mountpoint))
     }
 
     /// Checks that the store answers and that the kernel's mount table and
@@ -354,7 +358,7 @@ impl VolumeService {
             .list_records()?
             .iter()
             .filter(|l| filter.matches(&l.record))
-            .map(|l| self.view_with(&l.record, &table))
+            .map(|l| self.view_with(&l.record, self.mounts_in(&table, &l.record.id) > 0))
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
@@ -461,9 +465,8 @@ impl VolumeService {
         if !driver.provisions_storage() {
             // Nothing on disk to release: deleting the record is the whole
             // change. A mount left behind by a crash is removed at start.
-            let mounted = self.mount_count(&loaded.record.id)?;
             self.erase(&loaded)?;
-            if let Err(e) = self.withdraw(&loaded.record.id, mounted) {
+            if let Err(e) = self.withdraw_all(&loaded.record.id) {
                 warn!(volume = %name, error = %e, "removed, but its mount remains until restart");
             }
             return Ok(());
@@ -495,8 +498,7 @@ impl VolumeService {
     /// Unmounts, releases the storage and deletes the record of a volume
     /// already marked `Removing` (or a `Creating` one being rolled back).
     fn finish_remove(&self, loaded: &Loaded) -> Result<()> {
-        let mounted = self.mount_count(&loaded.record.id)?;
-        self.withdraw(&loaded.record.id, mounted)?;
+        self.withdraw_all(&loaded.record.id)?;
         self.drivers
             .get(&loaded.record.driver)?
             .remove(&loaded.record)?;
@@ -546,9 +548,17 @@ impl VolumeService {
             .map_err(Error::io("read mount table", "/proc/self/mountinfo"))
     }
 
-    /// How many mounts are stacked on the volume's mountpoint right now.
-    fn mount_count(&self, id: &str) -> Result<usize> {
-        Ok(self.mounts_in(&self.mount_table()?, id))
+    /// The topmost mount at exactly `path`, if any.
+    fn mount_at(&self, path: &Path) -> Result<Option<MountEntry>> {
+        self.sys
+            .mount_at(path)
+            .map_err(Error::io("look up the mount at", path))
+    }
+
+    /// [`Self::withdraw`] of every mount stacked on the mountpoint: an
+    /// unmount where nothing is mounted fails, and ends it.
+    fn withdraw_all(&self, id: &str) -> Result<()> {
+        self.withdraw(id, MAX_STACKED_MOUNTS)
     }
 
     /// How many mounts `table` stacks on the volume's mountpoint.
@@ -558,16 +568,17 @@ impl VolumeService {
 
     /// A volume as callers see it, `mounted` read from the kernel.
     fn view(&self, r: &VolumeRecord) -> Result<Volume> {
-        Ok(self.view_with(r, &self.mount_table()?))
+        let mounted = self.mounted_at(&r.id)?.is_some();
+        Ok(self.view_with(r, mounted))
     }
 
     /// A volume just created: its mountpoint is named by a new id, so
-    /// nothing is mounted there and the mount table need not be read.
+    /// nothing is mounted there and the kernel need not be asked.
     fn view_new(&self, r: &VolumeRecord) -> Volume {
-        self.view_with(r, &[])
+        self.view_with(r, false)
     }
 
-    fn view_with(&self, r: &VolumeRecord, table: &[MountEntry]) -> Volume {
+    fn view_with(&self, r: &VolumeRecord, mounted: bool) -> Volume {
         let mountpoint = self.layout.mountpoint(&r.id);
         Volume {
             name: r.name.to_string(),
@@ -575,7 +586,7 @@ impl VolumeService {
             options: r.options.clone(),
             labels: r.labels.clone(),
             created_at: r.created_at,
-            mounted: stowage_sys::mounts_at(table, &mountpoint) > 0,
+            mounted,
             mountpoint,
             consumers: r.consumers.iter().cloned().collect(),
             status: r.state,

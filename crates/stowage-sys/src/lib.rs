@@ -12,6 +12,7 @@ mod idmap;
 mod linux;
 mod mountinfo;
 mod recording;
+mod statmount;
 mod tree;
 
 use std::io;
@@ -124,6 +125,11 @@ pub trait Sys: Send + Sync + 'static {
     fn selinux_enabled(&self) -> bool;
     /// The current mount table of this process's mount namespace.
     fn mount_table(&self) -> io::Result<Vec<MountEntry>>;
+    /// The topmost mount at exactly `path`, if any: what the mount table
+    /// shows there, without reading all of it where the kernel can say.
+    fn mount_at(&self, path: &Path) -> io::Result<Option<MountEntry>> {
+        Ok(top_mount(&self.mount_table()?, path).cloned())
+    }
 
     /// Creates the sparse image file `path` of `size` bytes, durably. It
     /// must not exist.
@@ -233,6 +239,12 @@ pub fn is_not_mounted(e: &io::Error) -> bool {
 /// every mount operation resolves with `RESOLVE_NO_SYMLINKS`.
 pub fn is_symlink_refusal(e: &io::Error) -> bool {
     e.raw_os_error() == Some(libc::ELOOP)
+}
+
+/// The topmost mount at exactly `path` in `table`: the last one mounted
+/// there.
+pub fn top_mount<'t>(table: &'t [MountEntry], path: &Path) -> Option<&'t MountEntry> {
+    table.iter().rev().find(|m| m.mount_point == path)
 }
 
 /// Counts the mounts stacked exactly at `target` in `table`.

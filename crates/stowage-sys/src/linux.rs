@@ -14,8 +14,9 @@ use rustix::mount::{
 use std::os::fd::AsRawFd;
 
 use crate::{
-    block, btrfs, parse_mountinfo, tree, CopyMethod, DirInfo, FileId, FsInfo, IdMapping,
-    LoopDevice, MountAttrs, MountEntry, Sys, TmpfsOptions, TreeStats, Usage, UserNamespace,
+    block, btrfs, parse_mountinfo, statmount, top_mount, tree, CopyMethod, DirInfo, FileId, FsInfo,
+    IdMapping, LoopDevice, MountAttrs, MountEntry, Sys, TmpfsOptions, TreeStats, Usage,
+    UserNamespace,
 };
 
 /// Talks to the running Linux kernel.
@@ -291,6 +292,15 @@ impl Sys for LinuxSys {
         let mut text = String::with_capacity(64 * 1024);
         File::open("/proc/self/mountinfo")?.read_to_string(&mut text)?;
         Ok(parse_mountinfo(&text))
+    }
+
+    fn mount_at(&self, path: &Path) -> io::Result<Option<MountEntry>> {
+        match statmount::mount_at(path) {
+            Err(e) if e.kind() == io::ErrorKind::Unsupported => {
+                Ok(top_mount(&self.mount_table()?, path).cloned())
+            }
+            found => found,
+        }
     }
 
     fn create_image(&self, path: &Path, size: u64) -> io::Result<()> {

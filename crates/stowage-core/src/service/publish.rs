@@ -21,7 +21,7 @@ use std::path::{Component, Path, PathBuf};
 use stowage_sys::{exists_ok, missing_ok, MountAttrs, MountEntry};
 use tracing::warn;
 
-use super::{logged, not_found, Loaded, VolumeService};
+use super::{logged, not_found, Loaded, VolumeService, MAX_STACKED_MOUNTS};
 use crate::error::{Error, Result};
 use crate::name::VolumeName;
 use crate::volume::{DeviceUse, Usage, VolumeRecord};
@@ -39,15 +39,15 @@ pub enum PathUsage {
     },
 }
 
-/// How the mount table shows a volume.
-enum Shown<'t> {
+/// How the kernel shows a volume.
+enum Shown {
     /// The filesystem tree its own mountpoint shows.
-    Tree(&'t MountEntry),
+    Tree(MountEntry),
     /// Its raw device, whose node a mount binds.
     Device(PathBuf),
 }
 
-impl Shown<'_> {
+impl Shown {
     fn at(&self, m: &MountEntry) -> bool {
         match self {
             Shown::Tree(v) => same_tree(v, m),
@@ -64,15 +64,14 @@ impl VolumeService {
             let (name, consumer) = staging_call(name, staging)?;
             let _guard = self.locks.lock(name.as_str());
             let mut loaded = self.load_ready(&name)?;
-            let table = self.mount_table()?;
-            let volume = self.shown(&table, &loaded.record)?;
-            match top_mount(&table, staging) {
-                Some(m) if volume.is_some_and(|v| v.at(m)) => {
+            let volume = self.shown(&loaded.record)?;
+            match self.mount_at(staging)? {
+                Some(m) if volume.is_some_and(|v| v.at(&m)) => {
                     // Staged, perhaps before a crash that lost the record.
                     self.mount_loaded(&mut loaded, &consumer)?;
                     return Ok(());
                 }
-                Some(m) => return Err(taken(staging, m)),
+                Some(m) => return Err(taken(staging, &m)),
                 None => {}
             }
             let mountpoint = self.mount_loaded(&mut loaded, &consumer)?;
@@ -150,9 +149,9 @@ impl VolumeService {
             _ => driver.attach_device(record, read_only)?,
         };
         let node = staging.join(DEVICE_NODE);
-        match top_mount(&self.mount_table()?, &node) {
-            Some(m) if binds_device(m, &device) => return Ok(()),
-            Some(m) => return Err(taken(&node, m)),
+        match self.mount_at(&node)? {
+            Some(m) if binds_device(&m, &device) => return Ok(()),
+            Some(m) => return Err(taken(&node, &m)),
             None => {}
         }
         exists_ok(self.sys.create_file(&node, 0o600))
@@ -204,27 +203,23 @@ impl VolumeService {
         })
     }
 
-    /// The recorded device stagings where `table` no longer shows the
+    /// The recorded device stagings where the kernel no longer shows the
     /// volume's device bound (all of them once the device is detached).
-    pub(super) fn lost_device_stagings(
-        &self,
-        record: &VolumeRecord,
-        table: &[MountEntry],
-    ) -> Result<Vec<PathBuf>> {
+    pub(super) fn lost_device_stagings(&self, record: &VolumeRecord) -> Result<Vec<PathBuf>> {
         let Some(device_use) = &record.device else {
             return Ok(Vec::new());
         };
-        let shown = self.shown(table, record)?;
-        let bound = |staging: &Path| {
-            let node = top_mount(table, &staging.join(DEVICE_NODE));
-            shown.as_ref().zip(node).is_some_and(|(v, m)| v.at(m))
+        let Some(shown) = self.shown(record)? else {
+            return Ok(device_use.stagings.iter().cloned().collect());
         };
-        Ok(device_use
-            .stagings
-            .iter()
-            .filter(|s| !bound(s))
-            .cloned()
-            .collect())
+        let mut lost = Vec::new();
+        for staging in &device_use.stagings {
+            let node = self.mount_at(&staging.join(DEVICE_NODE))?;
+            if !node.is_some_and(|m| shown.at(&m)) {
+                lost.push(staging.clone());
+            }
+        }
+        Ok(lost)
     }
 
     /// Binds the staged volume at `target`, which is created (and removed
@@ -245,7 +240,6 @@ impl VolumeService {
             check_caller_path("target path", target)?;
             let _guard = self.locks.lock(name.as_str());
             let loaded = self.load_ready(&name)?;
-            let table = self.mount_table()?;
             let not_staged = || Error::NotStaged {
                 name: name.to_string(),
                 path: staging.to_path_buf(),
@@ -270,13 +264,13 @@ impl VolumeService {
                     "a mount group applies to a filesystem, not to a raw device".into(),
                 ));
             }
-            let volume = self.shown(&table, &loaded.record)?.ok_or_else(not_staged)?;
-            if !top_mount(&table, &source).is_some_and(|m| volume.at(m)) {
+            let volume = self.shown(&loaded.record)?.ok_or_else(not_staged)?;
+            if !self.mount_at(&source)?.is_some_and(|m| volume.at(&m)) {
                 return Err(not_staged());
             }
-            if let Some(m) = top_mount(&table, target) {
-                if !volume.at(m) {
-                    return Err(taken(target, m));
+            if let Some(m) = self.mount_at(target)? {
+                if !volume.at(&m) {
+                    return Err(taken(target, &m));
                 }
                 if m.read_only != attrs.read_only {
                     return Err(Error::PathTaken {
@@ -341,12 +335,15 @@ impl VolumeService {
     pub fn path_usage(&self, name: &str, path: &Path) -> Result<PathUsage> {
         let name = VolumeName::parse(name)?;
         let loaded = self.load(&name)?.ok_or_else(|| not_found(&name))?;
-        let table = self.mount_table()?;
         let shown = match check_caller_path("volume path", path) {
-            Ok(()) => self.shown(&table, &loaded.record)?,
+            Ok(()) => self.shown(&loaded.record)?,
             Err(_) => None,
         };
-        match shown.filter(|v| top_mount(&table, path).is_some_and(|m| v.at(m))) {
+        let at_path = match &shown {
+            Some(_) => self.mount_at(path)?,
+            None => None,
+        };
+        match shown.filter(|v| at_path.is_some_and(|m| v.at(&m))) {
             None => Err(Error::NotPublished {
                 name: name.to_string(),
                 path: path.to_path_buf(),
@@ -358,7 +355,7 @@ impl VolumeService {
                 // A volume with a size has the driver's own accounting (a
                 // subvolume's qgroup); the filesystem at `path` may be the
                 // whole data root. Shown as a tree, it is mounted at its
-                // mountpoint: no need to read the mount table again.
+                // mountpoint: no need to look again.
                 if loaded.record.size_bytes.is_some() {
                     let mountpoint = self.layout.mountpoint(&loaded.record.id);
                     if let Some(usage) = self.usage_at(&loaded.record, Some(&mountpoint))? {
@@ -383,38 +380,41 @@ impl VolumeService {
         }
     }
 
-    /// How `table` shows the volume, if it shows it anywhere: its raw
+    /// How the kernel shows the volume, if it shows it anywhere: its raw
     /// device while staged as one, else the filesystem at its mountpoint.
-    fn shown<'t>(
-        &self,
-        table: &'t [MountEntry],
-        record: &VolumeRecord,
-    ) -> Result<Option<Shown<'t>>> {
+    fn shown(&self, record: &VolumeRecord) -> Result<Option<Shown>> {
         if record.device.is_some() {
             let driver = self.drivers.get(&record.driver)?;
             return Ok(driver.attached_device(record)?.map(Shown::Device));
         }
-        Ok(top_mount(table, &self.layout.mountpoint(&record.id)).map(Shown::Tree))
+        Ok(self
+            .mount_at(&self.layout.mountpoint(&record.id))?
+            .map(Shown::Tree))
     }
 
     /// Unmounts every mount at `path` that shows this volume, topmost
     /// first. A mount of something else there is refused, not touched.
     fn unmount_ours(&self, record: &VolumeRecord, path: &Path) -> Result<()> {
-        let table = self.mount_table()?;
-        let volume = self.shown(&table, record)?;
-        for m in table.iter().rev().filter(|m| m.mount_point == path) {
+        let volume = self.shown(record)?;
+        for _ in 0..MAX_STACKED_MOUNTS {
+            let Some(m) = self.mount_at(path)? else {
+                return Ok(());
+            };
             // Once the volume itself is unmounted its identity is gone; a
             // mount the volume's name was given for is taken as its own.
-            if volume.as_ref().is_some_and(|v| !v.at(m)) {
-                return Err(taken(path, m));
+            if volume.as_ref().is_some_and(|v| !v.at(&m)) {
+                return Err(taken(path, &m));
             }
             match self.sys.unmount(path) {
                 Ok(()) => {}
-                Err(e) if stowage_sys::is_not_mounted(&e) => break,
+                Err(e) if stowage_sys::is_not_mounted(&e) => return Ok(()),
                 Err(e) => return Err(Error::io("unmount", path)(e)),
             }
         }
-        Ok(())
+        Err(Error::PathTaken {
+            path: path.to_path_buf(),
+            what: format!("more than {MAX_STACKED_MOUNTS} mounts stacked there"),
+        })
     }
 }
 
@@ -444,11 +444,6 @@ fn check_caller_path(what: &str, path: &Path) -> Result<()> {
         )));
     }
     Ok(())
-}
-
-/// The topmost mount at `path`: the last one mounted there.
-pub(super) fn top_mount<'t>(table: &'t [MountEntry], path: &Path) -> Option<&'t MountEntry> {
-    table.iter().rev().find(|m| m.mount_point == path)
 }
 
 /// Whether two mounts show the same tree of the same filesystem.

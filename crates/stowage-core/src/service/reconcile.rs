@@ -87,7 +87,7 @@ impl VolumeService {
             }
             VolumeState::Ready => {}
         }
-        self.reconcile_device(&mut loaded, table, report)?;
+        self.reconcile_device(&mut loaded, report)?;
         let have = self.mounts_in(table, &loaded.record.id);
         if loaded.record.consumers.is_empty() {
             if have > 0 {
@@ -122,12 +122,7 @@ impl VolumeService {
 
     /// Forgets raw device stagings whose binding is gone, and detaches a
     /// device that nothing holds (an unstage or a failed stage cut short).
-    fn reconcile_device(
-        &self,
-        loaded: &mut Loaded,
-        table: &[MountEntry],
-        report: &mut ReconcileReport,
-    ) -> Result<()> {
+    fn reconcile_device(&self, loaded: &mut Loaded, report: &mut ReconcileReport) -> Result<()> {
         if loaded.record.device.is_none() {
             if loaded.record.consumers.is_empty() {
                 self.drivers
@@ -136,7 +131,7 @@ impl VolumeService {
             }
             return Ok(());
         }
-        for staging in self.lost_device_stagings(&loaded.record, table)? {
+        for staging in self.lost_device_stagings(&loaded.record)? {
             warn!(volume = %loaded.record.name, staging = %staging.display(), "raw device staging gone");
             self.drop_staging(loaded, &staging)?;
             report.device_stagings_dropped += 1;
