@@ -49,8 +49,8 @@ impl Daemon {
     }
 
     /// Starts a daemon whose data root lives under `data_parent` and run
-    /// root under `run_parent`: on two filesystems, as `serve` puts them
-    /// by default (/var/lib and the tmpfs /run).
+    /// root under `run_parent`, as `serve` puts them by default under
+    /// /var/lib and /run (a tmpfs on most hosts).
     pub fn start_apart(bin: &str, data_parent: &Path, run_parent: &Path) -> Daemon {
         require_root();
         let run_dir = tempfile::tempdir_in(run_parent).unwrap();
