@@ -88,14 +88,9 @@ impl Block {
 
     /// The device the filesystem mounted at `mountpoint` comes from.
     fn device_at(&self, mountpoint: &Path) -> Result<PathBuf> {
-        let table = self
-            .sys
-            .mount_table()
-            .map_err(Error::io("read mount table", "/proc/self/mountinfo"))?;
-        table
-            .into_iter()
-            .rev()
-            .find(|m| m.mount_point == mountpoint)
+        self.sys
+            .mount_at(mountpoint)
+            .map_err(Error::io("look up the mount at", mountpoint))?
             .map(|m| PathBuf::from(m.source))
             .ok_or_else(|| {
                 Error::io("find the device mounted at", mountpoint)(
