@@ -35,7 +35,8 @@ pub enum Durability {
     /// that only mirror kernel state (mounts, attached loop devices),
     /// which a reboot drops too: after a power loss the store may hold an
     /// earlier consistent state of them, and reconcile brings the kernel
-    /// in line with whichever it holds.
+    /// in line with whichever it holds. Also for the last write of a job
+    /// whose durable intent already makes reconcile finish it.
     Process,
 }
 
@@ -78,8 +79,8 @@ pub enum StoreError {
 }
 
 /// A durable store. `put` and `delete` return only once the change is
-/// durable (fsync'd, or committed by a quorum); `put_with` may ask for
-/// less.
+/// durable (fsync'd, or committed by a quorum); `put_with` and
+/// `delete_with` may ask for less.
 pub trait Store: Send + Sync + 'static {
     fn get(&self, collection: Collection, key: &str) -> Result<Option<Versioned>, StoreError>;
     fn list(&self, collection: Collection) -> Result<Vec<Versioned>, StoreError>;
