@@ -233,6 +233,13 @@ fn sparse_copy(from: &File, to: &File, progress: &mut dyn FnMut(u64, u64)) -> io
 /// Finds the loop device already backed by `image`, if any.
 pub(crate) fn loop_backing(image: &Path) -> io::Result<Option<PathBuf>> {
     let canonical = std::fs::canonicalize(image)?;
+    Ok(loop_devices_backing(&canonical)?.into_iter().next())
+}
+
+/// The loop devices whose backing file is `path` or lies under it, as the
+/// kernel names it: canonical, so `path` must be too.
+pub fn loop_devices_backing(path: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut found = Vec::new();
     for entry in std::fs::read_dir("/sys/block")? {
         let name = entry?.file_name();
         let name = name.to_string_lossy();
@@ -243,12 +250,12 @@ pub(crate) fn loop_backing(image: &Path) -> io::Result<Option<PathBuf>> {
             .join(&*name)
             .join("loop/backing_file");
         if let Ok(text) = std::fs::read_to_string(backing) {
-            if Path::new(text.trim_end_matches('\n')) == canonical {
-                return Ok(Some(Path::new("/dev").join(&*name)));
+            if Path::new(text.trim_end_matches('\n')).starts_with(path) {
+                found.push(Path::new("/dev").join(&*name));
             }
         }
     }
-    Ok(None)
+    Ok(found)
 }
 
 /// Binds a free loop device to `image` with autoclear, a 4 KiB logical

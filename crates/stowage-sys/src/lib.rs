@@ -18,7 +18,7 @@ mod tree;
 use std::io;
 use std::path::{Path, PathBuf};
 
-pub use block::{CopyMethod, FsInfo, LoopDevice, Usage};
+pub use block::{loop_devices_backing, CopyMethod, FsInfo, LoopDevice, Usage};
 pub use idmap::{IdMapping, IdRange, UserNamespace};
 pub use linux::LinuxSys;
 pub use mountinfo::{parse_mountinfo, MountEntry};

@@ -250,22 +250,11 @@ pub fn fs_type_at(path: &Path) -> Option<String> {
         .map(|m| m.fs_type)
 }
 
-/// The loop devices whose backing file is `path` or lies under it.
+/// The loop devices whose backing file is `path` or lies under it (`path`
+/// as given if it cannot be made canonical, e.g. once removed).
 pub fn loop_devices_backing(path: &Path) -> Vec<PathBuf> {
     let path = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/sys/block").unwrap() {
-        let name = entry.unwrap().file_name();
-        let backing = Path::new("/sys/block")
-            .join(&name)
-            .join("loop/backing_file");
-        if let Ok(file) = std::fs::read_to_string(backing) {
-            if Path::new(file.trim_end()).starts_with(&path) {
-                out.push(Path::new("/dev").join(name));
-            }
-        }
-    }
-    out
+    stowage_sys::loop_devices_backing(&path).unwrap()
 }
 
 /// Polls `cond` every 10 ms until it holds; panics naming `what` once
