@@ -21,7 +21,8 @@ use proto::volume_capability::{AccessMode, AccessType, MountVolume};
 const TARGET_OVERHEAD: f64 = 0.20;
 const BLOCK_SIZE: i64 = 64 << 20;
 
-/// Median cycle time of one run, and cycles per second.
+/// Median cycle time of one run, and cycles per second (counting the
+/// CO's own work between cycles).
 #[derive(Clone, Copy)]
 struct Run {
     cycle_ms: f64,
@@ -29,18 +30,20 @@ struct Run {
 }
 
 /// Runs `cycle` back to back for `seconds`, at least once; returns the
-/// run's figures and what each cycle returned.
+/// run's figures and what each cycle returned. A cycle returns the time
+/// its calls took: what a CO does around them (making and removing the
+/// staging directory) is not the door's.
 async fn timed<T>(
     seconds: f64,
-    mut cycle: impl AsyncFnMut(usize) -> Result<T>,
+    mut cycle: impl AsyncFnMut(usize) -> Result<(Duration, T)>,
 ) -> Result<(Run, Vec<T>)> {
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(seconds);
     let (mut times, mut outputs) = (Vec::new(), Vec::new());
     while times.is_empty() || Instant::now() < deadline {
-        let t = Instant::now();
-        outputs.push(cycle(times.len()).await?);
-        times.push(t.elapsed());
+        let (took, output) = cycle(times.len()).await?;
+        times.push(took);
+        outputs.push(output);
     }
     let run = Run {
         cycle_ms: median(&times).as_secs_f64() * 1e3,
@@ -92,24 +95,24 @@ const STEPS: [&str; 6] = [
     "DeleteVolume",
 ];
 
-/// One CSI cycle; returns each step's time.
+/// One CSI cycle; returns the time of its calls and of each step.
 async fn csi_cycle(
     csi: &CsiClient,
     driver: &str,
     name: &str,
     paths: &Path,
-) -> Result<[Duration; 6]> {
+) -> Result<(Duration, [Duration; 6])> {
+    let (mut c, mut n) = (csi.controller.clone(), csi.node.clone());
+    let staging = paths.join("staging").join(name);
+    std::fs::create_dir_all(&staging)?;
+    let target = paths.join("target").join(name);
+    let text = |p: &PathBuf| p.to_string_lossy().into_owned();
     let mut times = [Duration::ZERO; 6];
     let mut t = Instant::now();
     let mut lap = |i: usize| {
         times[i] = t.elapsed();
         t = Instant::now();
     };
-    let (mut c, mut n) = (csi.controller.clone(), csi.node.clone());
-    let staging = paths.join("staging").join(name);
-    std::fs::create_dir_all(&staging)?;
-    let target = paths.join("target").join(name);
-    let text = |p: &PathBuf| p.to_string_lossy().into_owned();
     c.create_volume(proto::CreateVolumeRequest {
         name: name.into(),
         capacity_range: (driver == "block").then_some(proto::CapacityRange {
@@ -158,21 +161,23 @@ async fn csi_cycle(
     .await?;
     lap(5);
     std::fs::remove_dir(&staging)?;
-    Ok(times)
+    Ok((times.iter().sum(), times))
 }
 
-/// The REST baseline: bench/lifecycle's cycle on `driver`.
-async fn rest_run(conn: &mut Conn, driver: &str, name: &str) -> Result<()> {
+/// The REST baseline: bench/lifecycle's cycle on `driver`; returns the
+/// time of its calls.
+async fn rest_run(conn: &mut Conn, driver: &str, name: &str) -> Result<(Duration, ())> {
     let body = match driver {
         "block" => {
             format!(r#"{{"name":"{name}","driver":"block","options":{{"size":"{BLOCK_SIZE}"}}}}"#)
         }
         _ => format!(r#"{{"name":"{name}","driver":"{driver}"}}"#),
     };
+    let start = Instant::now();
     for (method, path, body) in rest_cycle(name, body) {
         conn.call(method, &path, body).await?;
     }
-    Ok(())
+    Ok((start.elapsed(), ()))
 }
 
 #[tokio::main(flavor = "current_thread")]
