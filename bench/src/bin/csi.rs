@@ -64,8 +64,26 @@ async fn p50_of(n: usize, mut call: impl AsyncFnMut() -> Result<()>) -> Result<D
 }
 
 /// The median of each step over `cycles`.
-fn step_p50(cycles: &[[Duration; 6]]) -> [Duration; 6] {
+fn step_p50<const N: usize>(cycles: &[[Duration; N]]) -> [Duration; N] {
     std::array::from_fn(|i| median(&cycles.iter().map(|c| c[i]).collect::<Vec<_>>()))
+}
+
+/// A table of each step's median per driver, in milliseconds.
+fn print_steps<'a>(
+    door: &str,
+    names: &[&str],
+    rows: impl Iterator<Item = (&'a str, &'a [Duration])>,
+) {
+    println!("\n{door} steps, median over all runs (ms):");
+    let header: Vec<String> = names.iter().map(|s| format!("{s:>13}")).collect();
+    println!("{:>6} | {}", "driver", header.join(" | "));
+    for (driver, p50) in rows {
+        let cells: Vec<String> = p50
+            .iter()
+            .map(|d| format!("{:>13.2}", d.as_secs_f64() * 1e3))
+            .collect();
+        println!("{driver:>6} | {}", cells.join(" | "));
+    }
 }
 
 fn median_run(runs: &[Run]) -> Run {
@@ -94,6 +112,8 @@ const STEPS: [&str; 6] = [
     "NodeUnstage",
     "DeleteVolume",
 ];
+/// The steps of a REST cycle, in order.
+const REST_STEPS: [&str; 4] = ["create", "mount", "unmount", "remove"];
 
 /// One CSI cycle; returns the time of its calls and of each step.
 async fn csi_cycle(
@@ -166,18 +186,20 @@ async fn csi_cycle(
 
 /// The REST baseline: bench/lifecycle's cycle on `driver`; returns the
 /// time of its calls.
-async fn rest_run(conn: &mut Conn, driver: &str, name: &str) -> Result<(Duration, ())> {
+async fn rest_run(conn: &mut Conn, driver: &str, name: &str) -> Result<(Duration, [Duration; 4])> {
     let body = match driver {
         "block" => {
             format!(r#"{{"name":"{name}","driver":"block","options":{{"size":"{BLOCK_SIZE}"}}}}"#)
         }
         _ => format!(r#"{{"name":"{name}","driver":"{driver}"}}"#),
     };
-    let start = Instant::now();
-    for (method, path, body) in rest_cycle(name, body) {
+    let mut times = [Duration::ZERO; 4];
+    for (i, (method, path, body)) in rest_cycle(name, body).into_iter().enumerate() {
+        let t = Instant::now();
         conn.call(method, &path, body).await?;
+        times[i] = t.elapsed();
     }
-    Ok((start.elapsed(), ()))
+    Ok((times.iter().sum(), times))
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -211,7 +233,7 @@ async fn main() -> Result<()> {
     let mut round = 0;
     for driver in ["local", "block"] {
         let (mut ours, mut base) = (Vec::new(), Vec::new());
-        let mut steps = Vec::new();
+        let (mut steps, mut rest_steps) = (Vec::new(), Vec::new());
         for _ in 0..s.runs {
             round += 1;
             let (run, cycles) = timed(s.seconds, async |i| {
@@ -220,14 +242,15 @@ async fn main() -> Result<()> {
             .await?;
             ours.push(run);
             steps.extend(cycles);
-            let (run, _) = timed(s.seconds, async |i| {
+            let (run, cycles) = timed(s.seconds, async |i| {
                 rest_run(&mut conn, driver, &format!("rest-{driver}-{round}-{i}")).await
             })
             .await?;
             base.push(run);
+            rest_steps.extend(cycles);
         }
         let (o, b) = (median_run(&ours), median_run(&base));
-        step_medians.push((driver, step_p50(&steps)));
+        step_medians.push((driver, step_p50(&steps), step_p50(&rest_steps)));
         let ratio = o.cycle_ms / b.cycle_ms;
         worst = worst.max(ratio);
         println!(
@@ -235,16 +258,10 @@ async fn main() -> Result<()> {
             driver, o.cycle_ms, o.per_sec, b.cycle_ms, b.per_sec, ratio
         );
     }
-    println!("\nCSI steps, median over all runs (ms):");
-    println!(
-        "{:>6} | {}",
-        "driver",
-        STEPS.map(|s| format!("{s:>13}")).join(" | ")
-    );
-    for (driver, p50) in step_medians {
-        let cells = p50.map(|d| format!("{:>13.2}", d.as_secs_f64() * 1e3));
-        println!("{driver:>6} | {}", cells.join(" | "));
-    }
+    let csi_steps = step_medians.iter().map(|(d, csi, _)| (*d, &csi[..]));
+    print_steps("CSI", &STEPS, csi_steps);
+    let rest_steps = step_medians.iter().map(|(d, _, rest)| (*d, &rest[..]));
+    print_steps("REST", &REST_STEPS, rest_steps);
     // The cost of a round trip that does no work, for scale.
     let mut node = csi.node.clone();
     let csi_floor = p50_of(2000, async || {
