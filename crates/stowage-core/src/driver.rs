@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use stowage_sys::{CopyMethod, Usage, UserNamespace};
+use stowage_sys::{CopyMethod, MountEntry, Usage, UserNamespace};
 
 use crate::error::{Error, Result};
 use crate::options::Options;
@@ -30,6 +30,45 @@ pub struct MountSpec<'a> {
     pub idmap: Option<&'a UserNamespace>,
     /// SELinux context, for drivers that label by mount option.
     pub context: Option<&'a str>,
+}
+
+/// How the mount table shows a mount of a volume's data, found without the
+/// volume's own mountpoint: Stowage unmounts only what it can prove is a
+/// volume's, never a mount found by its path alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DataIdentity {
+    /// A directory of a filesystem: the filesystem's device (`major:minor`)
+    /// and the directory's path within it, a mount's `device` and `root`.
+    Tree { device: String, root: PathBuf },
+    /// Any mount of the filesystem with this source: a volume's own block
+    /// device, or a tmpfs named for the volume.
+    Source(String),
+}
+
+impl DataIdentity {
+    /// The identity of what the mount `m` shows.
+    pub fn of_mount(m: &MountEntry) -> DataIdentity {
+        DataIdentity::Tree {
+            device: m.device.clone(),
+            root: m.root.clone(),
+        }
+    }
+
+    /// The identity of the directory `path`, which lies in the mount `m`.
+    pub fn of_path(m: &MountEntry, path: &Path) -> DataIdentity {
+        DataIdentity::Tree {
+            device: m.device.clone(),
+            root: stowage_sys::path_in_filesystem(m, path),
+        }
+    }
+
+    /// Whether the mount `m` shows this data.
+    pub fn shown_by(&self, m: &MountEntry) -> bool {
+        match self {
+            DataIdentity::Tree { device, root } => m.device == *device && m.root == *root,
+            DataIdentity::Source(source) => m.source == *source,
+        }
+    }
 }
 
 /// A kind of volume. Every method must be idempotent: after a crash the
@@ -76,6 +115,12 @@ pub trait Driver: Send + Sync + 'static {
     /// attached is not an error.
     fn detach_device(&self, _volume: &VolumeRecord) -> Result<()> {
         Ok(())
+    }
+    /// How a mount of the volume's data looks in the mount table while its
+    /// own mountpoint shows nothing, if that can be told (a volume whose
+    /// storage is made at mount time has none until then).
+    fn data_identity(&self, _volume: &VolumeRecord) -> Result<Option<DataIdentity>> {
+        Ok(None)
     }
     /// Whether the driver applies `MountSpec::context` as a mount option.
     /// Otherwise the service relabels the files.

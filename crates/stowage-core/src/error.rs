@@ -132,6 +132,12 @@ pub enum Error {
     NotPublished { name: String, path: PathBuf },
     #[error("{} already holds {what}", path.display())]
     PathTaken { path: PathBuf, what: String },
+    #[error("{} holds a mount that is not volume {name}'s ({what}); left in place", path.display())]
+    ForeignMount {
+        name: String,
+        path: PathBuf,
+        what: String,
+    },
     #[error("{op} {}: {source}", path.display())]
     Io {
         op: &'static str,
@@ -169,6 +175,7 @@ impl Error {
             | Error::InUse { .. }
             | Error::Precondition { .. }
             | Error::AttachedElsewhere { .. }
+            | Error::ForeignMount { .. }
             | Error::NotStaged { .. } => ErrorKind::FailedPrecondition,
             Error::Store(StoreError::Conflict { .. }) => ErrorKind::Conflict,
             Error::Io { .. } | Error::Store(_) => ErrorKind::Internal,

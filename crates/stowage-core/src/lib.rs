@@ -17,12 +17,12 @@ pub mod snapshot;
 pub mod store;
 pub mod volume;
 
-pub use driver::{Driver, DriverSet, MountSpec, Progress, Source};
+pub use driver::{DataIdentity, Driver, DriverSet, MountSpec, Progress, Source};
 pub use error::{Error, ErrorKind, Result};
 pub use layout::Layout;
 pub use locks::{KeyGuard, KeyedLocks};
 pub use name::VolumeName;
-pub use service::{PathUsage, ReconcileReport, VolumeService};
+pub use service::{CallerPaths, PathUsage, ReconcileReport, VolumeService};
 pub use snapshot::{Snapshot, SnapshotRecord, SnapshotRequest};
 pub use store::{
     Collection, Durability, MemoryStore, Precondition, Revision, Store, StoreError, Versioned,

@@ -12,6 +12,7 @@
 
 mod attachments;
 mod capacity;
+mod confine;
 mod present;
 mod publish;
 mod reconcile;
@@ -37,6 +38,7 @@ use crate::snapshot::SnapshotRecord;
 use crate::store::{Collection, Durability, Precondition, Revision, Store};
 use crate::volume::{CopyProgress, CreateRequest, Volume, VolumeFilter, VolumeRecord, VolumeState};
 
+pub use confine::CallerPaths;
 pub use publish::PathUsage;
 pub use reconcile::ReconcileReport;
 
@@ -61,6 +63,8 @@ pub struct VolumeService {
     copies: Mutex<HashMap<String, CopyProgress>>,
     /// The node this host is known as to orchestrators.
     node_id: String,
+    /// Where orchestrators may have volumes staged and published.
+    caller_paths: CallerPaths,
 }
 
 /// A record as loaded, with the revision to compare-and-swap against.
@@ -114,17 +118,24 @@ impl VolumeService {
             store,
             drivers,
             sys,
-            layout,
             locks: KeyedLocks::default(),
             namespaces: Mutex::default(),
             copies: Mutex::default(),
             node_id: DEFAULT_NODE_ID.to_string(),
+            caller_paths: CallerPaths::new(&layout),
+            layout,
         }
     }
 
     /// Names the node this host is known as to orchestrators.
     pub fn with_node_id(mut self, node_id: impl Into<String>) -> Self {
         self.node_id = node_id.into();
+        self
+    }
+
+    /// Sets where orchestrators may have volumes staged and published.
+    pub fn with_caller_paths(mut self, paths: CallerPaths) -> Self {
+        self.caller_paths = paths;
         self
     }
 

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
 use stowage_core::options::{check_known, Options};
-use stowage_core::{Driver, Error, Layout, MountSpec, Result, VolumeRecord};
+use stowage_core::{DataIdentity, Driver, Error, Layout, MountSpec, Result, VolumeRecord};
 use stowage_sys::{FileId, Sys};
 
 const OPTIONS: &[&str] = &["path"];
@@ -135,6 +135,13 @@ impl Driver for Bind {
         self.sys
             .bind_mount(source, target, true, spec.idmap)
             .map_err(Error::io("bind-mount", source))
+    }
+
+    fn data_identity(&self, volume: &VolumeRecord) -> Result<Option<DataIdentity>> {
+        match volume.options.get("path") {
+            Some(path) => crate::directory_identity(self.sys.as_ref(), Path::new(path)),
+            None => Ok(None),
+        }
     }
 
     /// Only reads the owner: `mount`, which follows, checks the path.

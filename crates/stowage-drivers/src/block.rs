@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use stowage_core::options::{self, check_known, Options};
 use stowage_core::{
-    Driver, Error, Layout, MountSpec, Progress, Result, SnapshotRecord, Source, VolumeRecord,
+    DataIdentity, Driver, Error, Layout, MountSpec, Progress, Result, SnapshotRecord, Source,
+    VolumeRecord,
 };
 use stowage_sys::{exists_ok, missing_ok, CopyMethod, FsInfo, LoopDevice, Sys, Usage};
 use tracing::warn;
@@ -229,6 +230,13 @@ impl Driver for Block {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             other => other.map_err(Error::io("look for the loop device of", &image)),
         }
+    }
+
+    /// A filesystem mounted from the volume's loop device is its data.
+    fn data_identity(&self, volume: &VolumeRecord) -> Result<Option<DataIdentity>> {
+        Ok(self
+            .attached_device(volume)?
+            .map(|d| DataIdentity::Source(d.display().to_string())))
     }
 
     fn detach_device(&self, volume: &VolumeRecord) -> Result<()> {

@@ -13,9 +13,10 @@ mod block;
 mod local;
 mod tmpfs;
 
+use std::path::Path;
 use std::sync::Arc;
 
-use stowage_core::{DriverSet, Layout};
+use stowage_core::{DataIdentity, DriverSet, Error, Layout, Result};
 use stowage_sys::Sys;
 
 pub use bind::Bind;
@@ -30,4 +31,14 @@ pub fn builtin(sys: Arc<dyn Sys>, layout: &Layout) -> DriverSet {
         .with(Arc::new(Block::new(sys.clone(), layout.clone())))
         .with(Arc::new(Tmpfs::new(sys.clone())))
         .with(Arc::new(Bind::new(sys, layout.clone())))
+}
+
+/// The identity of the directory `dir` as mounts of it show it; `None` if
+/// it is gone.
+fn directory_identity(sys: &dyn Sys, dir: &Path) -> Result<Option<DataIdentity>> {
+    match sys.mount_containing(dir) {
+        Ok(m) => Ok(Some(DataIdentity::of_path(&m, dir))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io("look up the mount holding", dir)(e)),
+    }
 }

@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use stowage_core::options::{self, check_known, Options};
 use stowage_core::{
-    Driver, Error, Layout, MountSpec, Progress, Result, SnapshotRecord, Source, VolumeRecord,
+    DataIdentity, Driver, Error, Layout, MountSpec, Progress, Result, SnapshotRecord, Source,
+    VolumeRecord,
 };
 use stowage_sys::{exists_ok, missing_ok, CopyMethod, Sys, Usage};
 
@@ -140,6 +141,10 @@ impl Driver for Local {
         self.sys
             .bind_mount(&dir, target, false, spec.idmap)
             .map_err(Error::io("bind-mount", &dir))
+    }
+
+    fn data_identity(&self, volume: &VolumeRecord) -> Result<Option<DataIdentity>> {
+        crate::directory_identity(self.sys.as_ref(), &self.layout.volume_dir(&volume.id))
     }
 
     fn root_owner(&self, volume: &VolumeRecord) -> Result<(u32, u32)> {

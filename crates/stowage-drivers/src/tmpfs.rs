@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use stowage_core::options::{self, check_known, Options};
-use stowage_core::{Driver, Error, MountSpec, Result, VolumeRecord};
+use stowage_core::{DataIdentity, Driver, Error, MountSpec, Result, VolumeRecord};
 use stowage_sys::{Sys, TmpfsOptions};
 
 const OPTIONS: &[&str] = &["size", "mode", "uid", "gid"];
@@ -32,6 +32,11 @@ impl Tmpfs {
     }
 }
 
+/// The source a volume's tmpfs is mounted with: unique to the volume.
+fn source_name(volume: &VolumeRecord) -> String {
+    format!("stowage-{}", volume.id)
+}
+
 impl Driver for Tmpfs {
     fn name(&self) -> &'static str {
         "tmpfs"
@@ -46,8 +51,13 @@ impl Driver for Tmpfs {
         let mut opts = Self::mount_options(&volume.options)?;
         opts.context = spec.context.map(str::to_string);
         self.sys
-            .mount_tmpfs(&format!("stowage-{}", volume.id), target, &opts, spec.idmap)
+            .mount_tmpfs(&source_name(volume), target, &opts, spec.idmap)
             .map_err(Error::io("mount tmpfs on", target))
+    }
+
+    /// The volume's tmpfs, while it lives, is the one named for it.
+    fn data_identity(&self, volume: &VolumeRecord) -> Result<Option<DataIdentity>> {
+        Ok(Some(DataIdentity::Source(source_name(volume))))
     }
 
     /// tmpfs takes `context=` at mount time: no relabelling needed.

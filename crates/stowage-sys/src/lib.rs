@@ -130,6 +130,13 @@ pub trait Sys: Send + Sync + 'static {
     fn mount_at(&self, path: &Path) -> io::Result<Option<MountEntry>> {
         Ok(top_mount(&self.mount_table()?, path).cloned())
     }
+    /// The mount `path` lies in (the topmost one at `path` if something is
+    /// mounted there), without following a final symlink.
+    fn mount_containing(&self, path: &Path) -> io::Result<MountEntry> {
+        containing_mount(&self.mount_table()?, path)
+            .cloned()
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))
+    }
 
     /// Creates the sparse image file `path` of `size` bytes, durably. It
     /// must not exist.
@@ -245,6 +252,23 @@ pub fn is_symlink_refusal(e: &io::Error) -> bool {
 /// there.
 pub fn top_mount<'t>(table: &'t [MountEntry], path: &Path) -> Option<&'t MountEntry> {
     table.iter().rev().find(|m| m.mount_point == path)
+}
+
+/// The mount of `table` that `path` lies in: the topmost one at the
+/// longest mount point that is `path` or one of its ancestors.
+pub fn containing_mount<'t>(table: &'t [MountEntry], path: &Path) -> Option<&'t MountEntry> {
+    path.ancestors().find_map(|a| top_mount(table, a))
+}
+
+/// Where `path`, which lies in the mount `m`, is within `m`'s filesystem:
+/// the mount's root joined with the rest of the path. Two paths show the
+/// same files exactly when their filesystems' devices and these paths
+/// agree, whatever mounts lead to them.
+pub fn path_in_filesystem(m: &MountEntry, path: &Path) -> PathBuf {
+    match path.strip_prefix(&m.mount_point) {
+        Ok(rest) if !rest.as_os_str().is_empty() => m.root.join(rest),
+        _ => m.root.clone(),
+    }
 }
 
 /// Counts the mounts stacked exactly at `target` in `table`.

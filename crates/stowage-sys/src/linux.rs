@@ -303,6 +303,18 @@ impl Sys for LinuxSys {
         }
     }
 
+    fn mount_containing(&self, path: &Path) -> io::Result<MountEntry> {
+        match statmount::mount_containing(path) {
+            Err(e) if e.kind() == io::ErrorKind::Unsupported => {
+                let table = self.mount_table()?;
+                crate::containing_mount(&table, path)
+                    .cloned()
+                    .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))
+            }
+            found => found,
+        }
+    }
+
     fn create_image(&self, path: &Path, size: u64) -> io::Result<()> {
         block::create_image(path, size)
     }

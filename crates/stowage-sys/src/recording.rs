@@ -364,6 +364,25 @@ impl Sys for RecordingSys {
         self.lock().selinux
     }
 
+    /// A path under no simulated mount lies in the host's root
+    /// filesystem, device `0:1` like every recorded mount.
+    fn mount_containing(&self, path: &Path) -> io::Result<MountEntry> {
+        let table = self.mount_table()?;
+        Ok(match crate::containing_mount(&table, path) {
+            Some(m) => m.clone(),
+            None => MountEntry {
+                mount_id: 1,
+                parent_id: 1,
+                device: "0:1".into(),
+                root: "/".into(),
+                mount_point: "/".into(),
+                read_only: false,
+                fs_type: "recorded".into(),
+                source: "/".into(),
+            },
+        })
+    }
+
     fn mount_table(&self) -> io::Result<Vec<MountEntry>> {
         let s = self.lock();
         let mut id = 100;

@@ -66,20 +66,28 @@ struct MntIdReq {
 /// there (or `path` does not exist). A kernel that cannot answer gives an
 /// error of kind `Unsupported`: read the mount table instead.
 pub fn mount_at(path: &Path) -> io::Result<Option<MountEntry>> {
+    // `path` resolves into the mount on top of it, or, if nothing is
+    // mounted there, into the mount that contains it.
+    let m = match mount_containing(path) {
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {
+            return Ok(None)
+        }
+        other => other?,
+    };
+    Ok((m.mount_point == path).then_some(m))
+}
+
+/// The mount `path` (not following a final symlink) lies in: the topmost
+/// one at `path` itself if something is mounted there. `NotFound` if
+/// `path` does not exist; `Unsupported` as for [`mount_at`].
+pub fn mount_containing(path: &Path) -> io::Result<MountEntry> {
     let flags = AtFlags::SYMLINK_NOFOLLOW | AtFlags::NO_AUTOMOUNT;
     let mask = StatxFlags::from_bits_retain(STATX_MNT_ID_UNIQUE);
-    let st = match statx(CWD, path, flags, mask) {
-        Ok(st) => st,
-        Err(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR) => return Ok(None),
-        Err(e) => return Err(e.into()),
-    };
+    let st = statx(CWD, path, flags, mask)?;
     if st.stx_mask & STATX_MNT_ID_UNIQUE == 0 {
         return Err(unsupported("statx has no unique mount IDs"));
     }
-    // `path` resolves into the mount on top of it, or, if nothing is
-    // mounted there, into the mount that contains it.
-    let m = statmount(st.stx_mnt_id)?;
-    Ok((m.mount_point == path).then_some(m))
+    statmount(st.stx_mnt_id)
 }
 
 fn statmount(mnt_id: u64) -> io::Result<MountEntry> {

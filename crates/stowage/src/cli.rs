@@ -38,7 +38,7 @@ pub enum Command {
 #[derive(Args, Debug, Default)]
 pub struct ServeArgs {
     /// TOML file with data_root, run_root, plugin_dir, docker_spec,
-    /// csi_endpoint and node_id; flags override it.
+    /// csi_endpoint, csi_allowed_paths and node_id; flags override it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Where volumes' data and the state database live [default: /var/lib/stowage].
@@ -62,6 +62,13 @@ pub struct ServeArgs {
     /// The name orchestrators know this host by [default: the hostname].
     #[arg(long, value_name = "ID", env = "STOWAGE_NODE_ID")]
     pub node_id: Option<String>,
+    /// Directories CSI staging and target paths must lie beneath, for
+    /// example kubelet's /var/lib/kubelet (comma-separated or repeated).
+    /// Without it any path is taken except Stowage's own roots, the
+    /// system's trees (/etc, /usr, /proc, /dev, /run, ...) and directories
+    /// the whole host shares (/, /tmp, /home, ...).
+    #[arg(long, value_name = "DIR", value_delimiter = ',')]
+    pub csi_allowed_paths: Vec<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use rustix::fs::{flock, FlockOperation};
 use serde::Deserialize;
-use stowage_core::{Layout, VolumeService};
+use stowage_core::{CallerPaths, Layout, VolumeService};
 use stowage_store::SqliteStore;
 use stowage_sys::LinuxSys;
 use tokio::net::UnixListener;
@@ -32,6 +32,9 @@ pub struct Config {
     pub csi_endpoint: Option<CsiEndpoint>,
     /// The node id given to orchestrators; the hostname if unset.
     pub node_id: Option<String>,
+    /// Directories CSI staging and target paths must lie beneath; any
+    /// path outside Stowage's roots and the system's trees if empty.
+    pub csi_allowed_paths: Vec<PathBuf>,
 }
 
 /// The plugin socket's file name; Docker names the driver after it.
@@ -48,6 +51,7 @@ impl Default for Config {
             docker_spec: None,
             csi_endpoint: None,
             node_id: None,
+            csi_allowed_paths: Vec::new(),
         }
     }
 }
@@ -80,6 +84,12 @@ impl Config {
         }
         if let Some(id) = &args.node_id {
             config.node_id = Some(id.clone());
+        }
+        if !args.csi_allowed_paths.is_empty() {
+            config.csi_allowed_paths = args.csi_allowed_paths.clone();
+        }
+        if let Some(p) = config.csi_allowed_paths.iter().find(|p| !p.is_absolute()) {
+            bail!("CSI allowed paths must be absolute, got {}", p.display());
         }
         for (what, p) in [
             ("data root", &config.data_root),
@@ -185,8 +195,20 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         Some(id) => id.clone(),
         None => hostname()?,
     };
+    let csi_socket = match &config.csi_endpoint {
+        Some(endpoint) => endpoint.0.clone(),
+        None => layout.csi_socket(),
+    };
+    let mut caller_paths = CallerPaths::new(&layout)
+        .allowing(config.csi_allowed_paths.clone())
+        .protecting(config.plugin_dir.clone());
+    if let Some(dir) = csi_socket.parent() {
+        caller_paths = caller_paths.protecting(dir.to_path_buf());
+    }
     let service = Arc::new(
-        VolumeService::new(Arc::new(store), drivers, sys, layout.clone()).with_node_id(node_id),
+        VolumeService::new(Arc::new(store), drivers, sys, layout.clone())
+            .with_node_id(node_id)
+            .with_caller_paths(caller_paths),
     );
     let reconciler = service.clone();
     let report = tokio::task::spawn_blocking(move || reconciler.reconcile())
@@ -203,10 +225,6 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     if let Some(name) = &config.docker_spec {
         write_docker_spec(Path::new(DOCKER_SPEC_DIR), name, &plugin_socket)?;
     }
-    let csi_socket = match &config.csi_endpoint {
-        Some(endpoint) => endpoint.0.clone(),
-        None => layout.csi_socket(),
-    };
     if let Some(dir) = csi_socket.parent() {
         prepare_dir(dir, 0o755)?;
     }

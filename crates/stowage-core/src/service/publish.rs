@@ -16,12 +16,14 @@
 //! device no staging path holds any more.
 
 use std::collections::BTreeSet;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use stowage_sys::{exists_ok, missing_ok, MountAttrs, MountEntry};
 use tracing::warn;
 
+use super::confine::CallerPaths;
 use super::{logged, not_found, Loaded, VolumeService, MAX_STACKED_MOUNTS};
+use crate::driver::DataIdentity;
 use crate::error::{Error, Result};
 use crate::name::VolumeName;
 use crate::volume::{DeviceUse, Usage, VolumeRecord};
@@ -41,8 +43,10 @@ pub enum PathUsage {
 
 /// How the kernel shows a volume.
 enum Shown {
-    /// The filesystem tree its own mountpoint shows.
-    Tree(MountEntry),
+    /// Its data as a filesystem tree: what its own mountpoint shows, or,
+    /// with nothing mounted there, what the driver says a mount of it
+    /// looks like.
+    Tree(DataIdentity),
     /// Its raw device, whose node a mount binds.
     Device(PathBuf),
 }
@@ -50,7 +54,7 @@ enum Shown {
 impl Shown {
     fn at(&self, m: &MountEntry) -> bool {
         match self {
-            Shown::Tree(v) => same_tree(v, m),
+            Shown::Tree(v) => v.shown_by(m),
             Shown::Device(d) => binds_device(m, d),
         }
     }
@@ -61,7 +65,7 @@ impl VolumeService {
     /// Staging again at the same path succeeds.
     pub fn stage(&self, name: &str, staging: &Path) -> Result<()> {
         logged("stage", name, || {
-            let (name, consumer) = staging_call(name, staging)?;
+            let (name, consumer) = staging_call(&self.caller_paths, name, staging)?;
             let _guard = self.locks.lock(name.as_str());
             let mut loaded = self.load_ready(&name)?;
             let volume = self.shown(&loaded.record)?;
@@ -92,7 +96,7 @@ impl VolumeService {
     pub fn stage_device(&self, name: &str, staging: &Path, read_only: bool) -> Result<()> {
         logged("stage", name, || {
             let name = VolumeName::parse(name)?;
-            check_caller_path("staging path", staging)?;
+            self.caller_paths.check("staging path", staging)?;
             let _guard = self.locks.lock(name.as_str());
             let mut loaded = self.load_ready(&name)?;
             let precondition = |reason: String| Error::Precondition {
@@ -187,7 +191,7 @@ impl VolumeService {
     /// not staged succeeds.
     pub fn unstage(&self, name: &str, staging: &Path) -> Result<()> {
         logged("unstage", name, || {
-            let (name, consumer) = staging_call(name, staging)?;
+            let (name, consumer) = staging_call(&self.caller_paths, name, staging)?;
             let _guard = self.locks.lock(name.as_str());
             let mut loaded = self.load_ready(&name)?;
             let device_staged =
@@ -236,8 +240,8 @@ impl VolumeService {
     ) -> Result<()> {
         logged("publish", name, || {
             let name = VolumeName::parse(name)?;
-            check_caller_path("staging path", staging)?;
-            check_caller_path("target path", target)?;
+            self.caller_paths.check("staging path", staging)?;
+            self.caller_paths.check("target path", target)?;
             let _guard = self.locks.lock(name.as_str());
             let loaded = self.load_ready(&name)?;
             let not_staged = || Error::NotStaged {
@@ -314,7 +318,7 @@ impl VolumeService {
     pub fn unpublish(&self, name: &str, target: &Path) -> Result<()> {
         logged("unpublish", name, || {
             let name = VolumeName::parse(name)?;
-            check_caller_path("target path", target)?;
+            self.caller_paths.check("target path", target)?;
             let _guard = self.locks.lock(name.as_str());
             let loaded = self.load(&name)?.ok_or_else(|| not_found(&name))?;
             self.unmount_ours(&loaded.record, target)?;
@@ -335,7 +339,7 @@ impl VolumeService {
     pub fn path_usage(&self, name: &str, path: &Path) -> Result<PathUsage> {
         let name = VolumeName::parse(name)?;
         let loaded = self.load(&name)?.ok_or_else(|| not_found(&name))?;
-        let shown = match check_caller_path("volume path", path) {
+        let shown = match self.caller_paths.check("volume path", path) {
             Ok(()) => self.shown(&loaded.record)?,
             Err(_) => None,
         };
@@ -380,30 +384,35 @@ impl VolumeService {
         }
     }
 
-    /// How the kernel shows the volume, if it shows it anywhere: its raw
-    /// device while staged as one, else the filesystem at its mountpoint.
+    /// How the kernel shows the volume, if that can be told: its raw
+    /// device while staged as one, else the filesystem tree at its
+    /// mountpoint, else what the driver knows of its data.
     fn shown(&self, record: &VolumeRecord) -> Result<Option<Shown>> {
+        let driver = self.drivers.get(&record.driver)?;
         if record.device.is_some() {
-            let driver = self.drivers.get(&record.driver)?;
             return Ok(driver.attached_device(record)?.map(Shown::Device));
         }
-        Ok(self
-            .mount_at(&self.layout.mountpoint(&record.id))?
-            .map(Shown::Tree))
+        if let Some(m) = self.mount_at(&self.layout.mountpoint(&record.id))? {
+            return Ok(Some(Shown::Tree(DataIdentity::of_mount(&m))));
+        }
+        Ok(driver.data_identity(record)?.map(Shown::Tree))
     }
 
     /// Unmounts every mount at `path` that shows this volume, topmost
-    /// first. A mount of something else there is refused, not touched.
+    /// first. A mount that cannot be proven to be the volume's is refused,
+    /// and left as it is.
     fn unmount_ours(&self, record: &VolumeRecord, path: &Path) -> Result<()> {
         let volume = self.shown(record)?;
         for _ in 0..MAX_STACKED_MOUNTS {
             let Some(m) = self.mount_at(path)? else {
                 return Ok(());
             };
-            // Once the volume itself is unmounted its identity is gone; a
-            // mount the volume's name was given for is taken as its own.
-            if volume.as_ref().is_some_and(|v| !v.at(&m)) {
-                return Err(taken(path, &m));
+            if !volume.as_ref().is_some_and(|v| v.at(&m)) {
+                return Err(Error::ForeignMount {
+                    name: record.name.to_string(),
+                    path: path.to_path_buf(),
+                    what: format!("{} {}", m.fs_type, m.source),
+                });
             }
             match self.sys.unmount(path) {
                 Ok(()) => {}
@@ -420,35 +429,12 @@ impl VolumeService {
 
 /// The volume a stage or unstage call names, and the consumer its staging
 /// path holds the volume as; both checked.
-fn staging_call(name: &str, staging: &Path) -> Result<(VolumeName, String)> {
+fn staging_call(paths: &CallerPaths, name: &str, staging: &Path) -> Result<(VolumeName, String)> {
     let name = VolumeName::parse(name)?;
-    check_caller_path("staging path", staging)?;
+    paths.check("staging path", staging)?;
     let consumer = format!("csi-stage:{}", staging.display());
     crate::name::validate_consumer(&consumer)?;
     Ok((name, consumer))
-}
-
-/// Paths come from an orchestrator: absolute, and without `..`, so that
-/// what is checked is what is mounted.
-fn check_caller_path(what: &str, path: &Path) -> Result<()> {
-    if !path.is_absolute() {
-        return Err(Error::InvalidRequest(format!(
-            "{what} {} must be absolute",
-            path.display()
-        )));
-    }
-    if path.components().any(|c| c == Component::ParentDir) {
-        return Err(Error::InvalidRequest(format!(
-            "{what} {} must not contain '..'",
-            path.display()
-        )));
-    }
-    Ok(())
-}
-
-/// Whether two mounts show the same tree of the same filesystem.
-fn same_tree(a: &MountEntry, b: &MountEntry) -> bool {
-    a.device == b.device && a.root == b.root
 }
 
 /// How an error names a device's or a publication's access.

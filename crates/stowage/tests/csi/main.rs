@@ -2,6 +2,7 @@
 //! its socket, real mounts under temporary staging and target paths, as a
 //! CO drives them. They need root (CI runs as root).
 
+mod confinement;
 mod controller;
 mod lifecycle;
 mod node;
