@@ -1,31 +1,75 @@
 //! `bind`: imports an existing host directory. The path must be absolute,
-//! contain no symlink in any component, and be neither inside nor around
-//! Stowage's own roots. It is checked again at every mount, so a symlink
-//! swapped in later is refused. Removing the volume never touches the data.
+//! contain no symlink in any component, and show nothing of Stowage's
+//! own: neither its roots nor anything inside or around them, through
+//! whatever mount leads there, nor a volume's filesystem mounted beneath
+//! it. It is checked again at every mount, and the mount made is checked
+//! once more, so a symlink or a mount swapped in meanwhile is refused.
+//! Removing the volume never touches the data.
 
-use std::collections::HashSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use stowage_core::options::{check_known, Options};
 use stowage_core::{DataIdentity, Driver, Error, Layout, MountSpec, Result, VolumeRecord};
-use stowage_sys::{FileId, Sys};
+use stowage_sys::{path_in_filesystem, MountEntry, Sys};
 
 const OPTIONS: &[&str] = &["path"];
+/// More mounts than this stacked on one mountpoint is someone mounting
+/// there as fast as they are taken off.
+const MAX_STACKED: usize = 64;
 
 pub struct Bind {
     sys: Arc<dyn Sys>,
     layout: Layout,
-    /// Identities of the roots and of every directory above them, read
-    /// once: they do not change while the daemon runs.
-    roots: OnceLock<Roots>,
+    /// Where the roots are in their filesystems, read once: they do not
+    /// move while the daemon runs.
+    roots: OnceLock<Vec<Tree>>,
 }
 
-struct Roots {
-    /// The roots themselves.
-    ids: Vec<FileId>,
-    /// The roots and all their ancestors.
-    chains: HashSet<FileId>,
+/// A directory of a filesystem: what a mount shows, wherever it is mounted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Tree {
+    device: String,
+    path: PathBuf,
+}
+
+impl Tree {
+    /// What the mount `m` shows.
+    fn of_mount(m: &MountEntry) -> Tree {
+        Tree {
+            device: m.device.clone(),
+            path: m.root.clone(),
+        }
+    }
+
+    /// Whether one tree holds the other.
+    fn overlaps(&self, other: &Tree) -> bool {
+        self.device == other.device
+            && (self.path.starts_with(&other.path) || other.path.starts_with(&self.path))
+    }
+}
+
+/// What Stowage owns at the moment of a check.
+struct Owned<'a> {
+    roots: &'a [Tree],
+    /// The loop devices of block volumes and snapshots: every filesystem
+    /// on them is a volume's.
+    devices: Vec<String>,
+}
+
+impl Owned<'_> {
+    /// Why showing `tree`, mounted from `m`, would expose Stowage's own.
+    fn refuses(&self, tree: &Tree, m: &MountEntry) -> Option<&'static str> {
+        if self.roots.iter().any(|r| r.overlaps(tree)) {
+            Some("shows stowage's data or run root, or a directory in or around one")
+        } else if self.devices.contains(&m.source)
+            || (m.fs_type == "tmpfs" && m.source.starts_with("stowage-"))
+        {
+            Some("shows a stowage volume's filesystem")
+        } else {
+            None
+        }
+    }
 }
 
 impl Bind {
@@ -37,39 +81,72 @@ impl Bind {
         }
     }
 
-    fn identities(&self, p: &Path) -> Result<HashSet<FileId>> {
-        p.ancestors()
-            .map(|a| {
-                self.sys
-                    .inspect_nofollow(a)
-                    .map(|i| i.id)
-                    .map_err(Error::io("inspect", a))
-            })
-            .collect()
-    }
-
-    fn roots(&self) -> Result<&Roots> {
-        if let Some(r) = self.roots.get() {
-            return Ok(r);
-        }
-        let mut roots = Roots {
-            ids: Vec::new(),
-            chains: HashSet::new(),
+    /// The mount `path` lies in, and the tree `path` is in its filesystem.
+    fn tree_at(&self, path: &Path) -> Result<(MountEntry, Tree)> {
+        let m = self
+            .sys
+            .mount_containing(path)
+            .map_err(Error::io("look up the mount holding", path))?;
+        let tree = Tree {
+            device: m.device.clone(),
+            path: path_in_filesystem(&m, path),
         };
-        for root in [&self.layout.data_root, &self.layout.run_root] {
-            let id = self
-                .sys
-                .inspect_nofollow(root)
-                .map_err(Error::io("inspect", root))?
-                .id;
-            roots.ids.push(id);
-            roots.chains.extend(self.identities(root)?);
-        }
-        Ok(self.roots.get_or_init(|| roots))
+        Ok((m, tree))
     }
 
-    /// Checks the imported path and returns it.
-    fn checked_path<'a>(&self, opts: &'a Options) -> Result<&'a Path> {
+    fn owned(&self) -> Result<Owned<'_>> {
+        let roots = match self.roots.get() {
+            Some(r) => r,
+            None => {
+                let mut roots = Vec::new();
+                for root in [&self.layout.data_root, &self.layout.run_root] {
+                    roots.push(self.tree_at(root)?.1);
+                }
+                self.roots.get_or_init(|| roots)
+            }
+        };
+        let data_root = &self.layout.data_root;
+        let devices = self
+            .sys
+            .loop_devices_under(data_root)
+            .map_err(Error::io("list the loop devices of", data_root))?;
+        Ok(Owned {
+            roots,
+            devices: devices.iter().map(|d| d.display().to_string()).collect(),
+        })
+    }
+
+    /// Refuses a tree at `path` that would show anything Stowage owns:
+    /// the tree itself (found through the mount it lies in, so another
+    /// mount of a root or of a directory in one is caught), or a mount
+    /// beneath it, which a recursive bind carries along.
+    fn check_exposure(&self, path: &Path, value: &str) -> Result<Tree> {
+        let owned = self.owned()?;
+        let (m, tree) = self.tree_at(path)?;
+        let refuse = |why: &str| Error::invalid_option("path", value, why);
+        if let Some(why) = owned.refuses(&tree, &m) {
+            return Err(refuse(why));
+        }
+        let table = self
+            .sys
+            .mount_table()
+            .map_err(Error::io("read mount table", "/proc/self/mountinfo"))?;
+        for sub in table
+            .iter()
+            .filter(|s| s.mount_point.starts_with(path) && s.mount_point != path)
+        {
+            if let Some(why) = owned.refuses(&Tree::of_mount(sub), sub) {
+                return Err(refuse(&format!(
+                    "holds {}, which {why}",
+                    sub.mount_point.display()
+                )));
+            }
+        }
+        Ok(tree)
+    }
+
+    /// Checks the imported path and returns it with the tree it shows.
+    fn checked_path<'a>(&self, opts: &'a Options) -> Result<(&'a Path, Tree)> {
         let value = opts.get("path").ok_or_else(|| Error::MissingOption {
             driver: self.name().to_string(),
             option: "path".to_string(),
@@ -100,23 +177,44 @@ impl Bind {
         if !info.is_dir {
             return Err(bad("is not a directory"));
         }
-        if self.layout.contains(path) || self.overlaps_roots(path, info.id)? {
-            return Err(bad(
-                "must not be inside or contain stowage's data or run root",
-            ));
+        if self.layout.contains(path) {
+            return Err(bad("must not be inside stowage's data or run root"));
         }
-        Ok(path)
+        let tree = self.check_exposure(path, value)?;
+        Ok((path, tree))
     }
 
-    /// Compares file identities, not just strings, so that another path to
-    /// a root (a bind mount of it elsewhere) is caught too.
-    fn overlaps_roots(&self, path: &Path, path_id: FileId) -> Result<bool> {
-        let roots = self.roots()?;
-        let inside = self
-            .identities(path)?
-            .iter()
-            .any(|id| roots.ids.contains(id));
-        Ok(inside || roots.chains.contains(&path_id))
+    /// Takes off everything a refused mount put on the empty `target`: a
+    /// recursive clone of a directory with a mount on it stacks two there.
+    fn unmount_all(&self, target: &Path) {
+        for _ in 0..MAX_STACKED {
+            match self.sys.unmount(target) {
+                Ok(()) => {}
+                Err(e) if stowage_sys::is_not_mounted(&e) => return,
+                Err(e) => {
+                    tracing::warn!(path = %target.display(), error = %e, "cannot undo a refused bind mount");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Checks the mount just made at `target` from `value`: it must show
+    /// the tree that was checked, and nothing Stowage owns beneath it, or
+    /// something was swapped in between the check and the mount.
+    fn check_mounted(&self, target: &Path, value: &str, checked: &Tree) -> Result<()> {
+        let m = self
+            .sys
+            .mount_at(target)
+            .map_err(Error::io("look up the mount at", target))?;
+        if !m.is_some_and(|m| Tree::of_mount(&m) == *checked) {
+            return Err(Error::invalid_option(
+                "path",
+                value,
+                "changed while it was being mounted; retry",
+            ));
+        }
+        self.check_exposure(target, value).map(drop)
     }
 }
 
@@ -131,10 +229,16 @@ impl Driver for Bind {
     }
 
     fn mount(&self, volume: &VolumeRecord, target: &Path, spec: MountSpec<'_>) -> Result<()> {
-        let source = self.checked_path(&volume.options)?;
+        let (source, tree) = self.checked_path(&volume.options)?;
         self.sys
             .bind_mount(source, target, true, spec.idmap)
-            .map_err(Error::io("bind-mount", source))
+            .map_err(Error::io("bind-mount", source))?;
+        let value = source.to_str().unwrap_or_default();
+        if let Err(e) = self.check_mounted(target, value, &tree) {
+            self.unmount_all(target);
+            return Err(e);
+        }
+        Ok(())
     }
 
     fn data_identity(&self, volume: &VolumeRecord) -> Result<Option<DataIdentity>> {
@@ -212,9 +316,9 @@ mod tests {
             ("BASE/srv/link", "symlink"),
             ("BASE/srv/file", "not a directory"),
             ("BASE/srv/missing", "cannot open"),
-            ("BASE/data", "inside or contain"),
-            ("BASE/run", "inside or contain"),
-            ("BASE", "inside or contain"),
+            ("BASE/data", "inside stowage's"),
+            ("BASE/run", "inside stowage's"),
+            ("BASE", "in or around"),
         ] {
             let err = check(&env, path).unwrap_err().to_string();
             assert!(err.contains(reason), "{path}: {err}");

@@ -168,6 +168,8 @@ pub trait Sys: Send + Sync + 'static {
     fn detach_loop(&self, device: &Path) -> io::Result<()>;
     /// The loop device backed by `image`, if one is.
     fn loop_device_of(&self, image: &Path) -> io::Result<Option<PathBuf>>;
+    /// The loop devices whose backing files lie under the directory `dir`.
+    fn loop_devices_under(&self, dir: &Path) -> io::Result<Vec<PathBuf>>;
     /// Makes a loop device take up its image's new size.
     fn refresh_loop(&self, device: &Path) -> io::Result<()>;
     /// Mounts the `fs_type` filesystem on `device` onto the directory

@@ -64,6 +64,20 @@ pub(crate) fn set_idmap(
     mount_setattr(mount, &attr, recursive)
 }
 
+/// Makes the detached mount `mount` (and its submounts if `recursive`)
+/// private: a clone of a shared mount would otherwise stay in its peer
+/// group, and whatever is mounted at the source later, by anyone, would
+/// appear inside the volume too, past every check.
+fn make_private(mount: &OwnedFd, recursive: bool) -> io::Result<()> {
+    let attr = libc::mount_attr {
+        attr_set: 0,
+        attr_clr: 0,
+        propagation: libc::MS_PRIVATE,
+        userns_fd: 0,
+    };
+    mount_setattr(mount, &attr, recursive)
+}
+
 /// Sets `attrs` on the detached mount `mount` (not its submounts).
 fn set_attrs(mount: &OwnedFd, attrs: MountAttrs) -> io::Result<()> {
     let mut attr = libc::mount_attr {
@@ -199,6 +213,7 @@ impl Sys for LinuxSys {
             flags |= OpenTreeFlags::AT_RECURSIVE;
         }
         let tree = rmount::open_tree(&source, "", flags)?;
+        make_private(&tree, recursive)?;
         if let Some(userns) = idmap {
             set_idmap(&tree, userns, recursive)?;
         }
@@ -217,6 +232,7 @@ impl Sys for LinuxSys {
             | OpenTreeFlags::OPEN_TREE_CLOEXEC
             | OpenTreeFlags::AT_EMPTY_PATH;
         let tree = rmount::open_tree(&source, "", flags)?;
+        make_private(&tree, false)?;
         if let Some(userns) = idmap {
             set_idmap(&tree, userns, false)?;
         }
@@ -361,6 +377,10 @@ impl Sys for LinuxSys {
 
     fn loop_device_of(&self, image: &Path) -> io::Result<Option<std::path::PathBuf>> {
         block::loop_backing(image)
+    }
+
+    fn loop_devices_under(&self, dir: &Path) -> io::Result<Vec<std::path::PathBuf>> {
+        block::loop_devices_backing(&std::fs::canonicalize(dir)?)
     }
 
     fn refresh_loop(&self, device: &Path) -> io::Result<()> {

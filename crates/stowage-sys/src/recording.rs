@@ -490,6 +490,11 @@ impl Sys for RecordingSys {
         Ok(None)
     }
 
+    /// Loop devices are not tied to their images here.
+    fn loop_devices_under(&self, _dir: &Path) -> io::Result<Vec<PathBuf>> {
+        Ok(Vec::new())
+    }
+
     fn refresh_loop(&self, device: &Path) -> io::Result<()> {
         drop(self.record(Call::RefreshLoop(device.into()))?);
         Ok(())

@@ -4,6 +4,7 @@
 mod bad_input;
 mod block;
 mod crash;
+mod escape;
 mod lifecycle;
 mod ownership;
 mod subvolumes;
