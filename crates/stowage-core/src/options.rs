@@ -116,13 +116,22 @@ pub fn tmpfs_size(opts: &Options, key: &str) -> Result<Option<String>> {
         None => (lower.as_str(), ""),
     };
     let number: u64 = digits.parse().map_err(|_| bad())?;
-    match suffix {
-        "" | "k" | "m" | "g" => {}
-        "%" if (1..=100).contains(&number) => {}
+    let shift = match suffix {
+        "" => 0,
+        "k" => 10,
+        "m" => 20,
+        "g" => 30,
+        "%" if (1..=100).contains(&number) => return Ok(Some(format!("{number}%"))),
         _ => return Err(bad()),
-    }
+    };
     if number == 0 {
         return Err(bad());
+    }
+    // The kernel multiplies and rounds up to pages in 64 bits without a
+    // check: 17179869184g wraps to 0 (no limit) and
+    // 18014398509481988k to one page. The same bound as every size.
+    if number.checked_mul(1 << shift).is_none_or(|n| n > i64::MAX as u64) {
+        return Err(Error::invalid_option(key, value, "size too large"));
     }
     Ok(Some(format!("{number}{suffix}")))
 }
@@ -238,7 +247,20 @@ mod tests {
         assert_eq!(s("64M").unwrap().as_deref(), Some("64m"));
         assert_eq!(s("50%").unwrap().as_deref(), Some("50%"));
         assert_eq!(s("1048576").unwrap().as_deref(), Some("1048576"));
-        for bad in ["-1", "10Q", "0", "", "1,mode=777", "101%", "1.5g", "m"] {
+        for bad in [
+            "-1",
+            "10Q",
+            "0",
+            "",
+            "1,mode=777",
+            "101%",
+            "1.5g",
+            "m",
+            "17179869184g",
+            "18014398509481988k",
+            "9223372036854775808",
+            "99999999999999999999",
+        ] {
             assert!(s(bad).is_err(), "{bad}");
         }
     }

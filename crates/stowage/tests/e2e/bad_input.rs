@@ -37,6 +37,14 @@ fn bad_cli_input_is_refused_and_changes_nothing() {
             "volume create v -d tmpfs -o size=1m,mode=777",
             "expected a size",
         ),
+        (
+            "volume create v -d tmpfs -o size=17179869184g",
+            "size too large",
+        ),
+        (
+            "volume create v -d tmpfs -o size=18014398509481988k",
+            "size too large",
+        ),
         ("volume create v -d nfs", "unknown driver"),
         ("volume create v -d bind", "missing required option path"),
         ("volume create v -d bind -o path=relative", "absolute"),
