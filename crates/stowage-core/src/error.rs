@@ -144,6 +144,19 @@ pub enum Error {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(
+        "the store has never been written to, but {} holds the data of volumes or snapshots \
+         ({entries} entries, such as {}); refusing to start, which would forget them and \
+         tear down their mounts: restore the database (stowage.db) from a backup, or move \
+         that data aside",
+        data_root.display(),
+        example.display()
+    )]
+    StoreLost {
+        data_root: PathBuf,
+        entries: usize,
+        example: PathBuf,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -178,7 +191,7 @@ impl Error {
             | Error::ForeignMount { .. }
             | Error::NotStaged { .. } => ErrorKind::FailedPrecondition,
             Error::Store(StoreError::Conflict { .. }) => ErrorKind::Conflict,
-            Error::Io { .. } | Error::Store(_) => ErrorKind::Internal,
+            Error::Io { .. } | Error::Store(_) | Error::StoreLost { .. } => ErrorKind::Internal,
         }
     }
 

@@ -130,7 +130,10 @@ pub fn tmpfs_size(opts: &Options, key: &str) -> Result<Option<String>> {
     // The kernel multiplies and rounds up to pages in 64 bits without a
     // check: 17179869184g wraps to 0 (no limit) and
     // 18014398509481988k to one page. The same bound as every size.
-    if number.checked_mul(1 << shift).is_none_or(|n| n > i64::MAX as u64) {
+    if number
+        .checked_mul(1 << shift)
+        .is_none_or(|n| n > i64::MAX as u64)
+    {
         return Err(Error::invalid_option(key, value, "size too large"));
     }
     Ok(Some(format!("{number}{suffix}")))

@@ -364,12 +364,12 @@ impl VolumeService {
     }
 
     pub fn list(&self, filter: &VolumeFilter) -> Result<Vec<Volume>> {
-        let table = self.mount_table()?;
+        let mounted = self.stacked_mounts(&self.mount_table()?);
         let mut out: Vec<Volume> = self
             .list_records()?
             .iter()
             .filter(|l| filter.matches(&l.record))
-            .map(|l| self.view_with(&l.record, self.mounts_in(&table, &l.record.id) > 0))
+            .map(|l| self.view_with(&l.record, mounted.contains_key(&l.record.id)))
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
@@ -572,9 +572,20 @@ impl VolumeService {
         self.withdraw(id, MAX_STACKED_MOUNTS)
     }
 
-    /// How many mounts `table` stacks on the volume's mountpoint.
-    fn mounts_in(&self, table: &[MountEntry], id: &str) -> usize {
-        stowage_sys::mounts_at(table, &self.layout.mountpoint(id))
+    /// How many mounts `table` stacks on each volume's mountpoint, by the
+    /// volume's id: one pass over the table, however many volumes ask.
+    fn stacked_mounts(&self, table: &[MountEntry]) -> HashMap<String, usize> {
+        let mounts_dir = self.layout.mounts_dir();
+        let mut counts = HashMap::new();
+        for m in table {
+            if m.mount_point.parent() != Some(mounts_dir.as_path()) {
+                continue;
+            }
+            if let Some(id) = m.mount_point.file_name().and_then(|n| n.to_str()) {
+                *counts.entry(id.to_string()).or_default() += 1;
+            }
+        }
+        counts
     }
 
     /// A volume as callers see it, `mounted` read from the kernel.

@@ -82,6 +82,8 @@ pub enum StoreError {
 /// durable (fsync'd, or committed by a quorum); `put_with` and
 /// `delete_with` may ask for less.
 pub trait Store: Send + Sync + 'static {
+    /// The revision of the last write: 0 for a store never written to.
+    fn revision(&self) -> Result<Revision, StoreError>;
     fn get(&self, collection: Collection, key: &str) -> Result<Option<Versioned>, StoreError>;
     fn list(&self, collection: Collection) -> Result<Vec<Versioned>, StoreError>;
     /// Writes `value` if `expect` holds, durable as `durability` asks;
@@ -151,6 +153,10 @@ fn check(found: Option<&Versioned>, expect: Precondition, key: &str) -> Result<(
 }
 
 impl Store for MemoryStore {
+    fn revision(&self) -> Result<Revision, StoreError> {
+        Ok(self.inner.lock().unwrap_or_else(|e| e.into_inner()).0)
+    }
+
     fn get(&self, collection: Collection, key: &str) -> Result<Option<Versioned>, StoreError> {
         let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         Ok(inner.1.get(&(collection, key.to_string())).cloned())
@@ -213,6 +219,11 @@ pub mod conformance {
 
     pub fn run(store: &dyn Store) {
         let c = Collection::Volumes;
+        assert_eq!(
+            store.revision().unwrap(),
+            0,
+            "a new store was never written"
+        );
         assert!(store.get(c, "a").unwrap().is_none());
         assert!(store.list(c).unwrap().is_empty());
 
@@ -230,6 +241,7 @@ pub mod conformance {
             .put(c, "a", b"two", Precondition::Revision(r1))
             .unwrap();
         assert!(r2 > r1);
+        assert_eq!(store.revision().unwrap(), r2);
         assert!(matches!(
             store.put(c, "a", b"stale", Precondition::Revision(r1)),
             Err(StoreError::Conflict { .. })

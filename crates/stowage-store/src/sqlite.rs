@@ -324,6 +324,13 @@ impl Store for SqliteStore {
         })
     }
 
+    fn revision(&self) -> Result<Revision, StoreError> {
+        self.read(|c| {
+            c.prepare_cached("SELECT value FROM meta WHERE key = 'revision'")?
+                .query_row([], |r| r.get(0))
+        })
+    }
+
     fn list(&self, collection: Collection) -> Result<Vec<Versioned>, StoreError> {
         self.read(|c| {
             c.prepare_cached(

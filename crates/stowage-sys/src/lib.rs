@@ -272,20 +272,3 @@ pub fn path_in_filesystem(m: &MountEntry, path: &Path) -> PathBuf {
         _ => m.root.clone(),
     }
 }
-
-/// Counts the mounts stacked exactly at `target` in `table`.
-pub fn mounts_at(table: &[MountEntry], target: &Path) -> usize {
-    table.iter().filter(|m| m.mount_point == target).count()
-}
-
-/// Mount points in `table` that are direct children of `dir`.
-pub fn mounts_under(table: &[MountEntry], dir: &Path) -> Vec<PathBuf> {
-    let mut out: Vec<PathBuf> = table
-        .iter()
-        .filter(|m| m.mount_point.parent() == Some(dir))
-        .map(|m| m.mount_point.clone())
-        .collect();
-    out.sort();
-    out.dedup();
-    out
-}

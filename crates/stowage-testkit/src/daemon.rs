@@ -97,16 +97,15 @@ impl Daemon {
         self.run.join("csi.sock")
     }
 
-    /// Starts `stowage serve` and waits until its socket answers.
-    pub fn spawn(&mut self) {
-        assert!(self.child.is_none());
+    /// `stowage serve` on this daemon's roots, logging to its log file.
+    fn serve_command(&self) -> Command {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.base().join("daemon.log"))
             .unwrap();
-        let child = Command::new(&self.bin)
-            .arg("serve")
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("serve")
             .arg("--data-root")
             .arg(&self.data)
             .arg("--run-root")
@@ -115,9 +114,36 @@ impl Daemon {
             .arg(self.base().join("plugins"))
             .args(&self.extra)
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+            .stderr(log);
+        cmd
+    }
+
+    /// Starts `stowage serve`, which must refuse to start; returns what it
+    /// logged on this attempt.
+    pub fn start_refused(&mut self) -> String {
+        assert!(self.child.is_none());
+        let before = self.log().len();
+        let mut child = self.serve_command().spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if UnixStream::connect(self.socket()).is_ok() || Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the daemon started:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        assert!(!status.success(), "the daemon exited cleanly:\n{}", self.log());
+        self.log()[before..].to_string()
+    }
+
+    /// Starts `stowage serve` and waits until its socket answers.
+    pub fn spawn(&mut self) {
+        assert!(self.child.is_none());
+        let child = self.serve_command().spawn().unwrap();
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {

@@ -1,12 +1,14 @@
 //! Start-up reconciliation of the store with the kernel's mount table.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 
-use stowage_sys::{exists_ok, MountEntry};
+use stowage_sys::exists_ok;
 use tracing::{info, warn};
 
 use super::{Loaded, VolumeService};
 use crate::error::{Error, Result};
+use crate::snapshot::SnapshotRecord;
 use crate::volume::VolumeState;
 
 /// What reconciliation found and did.
@@ -27,6 +29,9 @@ pub struct ReconcileReport {
     /// Volumes that could not be brought in line, with the reason. They are
     /// left as recorded and retried at the next start.
     pub failures: Vec<String>,
+    /// Data under the data root that no record accounts for: reported,
+    /// never deleted.
+    pub orphans: Vec<PathBuf>,
 }
 
 impl VolumeService {
@@ -43,14 +48,15 @@ impl VolumeService {
             exists_ok(self.sys.create_dir(&dir, 0o700))
                 .map_err(Error::io("create directory", &dir))?;
         }
+        self.refuse_lost_store()?;
         // Read once: each step below changes only its own volume's mounts.
-        let table = self.mount_table()?;
+        let stacked = self.stacked_mounts(&self.mount_table()?);
         let mut presented = HashSet::new();
         for loaded in self.list_records()? {
             report.volumes += 1;
             let name = loaded.record.name.to_string();
             let _guard = self.locks.lock(&name);
-            match self.reconcile_one(loaded, &table, &mut report) {
+            match self.reconcile_one(loaded, &stacked, &mut report) {
                 Ok(Some(id)) => {
                     presented.insert(id);
                 }
@@ -61,17 +67,75 @@ impl VolumeService {
                 }
             }
         }
-        self.remove_stale_mounts(&table, &presented, &mut report)?;
+        self.remove_stale_mounts(&stacked, &presented, &mut report)?;
         report.snapshots_finished = self.reconcile_snapshots(&mut report.failures)?;
+        report.orphans = self.orphaned_data()?;
+        for orphan in &report.orphans {
+            warn!(path = %orphan.display(), "data that no volume or snapshot accounts for; left in place");
+        }
         info!(?report, "reconciled store with mount table");
         Ok(report)
+    }
+
+    /// The entries of the directories under the data and run roots that
+    /// hold volumes' data and mounts.
+    fn data_entries(&self) -> Result<Vec<PathBuf>> {
+        let mut found = Vec::new();
+        for dir in [
+            self.layout.volumes_dir(),
+            self.layout.images_dir(),
+            self.layout.snapshots_dir(),
+            self.layout.mounts_dir(),
+        ] {
+            let entries = self.sys.list_dir(&dir).map_err(Error::io("list", &dir))?;
+            found.extend(entries.into_iter().map(|e| dir.join(e)));
+        }
+        found.sort();
+        Ok(found)
+    }
+
+    /// Refuses to start on a store that was never written beside a data
+    /// root that holds volumes' data: a lost, emptied or replaced
+    /// database. Starting on it would forget every volume and tear down
+    /// mounts in use as stale.
+    fn refuse_lost_store(&self) -> Result<()> {
+        if self.store.revision()? != 0 {
+            return Ok(());
+        }
+        let found = self.data_entries()?;
+        match found.first() {
+            None => Ok(()),
+            Some(first) => Err(Error::StoreLost {
+                data_root: self.layout.data_root.clone(),
+                entries: found.len(),
+                example: first.clone(),
+            }),
+        }
+    }
+
+    /// Volume and snapshot data that no record names.
+    fn orphaned_data(&self) -> Result<Vec<PathBuf>> {
+        let mut known = HashSet::new();
+        for l in self.list_records()? {
+            known.insert(self.layout.volume_dir(&l.record.id));
+            known.insert(self.layout.image(&l.record.id));
+            known.insert(self.layout.mountpoint(&l.record.id));
+        }
+        for l in self.list_all::<SnapshotRecord>()? {
+            known.insert(self.layout.snapshot(&l.record.id));
+        }
+        Ok(self
+            .data_entries()?
+            .into_iter()
+            .filter(|p| !known.contains(p))
+            .collect())
     }
 
     /// Returns the volume's id if it should stay presented.
     fn reconcile_one(
         &self,
         mut loaded: Loaded,
-        table: &[MountEntry],
+        stacked: &HashMap<String, usize>,
         report: &mut ReconcileReport,
     ) -> Result<Option<String>> {
         match loaded.record.state {
@@ -88,12 +152,13 @@ impl VolumeService {
             VolumeState::Ready => {}
         }
         self.reconcile_device(&mut loaded, report)?;
-        let have = self.mounts_in(table, &loaded.record.id);
+        let have = stacked.get(&loaded.record.id).copied().unwrap_or(0);
         if loaded.record.consumers.is_empty() {
             if have > 0 {
                 report.stale_mounts_removed += have;
+                self.withdraw(&loaded.record.id, have)?;
             }
-            self.withdraw(&loaded.record.id, have)?;
+            // An empty mountpoint left behind goes with the stale ones.
             return Ok(None);
         }
         if have > 0 {
@@ -143,7 +208,7 @@ impl VolumeService {
     /// volume that should be presented there.
     fn remove_stale_mounts(
         &self,
-        table: &[MountEntry],
+        stacked: &HashMap<String, usize>,
         presented: &HashSet<String>,
         report: &mut ReconcileReport,
     ) -> Result<()> {
@@ -156,7 +221,7 @@ impl VolumeService {
             if presented.contains(&id) {
                 continue;
             }
-            let count = self.mounts_in(table, &id);
+            let count = stacked.get(&id).copied().unwrap_or(0);
             match self.withdraw(&id, count) {
                 Ok(()) if count > 0 => {
                     warn!(id = %id, count, "removed stale mount");

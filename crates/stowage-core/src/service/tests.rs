@@ -344,6 +344,7 @@ fn reconcile_finishes_or_rolls_back_each_half_done_operation() {
             device_stagings_dropped: 0,
             snapshots_finished: 0,
             failures: vec![],
+            orphans: vec![],
         }
     );
     let names: Vec<String> = restarted
