@@ -114,6 +114,34 @@ fn backend(e: rusqlite::Error) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 
+/// Makes the database and its WAL files readable and writable by their
+/// owner only, creating the database so if it is missing: the records
+/// are the whole state of every volume. SQLite gives the WAL files the
+/// database's mode.
+fn restrict_to_owner(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let io = |what: &Path, e: std::io::Error| {
+        StoreError::Backend(format!(
+            "cannot restrict {} to its owner: {e}",
+            what.display()
+        ))
+    };
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| io(path, e))?;
+    for suffix in ["", "-wal", "-shm"] {
+        let file = std::path::PathBuf::from(format!("{}{suffix}", path.display()));
+        match std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&file, e)),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open(path).map_err(backend)?;
     conn.pragma_update(None, "journal_mode", "WAL")
@@ -153,6 +181,7 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        restrict_to_owner(path)?;
         let mut conn = open_connection(path)?;
         // Checkpoint often, so the WAL stays small and is overwritten in
         // place: appending to a growing WAL makes every commit's fsync

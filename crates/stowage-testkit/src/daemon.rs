@@ -136,7 +136,11 @@ impl Daemon {
             }
             std::thread::sleep(Duration::from_millis(5));
         };
-        assert!(!status.success(), "the daemon exited cleanly:\n{}", self.log());
+        assert!(
+            !status.success(),
+            "the daemon exited cleanly:\n{}",
+            self.log()
+        );
         self.log()[before..].to_string()
     }
 

@@ -3,7 +3,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -150,6 +150,29 @@ fn prepare_dir(dir: &Path, mode: u32) -> Result<PathBuf> {
         .with_context(|| format!("resolving {}", dir.display()))
 }
 
+/// [`prepare_dir`] for a directory only root may enter: an existing one
+/// with a wider mode is tightened, and the change logged.
+fn prepare_private_dir(dir: &Path) -> Result<PathBuf> {
+    let dir = prepare_dir(dir, 0o700)?;
+    let mode = fs::metadata(&dir)?.permissions().mode() & 0o7777;
+    if mode != 0o700 {
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("restricting {} to root", dir.display()))?;
+        tracing::warn!(dir = %dir.display(), was = format!("{mode:o}"), "tightened to 0700");
+    }
+    Ok(dir)
+}
+
+/// Runs `f` with the process's umask set to `mask`. Only for start-up,
+/// while no other thread creates files.
+fn with_umask<T>(mask: u32, f: impl FnOnce() -> T) -> T {
+    use rustix::fs::Mode;
+    let old = rustix::process::umask(Mode::from_raw_mode(mask));
+    let out = f();
+    rustix::process::umask(old);
+    out
+}
+
 /// Takes an exclusive lock on `dir/stowage.lock`, held for the life of the
 /// process, so two daemons never share a root.
 fn lock_root(dir: &Path, what: &str) -> Result<File> {
@@ -159,6 +182,7 @@ fn lock_root(dir: &Path, what: &str) -> Result<File> {
         .write(true)
         .create(true)
         .truncate(false)
+        .mode(0o600)
         .open(&path)
         .with_context(|| format!("opening {}", path.display()))?;
     if flock(&file, FlockOperation::NonBlockingLockExclusive).is_err() {
@@ -177,7 +201,7 @@ fn lock_root(dir: &Path, what: &str) -> Result<File> {
 pub async fn serve(args: ServeArgs) -> Result<()> {
     let config = Config::load(&args)?;
     let layout = Layout::new(
-        prepare_dir(&config.data_root, 0o700)?,
+        prepare_private_dir(&config.data_root)?,
         prepare_dir(&config.run_root, 0o755)?,
     );
     let _locks = (
@@ -264,8 +288,10 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
 fn bind_socket(path: &Path) -> Result<UnixListener> {
     stowage_sys::missing_ok(fs::remove_file(path))
         .with_context(|| format!("removing stale {}", path.display()))?;
-    let listener =
-        UnixListener::bind(path).with_context(|| format!("listening on {}", path.display()))?;
+    // Made 0600 from the start: with the caller's umask, it would be
+    // open to anyone until the chmod below.
+    let listener = with_umask(0o177, || UnixListener::bind(path))
+        .with_context(|| format!("listening on {}", path.display()))?;
     fs::set_permissions(path, fs::Permissions::from_mode(0o660))?;
     Ok(listener)
 }

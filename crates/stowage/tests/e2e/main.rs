@@ -7,6 +7,7 @@ mod crash;
 mod escape;
 mod lifecycle;
 mod ownership;
+mod permissions;
 mod store_loss;
 mod subvolumes;
 
