@@ -55,6 +55,15 @@ pub fn router(service: Svc) -> Router {
                 format!("unknown endpoint {}", uri.path()),
             )
         })
+        // A failure like any other: 500 with `Err`, never a bare 405.
+        .method_not_allowed_fallback(
+            |method: axum::http::Method, uri: axum::http::Uri| async move {
+                failure(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("{} takes POST, not {method}", uri.path()),
+                )
+            },
+        )
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(service)
 }

@@ -69,6 +69,7 @@ pub fn router(service: Svc) -> Router {
         .into_iter()
         .fold(Router::new(), |r, route| r.route(route.path, route.handler))
         .fallback(no_route)
+        .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(service)
 }
@@ -146,6 +147,14 @@ async fn no_route(method: Method, uri: axum::http::Uri) -> ApiError {
         status: StatusCode::NOT_FOUND,
         code: "no_route",
         message: format!("no route for {method} {}", uri.path()),
+    }
+}
+
+async fn wrong_method(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError {
+        status: StatusCode::METHOD_NOT_ALLOWED,
+        code: "method_not_allowed",
+        message: format!("{} does not take {method}", uri.path()),
     }
 }
 

@@ -91,8 +91,13 @@ pub enum Error {
     },
     #[error("missing required option {option} for driver {driver}")]
     MissingOption { driver: String, option: String },
-    #[error("invalid label {label:?}: {reason}")]
-    InvalidLabel { label: String, reason: String },
+    #[error("invalid {what} {key:?}: {reason}")]
+    InvalidEntry {
+        /// `option` or `label`.
+        what: &'static str,
+        key: String,
+        reason: String,
+    },
     #[error("invalid filter {filter:?}: {reason}")]
     InvalidFilter { filter: String, reason: String },
     #[error("driver {driver} does not support {what}")]
@@ -170,7 +175,7 @@ impl Error {
             | Error::UnknownOption { .. }
             | Error::InvalidOption { .. }
             | Error::MissingOption { .. }
-            | Error::InvalidLabel { .. }
+            | Error::InvalidEntry { .. }
             | Error::InvalidFilter { .. }
             | Error::Unsupported { .. }
             | Error::InvalidRequest(_) => ErrorKind::InvalidArgument,
@@ -182,7 +187,7 @@ impl Error {
             | Error::SnapshotConflict { .. }
             | Error::AttachmentConflict { .. }
             | Error::PathTaken { .. } => ErrorKind::Conflict,
-            Error::NoSpace(_) => ErrorKind::ResourceExhausted,
+            Error::NoSpace(_) | Error::Store(StoreError::Full(_)) => ErrorKind::ResourceExhausted,
             Error::SizeUnsupported { .. } => ErrorKind::OutOfRange,
             Error::Busy { .. }
             | Error::InUse { .. }
@@ -191,6 +196,14 @@ impl Error {
             | Error::ForeignMount { .. }
             | Error::NotStaged { .. } => ErrorKind::FailedPrecondition,
             Error::Store(StoreError::Conflict { .. }) => ErrorKind::Conflict,
+            Error::Io { source, .. }
+                if matches!(
+                    source.kind(),
+                    std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+                ) =>
+            {
+                ErrorKind::ResourceExhausted
+            }
             Error::Io { .. } | Error::Store(_) | Error::StoreLost { .. } => ErrorKind::Internal,
         }
     }

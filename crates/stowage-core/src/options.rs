@@ -34,17 +34,36 @@ pub fn check_known(driver: &str, opts: &Options, valid: &[&'static str]) -> Resu
     Ok(())
 }
 
+/// What a map of strings in a request holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MapKind {
+    Options,
+    Labels,
+}
+
+impl MapKind {
+    /// How an error names one entry.
+    fn entry(self) -> &'static str {
+        match self {
+            MapKind::Options => "option",
+            MapKind::Labels => "label",
+        }
+    }
+}
+
 /// Checks the sizes of an option or label map.
-pub fn check_map_limits(what: &str, map: &BTreeMap<String, String>) -> Result<()> {
+pub fn check_map_limits(kind: MapKind, map: &BTreeMap<String, String>) -> Result<()> {
+    let what = kind.entry();
     if map.len() > MAX_ENTRIES {
-        return Err(Error::InvalidLabel {
-            label: what.to_string(),
-            reason: format!("at most {MAX_ENTRIES} entries are allowed"),
-        });
+        return Err(Error::InvalidRequest(format!(
+            "at most {MAX_ENTRIES} {what}s are allowed, got {}",
+            map.len()
+        )));
     }
     for (k, v) in map {
-        let bad = |reason: &str| Error::InvalidLabel {
-            label: k.clone(),
+        let bad = |reason: &str| Error::InvalidEntry {
+            what,
+            key: k.clone(),
             reason: reason.to_string(),
         };
         if k.is_empty() || k.len() > 256 {
@@ -270,9 +289,15 @@ mod tests {
 
     #[test]
     fn label_limits() {
-        assert!(check_map_limits("labels", &opts(&[("a", "b")])).is_ok());
-        assert!(check_map_limits("labels", &opts(&[("a=b", "c")])).is_err());
-        assert!(check_map_limits("labels", &opts(&[("", "c")])).is_err());
-        assert!(check_map_limits("labels", &opts(&[("a", "x\ny")])).is_err());
+        let labels = |pairs| check_map_limits(MapKind::Labels, &opts(pairs));
+        assert!(labels(&[("a", "b")]).is_ok());
+        assert!(labels(&[("a=b", "c")]).is_err());
+        assert!(labels(&[("", "c")]).is_err());
+        assert!(labels(&[("a", "x\ny")]).is_err());
+        let err = check_map_limits(MapKind::Options, &opts(&[("path", "a\nb")])).unwrap_err();
+        assert!(
+            err.to_string().starts_with("invalid option \"path\""),
+            "{err}"
+        );
     }
 }

@@ -32,7 +32,7 @@ use crate::error::{Error, Result};
 use crate::layout::Layout;
 use crate::locks::KeyedLocks;
 use crate::name::{validate_consumer, VolumeName};
-use crate::options::check_map_limits;
+use crate::options::{check_map_limits, MapKind};
 use crate::ownership;
 use crate::snapshot::SnapshotRecord;
 use crate::store::{Collection, Durability, Precondition, Revision, Store};
@@ -157,8 +157,8 @@ impl VolumeService {
             (None, Some(vol)) => Some(VolumeName::parse(vol)?.to_string()),
             (None, None) => None,
         };
-        check_map_limits("options", &req.options)?;
-        check_map_limits("labels", &req.labels)?;
+        check_map_limits(MapKind::Options, &req.options)?;
+        check_map_limits(MapKind::Labels, &req.labels)?;
         // The new name and the source are locked together: a copy is
         // consistent, and the source cannot vanish halfway.
         let mut keys = vec![name.to_string()];
@@ -196,7 +196,14 @@ impl VolumeService {
         driver.validate(&own)?;
         let size = driver.requested_size(&own)?;
 
-        if let Some(existing) = self.load(&name)? {
+        let mut existing = self.load(&name)?;
+        if let Some(stale) = existing.take_if(|e| e.record.state == VolumeState::Creating) {
+            // Under the name's lock, a volume still being created is one
+            // whose create failed and whose rollback failed too (a full
+            // disk, say): finish the rollback, then create it afresh.
+            self.finish_remove(&stale)?;
+        }
+        if let Some(existing) = existing {
             let r = &existing.record;
             if r.state != VolumeState::Ready {
                 return Err(busy(r));
@@ -463,7 +470,9 @@ impl VolumeService {
         let _guard = self.locks.lock(name.as_str());
         let mut loaded = self.load(&name)?.ok_or_else(|| not_found(&name))?;
         if loaded.record.state == VolumeState::Creating {
-            return Err(busy(&loaded.record));
+            // A create that failed and could not roll back: removing it is
+            // finishing the rollback.
+            return self.finish_remove(&loaded);
         }
         loaded.record.refuse_raw_use("unstage it first")?;
         if !loaded.record.consumers.is_empty() && !force {

@@ -76,6 +76,8 @@ pub enum StoreError {
     Corrupt(String),
     #[error("store backend failed: {0}")]
     Backend(String),
+    #[error("the store's disk is full: {0}")]
+    Full(String),
 }
 
 /// A durable store. `put` and `delete` return only once the change is

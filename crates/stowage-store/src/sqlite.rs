@@ -111,7 +111,17 @@ impl Write {
 }
 
 fn backend(e: rusqlite::Error) -> StoreError {
-    StoreError::Backend(e.to_string())
+    backend_ref(&e)
+}
+
+/// A SQLite failure as the store reports it: a full disk is its own kind,
+/// which callers can act on (it is the host's space, not Stowage, that
+/// failed).
+fn backend_ref(e: &rusqlite::Error) -> StoreError {
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DiskFull) => StoreError::Full(e.to_string()),
+        _ => StoreError::Backend(e.to_string()),
+    }
 }
 
 /// Makes the database and its WAL files readable and writable by their
@@ -235,7 +245,7 @@ impl SqliteStore {
                 }
                 Err(e) => {
                     for (t, _) in batch {
-                        q.done.insert(t, Err(StoreError::Backend(e.to_string())));
+                        q.done.insert(t, Err(backend_ref(&e)));
                     }
                 }
             }

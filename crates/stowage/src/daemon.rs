@@ -173,6 +173,23 @@ fn with_umask<T>(mask: u32, f: impl FnOnce() -> T) -> T {
     out
 }
 
+/// Refuses one directory given for two roots: each holds its own lock
+/// and `stowage.sock`, so they would collide (and the second lock would
+/// be reported as another daemon).
+fn refuse_shared_dirs(dirs: &[(&str, &Path)]) -> Result<()> {
+    for (i, (a, pa)) in dirs.iter().enumerate() {
+        for (b, pb) in &dirs[i + 1..] {
+            if pa == pb {
+                bail!(
+                    "the {a} and the {b} must be different directories, both are {}",
+                    pa.display()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Takes an exclusive lock on `dir/stowage.lock`, held for the life of the
 /// process, so two daemons never share a root.
 fn lock_root(dir: &Path, what: &str) -> Result<File> {
@@ -204,6 +221,12 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         prepare_private_dir(&config.data_root)?,
         prepare_dir(&config.run_root, 0o755)?,
     );
+    let plugin_dir = prepare_dir(&config.plugin_dir, 0o755)?;
+    refuse_shared_dirs(&[
+        ("data root", &layout.data_root),
+        ("run root", &layout.run_root),
+        ("plugin dir", &plugin_dir),
+    ])?;
     let _locks = (
         lock_root(&layout.data_root, "data root")?,
         lock_root(&layout.run_root, "run root")?,
@@ -242,7 +265,6 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         tracing::warn!(failures = ?report.failures, "some volumes could not be reconciled");
     }
 
-    let plugin_dir = prepare_dir(&config.plugin_dir, 0o755)?;
     let _plugin_lock = lock_root(&plugin_dir, "plugin dir")?;
     let plugin_socket = plugin_dir.join(PLUGIN_SOCKET);
     let plugin = bind_socket(&plugin_socket)?;

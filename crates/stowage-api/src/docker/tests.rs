@@ -205,6 +205,17 @@ async fn every_failure_is_a_500_with_err() {
         let err = v["Err"].as_str().unwrap();
         assert!(err.contains(needle), "{path} {body}: {err}");
     }
+    // Another method than POST is a failure like any other.
+    let req = Request::builder()
+        .method(Method::GET)
+        .uri("/VolumeDriver.List")
+        .body(Body::empty())
+        .unwrap();
+    let resp = app.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let v: Value = serde_json::from_slice(&bytes).unwrap();
+    assert!(v["Err"].as_str().unwrap().contains("takes POST"), "{v}");
     // The failed mount left nothing behind.
     let (_, v) = post(&app, "/VolumeDriver.Get", r#"{"Name":"v"}"#).await;
     assert_eq!(v["Volume"]["Status"]["consumers"], json!([]));

@@ -204,6 +204,20 @@ async fn bad_requests_get_clear_errors() {
             StatusCode::BAD_REQUEST,
             "invalid_argument",
         ),
+        (
+            Method::PUT,
+            "/v1/volumes",
+            None,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+        ),
+        (
+            Method::POST,
+            "/v1/volumes",
+            Some(br#"{"name":"v","options":{"path":"a\nb"}}"#.to_vec()),
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+        ),
     ];
     for (method, uri, body, status, code) in cases {
         let (s, json) = call(&app, method.clone(), uri, body).await;
@@ -214,6 +228,15 @@ async fn bad_requests_get_clear_errors() {
         );
         assert!(!json["error"]["message"].as_str().unwrap().is_empty());
     }
+    let (_, json) = call(
+        &app,
+        Method::POST,
+        "/v1/volumes",
+        Some(br#"{"name":"v","options":{"path":"a\nb"}}"#.to_vec()),
+    )
+    .await;
+    let message = json["error"]["message"].as_str().unwrap();
+    assert!(message.starts_with("invalid option \"path\""), "{message}");
     let (_, list) = call(&app, Method::GET, "/v1/volumes", None).await;
     assert_eq!(list, serde_json::json!([]), "bad requests changed nothing");
 }

@@ -8,6 +8,7 @@ mod escape;
 mod lifecycle;
 mod ownership;
 mod permissions;
+mod space;
 mod store_loss;
 mod subvolumes;
 
