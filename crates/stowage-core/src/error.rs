@@ -137,6 +137,11 @@ pub enum Error {
     NotPublished { name: String, path: PathBuf },
     #[error("{} already holds {what}", path.display())]
     PathTaken { path: PathBuf, what: String },
+    #[error(
+        "the record of {name} cannot be read ({reason}); it is left as stored and refuses \
+         every operation until it is repaired"
+    )]
+    CorruptRecord { name: String, reason: String },
     #[error("{} holds a mount that is not volume {name}'s ({what}); left in place", path.display())]
     ForeignMount {
         name: String,
@@ -194,6 +199,7 @@ impl Error {
             | Error::Precondition { .. }
             | Error::AttachedElsewhere { .. }
             | Error::ForeignMount { .. }
+            | Error::CorruptRecord { .. }
             | Error::NotStaged { .. } => ErrorKind::FailedPrecondition,
             Error::Store(StoreError::Conflict { .. }) => ErrorKind::Conflict,
             Error::Io { source, .. }

@@ -358,7 +358,12 @@ impl VolumeService {
     /// A volume, with its usage if it has a size.
     pub fn inspect(&self, name: &str) -> Result<Volume> {
         let name = VolumeName::parse(name)?;
-        let loaded = self.load(&name)?.ok_or_else(|| not_found(&name))?;
+        let loaded = match self.load(&name) {
+            Err(Error::CorruptRecord { name, reason }) => {
+                return Ok(Volume::corrupt(&name, &reason))
+            }
+            other => other?.ok_or_else(|| not_found(&name))?,
+        };
         if loaded.record.size_bytes.is_none() || loaded.record.state != VolumeState::Ready {
             return self.view(&loaded.record);
         }
@@ -372,12 +377,21 @@ impl VolumeService {
 
     pub fn list(&self, filter: &VolumeFilter) -> Result<Vec<Volume>> {
         let mounted = self.stacked_mounts(&self.mount_table()?);
-        let mut out: Vec<Volume> = self
-            .list_records()?
+        let listing = self.list_records()?;
+        let mut out: Vec<Volume> = listing
+            .records
             .iter()
             .filter(|l| filter.matches(&l.record))
             .map(|l| self.view_with(&l.record, mounted.contains_key(&l.record.id)))
             .collect();
+        if filter.matches_unknown() {
+            out.extend(
+                listing
+                    .corrupt
+                    .iter()
+                    .map(|c| Volume::corrupt(&c.key, &c.reason)),
+            );
+        }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     }
@@ -500,7 +514,7 @@ impl VolumeService {
     /// removal failed halfway; returns their names.
     pub fn prune(&self) -> Result<Vec<String>> {
         let mut removed = Vec::new();
-        for l in self.list_records()? {
+        for l in self.list_records()?.records {
             let r = &l.record;
             if r.state == VolumeState::Creating || r.in_use() {
                 continue;
@@ -627,6 +641,7 @@ impl VolumeService {
             attachments: r.attachments.clone(),
             device: r.device.clone(),
             copy: self.copy_progress(&copy_key("volume", &r.name)),
+            corrupt: None,
         }
     }
 
@@ -642,31 +657,49 @@ impl VolumeService {
         Ok(loaded)
     }
 
-    fn list_records(&self) -> Result<Vec<Loaded>> {
+    fn list_records(&self) -> Result<Listing> {
         self.list_all()
     }
 
+    /// The record at `key`; one that cannot be read is an error about it
+    /// alone.
     fn load_record<R: Record>(&self, key: &str) -> Result<Option<Loaded<R>>> {
         let Some(v) = self.store.get(R::COLLECTION, key)? else {
             return Ok(None);
         };
-        Ok(Some(Loaded {
-            record: R::from_json(&v.value)?,
-            revision: v.revision,
-        }))
+        match R::from_json(&v.value) {
+            Ok(record) => Ok(Some(Loaded {
+                record,
+                revision: v.revision,
+            })),
+            Err(e) => Err(Error::CorruptRecord {
+                name: key.to_string(),
+                reason: corrupt_reason(e),
+            }),
+        }
     }
 
-    fn list_all<R: Record>(&self) -> Result<Vec<Loaded<R>>> {
-        self.store
-            .list(R::COLLECTION)?
-            .into_iter()
-            .map(|v| {
-                Ok(Loaded {
-                    record: R::from_json(&v.value)?,
+    /// Every record of a collection: one that cannot be read is set
+    /// apart, so that it stops nothing but itself.
+    fn list_all<R: Record>(&self) -> Result<Listing<R>> {
+        let mut listing = Listing {
+            records: Vec::new(),
+            corrupt: Vec::new(),
+        };
+        for v in self.store.list(R::COLLECTION)? {
+            match R::from_json(&v.value) {
+                Ok(record) => listing.records.push(Loaded {
+                    record,
                     revision: v.revision,
-                })
-            })
-            .collect()
+                }),
+                Err(e) => listing.corrupt.push(Corrupt {
+                    id: record_id(&v.value),
+                    key: v.key,
+                    reason: corrupt_reason(e),
+                }),
+            }
+        }
+        Ok(listing)
     }
 
     fn insert<R: Record>(&self, record: R) -> Result<Loaded<R>> {
@@ -723,6 +756,35 @@ impl VolumeService {
             durability,
         )?;
         Ok(())
+    }
+}
+
+/// A collection's records that could be read, and those that could not.
+struct Listing<R = VolumeRecord> {
+    records: Vec<Loaded<R>>,
+    corrupt: Vec<Corrupt>,
+}
+
+/// A record that cannot be read.
+struct Corrupt {
+    key: String,
+    /// Its id, if that much of it can still be read: its data and mounts
+    /// are then known to be its own.
+    id: Option<String>,
+    reason: String,
+}
+
+/// The id a record names, read leniently from whatever JSON is left.
+fn record_id(bytes: &[u8]) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    Some(value.get("id")?.as_str()?.to_string())
+}
+
+/// Why a record did not load, without the wrapping every store error has.
+fn corrupt_reason(e: Error) -> String {
+    match e {
+        Error::Store(crate::store::StoreError::Corrupt(reason)) => reason,
+        other => other.to_string(),
     }
 }
 
@@ -829,6 +891,7 @@ fn busy(r: &VolumeRecord) -> Error {
             VolumeState::Creating => "still being created",
             VolumeState::Removing => "being removed",
             VolumeState::Ready => "busy",
+            VolumeState::Corrupt => "unreadable",
         },
     }
 }

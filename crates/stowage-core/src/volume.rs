@@ -20,6 +20,9 @@ pub enum VolumeState {
     Creating,
     Ready,
     Removing,
+    /// Shown, never stored: the record cannot be read. The volume is
+    /// listed with the reason and refuses every operation until repaired.
+    Corrupt,
 }
 
 /// The persisted record of one volume (stored as JSON; new fields must have
@@ -198,6 +201,34 @@ pub struct Volume {
     /// While it is being made as a copy: how far the copy has come.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub copy: Option<CopyProgress>,
+    /// Why the record cannot be read, for a volume whose status is
+    /// `corrupt`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub corrupt: Option<String>,
+}
+
+impl Volume {
+    /// What is known of a volume whose record cannot be read: its name.
+    pub fn corrupt(name: &str, reason: &str) -> Volume {
+        Volume {
+            name: name.to_string(),
+            driver: String::new(),
+            options: Options::new(),
+            labels: BTreeMap::new(),
+            created_at: OffsetDateTime::UNIX_EPOCH,
+            mountpoint: PathBuf::new(),
+            consumers: Vec::new(),
+            status: VolumeState::Corrupt,
+            mounted: false,
+            presentation: Presentation::default(),
+            size_bytes: None,
+            usage: None,
+            attachments: BTreeMap::new(),
+            device: None,
+            copy: None,
+            corrupt: Some(reason.to_string()),
+        }
+    }
 }
 
 /// A conjunction of conditions for `list`.
@@ -244,6 +275,12 @@ impl VolumeFilter {
             }
         }
         Ok(out)
+    }
+
+    /// Whether a volume whose record cannot be read may match: only when
+    /// nothing is asked of what the record would say.
+    pub fn matches_unknown(&self) -> bool {
+        self.drivers.is_empty() && self.labels.is_empty() && self.dangling.is_none()
     }
 
     pub fn matches(&self, v: &VolumeRecord) -> bool {

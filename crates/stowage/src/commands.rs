@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Result};
 use hyper::Method;
 use serde_json::json;
-use stowage_core::{CopyProgress, Snapshot, Volume};
+use stowage_core::{CopyProgress, Snapshot, Volume, VolumeState};
 
 use crate::cli::{Cli, Command, CreateArgs, Format, ListArgs, SnapshotCommand, VolumeCommand};
 use crate::client::{encode, Client};
@@ -177,10 +177,23 @@ fn volume_table(volumes: &[Volume]) -> String {
             v.driver.clone(),
             v.name.clone(),
             v.consumers.len().to_string(),
+            status_word(v.status).to_string(),
             rfc3339(v.created_at),
         ]
     });
-    table(&["DRIVER", "VOLUME NAME", "CONSUMERS", "CREATED"], rows)
+    table(
+        &["DRIVER", "VOLUME NAME", "CONSUMERS", "STATUS", "CREATED"],
+        rows,
+    )
+}
+
+fn status_word(status: VolumeState) -> &'static str {
+    match status {
+        VolumeState::Creating => "creating",
+        VolumeState::Ready => "ready",
+        VolumeState::Removing => "removing",
+        VolumeState::Corrupt => "corrupt",
+    }
 }
 
 /// Left-aligned columns three spaces apart, no trailing blanks.

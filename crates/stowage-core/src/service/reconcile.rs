@@ -52,7 +52,25 @@ impl VolumeService {
         // Read once: each step below changes only its own volume's mounts.
         let stacked = self.stacked_mounts(&self.mount_table()?);
         let mut presented = HashSet::new();
-        for loaded in self.list_records()? {
+        let listing = self.list_records()?;
+        // A record that cannot be read keeps whatever is mounted for it: it
+        // may have consumers. Without even its id, no mount can be taken
+        // for stale.
+        let mut all_known = true;
+        for c in &listing.corrupt {
+            warn!(volume = %c.key, reason = %c.reason, "volume record cannot be read; left as stored");
+            report
+                .failures
+                .push(format!("{}: record cannot be read: {}", c.key, c.reason));
+            report.volumes += 1;
+            match &c.id {
+                Some(id) => {
+                    presented.insert(id.clone());
+                }
+                None => all_known = false,
+            }
+        }
+        for loaded in listing.records {
             report.volumes += 1;
             let name = loaded.record.name.to_string();
             let _guard = self.locks.lock(&name);
@@ -67,7 +85,11 @@ impl VolumeService {
                 }
             }
         }
-        self.remove_stale_mounts(&stacked, &presented, &mut report)?;
+        if all_known {
+            self.remove_stale_mounts(&stacked, &presented, &mut report)?;
+        } else {
+            warn!("a volume record without a readable id: no mount is removed as stale");
+        }
         report.snapshots_finished = self.reconcile_snapshots(&mut report.failures)?;
         report.orphans = self.orphaned_data()?;
         for orphan in &report.orphans {
@@ -116,12 +138,18 @@ impl VolumeService {
     /// Volume and snapshot data that no record names.
     fn orphaned_data(&self) -> Result<Vec<PathBuf>> {
         let mut known = HashSet::new();
-        for l in self.list_records()? {
+        let listing = self.list_records()?;
+        for id in listing.corrupt.iter().filter_map(|c| c.id.as_ref()) {
+            known.insert(self.layout.volume_dir(id));
+            known.insert(self.layout.image(id));
+            known.insert(self.layout.mountpoint(id));
+        }
+        for l in listing.records {
             known.insert(self.layout.volume_dir(&l.record.id));
             known.insert(self.layout.image(&l.record.id));
             known.insert(self.layout.mountpoint(&l.record.id));
         }
-        for l in self.list_all::<SnapshotRecord>()? {
+        for l in self.list_all::<SnapshotRecord>()?.records {
             known.insert(self.layout.snapshot(&l.record.id));
         }
         Ok(self
@@ -150,6 +178,14 @@ impl VolumeService {
                 return Ok(None);
             }
             VolumeState::Ready => {}
+            // Never stored by Stowage: a record that says so was written
+            // by someone else.
+            VolumeState::Corrupt => {
+                return Err(Error::CorruptRecord {
+                    name: loaded.record.name.to_string(),
+                    reason: "its state says corrupt".into(),
+                })
+            }
         }
         self.reconcile_device(&mut loaded, report)?;
         let have = stacked.get(&loaded.record.id).copied().unwrap_or(0);

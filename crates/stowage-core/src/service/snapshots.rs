@@ -85,6 +85,7 @@ impl VolumeService {
         let volume = volume.map(VolumeName::parse).transpose()?;
         let mut out: Vec<Snapshot> = self
             .list_all::<SnapshotRecord>()?
+            .records
             .iter()
             .filter(|l| volume.as_ref().is_none_or(|v| *v == l.record.volume))
             .map(|l| self.snapshot_view(&l.record))
@@ -142,7 +143,14 @@ impl VolumeService {
     /// many.
     pub(super) fn reconcile_snapshots(&self, failures: &mut Vec<String>) -> Result<usize> {
         let mut done = 0;
-        for loaded in self.list_all::<SnapshotRecord>()? {
+        let listing = self.list_all::<SnapshotRecord>()?;
+        for c in &listing.corrupt {
+            failures.push(format!(
+                "snapshot {}: record cannot be read: {}",
+                c.key, c.reason
+            ));
+        }
+        for loaded in listing.records {
             if loaded.record.state == VolumeState::Ready {
                 continue;
             }
