@@ -10,6 +10,7 @@
 //! are the ones `stowage volume ls` shows, and the other way round.
 //! Secrets are accepted and never read or logged.
 
+mod authority;
 mod capability;
 mod controller;
 mod identity;
@@ -57,7 +58,10 @@ pub async fn serve(
         .add_service(proto::controller_server::ControllerServer::new(csi.clone()))
         .add_service(proto::node_server::NodeServer::new(csi))
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::UnixListenerStream::new(listener),
+            tokio_stream::StreamExt::map(
+                tokio_stream::wrappers::UnixListenerStream::new(listener),
+                |conn| conn.map(authority::AuthorityFix::new),
+            ),
             shutdown,
         )
         .await

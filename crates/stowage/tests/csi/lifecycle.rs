@@ -111,3 +111,24 @@ async fn a_daemon_killed_mid_life_picks_up_where_it_was() {
     assert_eq!(code(f.delete("survivor").await), Code::Ok);
     assert!(f.daemon.mounts().is_empty());
 }
+
+/// A client whose `:authority` is derived from the socket path, as
+/// grpc-python, grpc-java and grpcurl derive it, is served like grpc-go.
+#[tokio::test]
+async fn grpc_clients_that_send_the_socket_path_as_authority_are_served() {
+    let f = Fixture::start().await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/csi/grpc_python.py");
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .arg(f.daemon.csi_socket())
+        .arg(&f.node_id)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("grpcio ok"));
+}
