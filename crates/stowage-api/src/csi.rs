@@ -53,19 +53,53 @@ pub async fn serve(
         service,
         in_flight: Arc::default(),
     };
+    let admission = crate::Admission::new("csi");
+    let incoming = admitted_connections(listener, admission);
     tonic::transport::Server::builder()
+        // A peer that stops answering pings is gone: its slot is freed.
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .add_service(proto::identity_server::IdentityServer::new(csi.clone()))
         .add_service(proto::controller_server::ControllerServer::new(csi.clone()))
         .add_service(proto::node_server::NodeServer::new(csi))
-        .serve_with_incoming_shutdown(
-            tokio_stream::StreamExt::map(
-                tokio_stream::wrappers::UnixListenerStream::new(listener),
-                |conn| conn.map(authority::AuthorityFix::new),
-            ),
-            shutdown,
-        )
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .map_err(std::io::Error::other)
+}
+
+/// How often an idle CSI connection is pinged, and how long the answer may
+/// take before the connection is closed.
+const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The CSI socket's connections, each admitted and behind the authority
+/// front. Accepting runs in its own task so that a failed accept (out of
+/// descriptors) waits and retries rather than ending the server.
+fn admitted_connections(
+    listener: tokio::net::UnixListener,
+    admission: crate::Admission,
+) -> impl tokio_stream::Stream<Item = std::io::Result<authority::AuthorityFix<tokio::net::UnixStream>>>
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(async move {
+        loop {
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    crate::accept_failed("csi", &e).await;
+                    continue;
+                }
+            };
+            let Some(permit) = admission.admit() else {
+                continue;
+            };
+            let conn = authority::AuthorityFix::new(stream, permit);
+            if tx.send(Ok(conn)).await.is_err() {
+                return;
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
 impl Csi {

@@ -173,6 +173,22 @@ fn with_umask<T>(mask: u32, f: impl FnOnce() -> T) -> T {
     out
 }
 
+/// Raises the soft limit on open files to the hard one: every door may
+/// hold its full count of connections, beside the descriptors that mounts,
+/// loop devices and user namespaces keep open.
+fn raise_open_files_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        let before = limit.current;
+        limit.current = limit.maximum;
+        match setrlimit(Resource::Nofile, limit) {
+            Ok(()) => info!(from = ?before, to = ?limit.maximum, "raised the open files limit"),
+            Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
+        }
+    }
+}
+
 /// Refuses one directory given for two roots: each holds its own lock
 /// and `stowage.sock`, so they would collide (and the second lock would
 /// be reported as another daemon).
@@ -217,6 +233,7 @@ fn lock_root(dir: &Path, what: &str) -> Result<File> {
 
 pub async fn serve(args: ServeArgs) -> Result<()> {
     let config = Config::load(&args)?;
+    raise_open_files_limit();
     let layout = Layout::new(
         prepare_private_dir(&config.data_root)?,
         prepare_dir(&config.run_root, 0o755)?,
@@ -290,11 +307,13 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     };
     tokio::try_join!(
         stowage_api::serve(
+            "rest",
             rest,
             stowage_api::rest::router(service.clone()),
             until_stopped(stopped.clone())
         ),
         stowage_api::serve(
+            "docker-plugin",
             plugin,
             stowage_api::docker::router(service.clone()),
             until_stopped(stopped.clone())

@@ -15,6 +15,7 @@
 //! without indexing (RFC 7541 §6.2.2), which leaves the server's decoding
 //! table as it is. Every other frame passes through unread.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
@@ -22,6 +23,8 @@ use std::task::{ready, Context, Poll};
 use bytes::{Buf, BytesMut};
 use loona_hpack::Decoder;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Sleep;
 use tonic::transport::server::Connected;
 
 /// What the client sends first.
@@ -57,6 +60,11 @@ pub struct AuthorityFix<S> {
     block: Option<Block>,
     decoder: Decoder<'static>,
     eof: bool,
+    /// The connection's place among the door's connections.
+    _permit: Option<OwnedSemaphorePermit>,
+    /// Until the preface has come: a client that connects and sends
+    /// nothing is let go.
+    preface_deadline: Option<Pin<Box<Sleep>>>,
 }
 
 /// A header block being gathered.
@@ -71,7 +79,8 @@ struct Block {
 }
 
 impl<S> AuthorityFix<S> {
-    pub fn new(inner: S) -> Self {
+    /// The front of one connection, which holds `permit` while it lives.
+    pub fn new(inner: S, permit: impl Into<Option<OwnedSemaphorePermit>>) -> Self {
         AuthorityFix {
             inner,
             raw: BytesMut::new(),
@@ -81,6 +90,8 @@ impl<S> AuthorityFix<S> {
             block: None,
             decoder: Decoder::new(),
             eof: false,
+            _permit: permit.into(),
+            preface_deadline: Some(Box::pin(tokio::time::sleep(crate::HEADER_TIMEOUT))),
         }
     }
 
@@ -259,7 +270,18 @@ impl<S: AsyncRead + Unpin> AsyncRead for AuthorityFix<S> {
             }
             let mut chunk = [0u8; MAX_FRAME];
             let mut read = ReadBuf::new(&mut chunk);
-            ready!(Pin::new(&mut this.inner).poll_read(cx, &mut read))?;
+            let polled = Pin::new(&mut this.inner).poll_read(cx, &mut read);
+            if polled.is_pending() {
+                if let Some(deadline) = this.preface_deadline.as_mut() {
+                    ready!(deadline.as_mut().poll(cx));
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "no HTTP/2 preface in time",
+                    )));
+                }
+                return Poll::Pending;
+            }
+            ready!(polled)?;
             if read.filled().is_empty() {
                 // The client is gone: whatever is left goes on as it is.
                 this.eof = true;
@@ -269,6 +291,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for AuthorityFix<S> {
             }
             this.raw.extend_from_slice(read.filled());
             this.process()?;
+            if this.preface_left == 0 {
+                this.preface_deadline = None;
+            }
         }
     }
 }
@@ -347,7 +372,7 @@ mod tests {
                 client.write_all(chunk).await.unwrap();
             }
         });
-        let mut fixed = AuthorityFix::new(server);
+        let mut fixed = AuthorityFix::new(server, None);
         let mut out = Vec::new();
         let mut buf = [0u8; 100];
         loop {
@@ -438,7 +463,7 @@ mod tests {
         let (mut client, server) = tokio::io::duplex(1 << 22);
         client.write_all(&sent).await.unwrap();
         drop(client);
-        let mut fixed = AuthorityFix::new(server);
+        let mut fixed = AuthorityFix::new(server, None);
         let mut out = Vec::new();
         // A CONTINUATION with no HEADERS before it passes as it came.
         assert!(fixed.read_to_end(&mut out).await.is_ok());
@@ -450,7 +475,7 @@ mod tests {
         let (mut client, server) = tokio::io::duplex(1 << 22);
         client.write_all(&sent).await.unwrap();
         drop(client);
-        let mut fixed = AuthorityFix::new(server);
+        let mut fixed = AuthorityFix::new(server, None);
         let err = fixed.read_to_end(&mut Vec::new()).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
     }

@@ -6,6 +6,7 @@ mod block;
 mod corrupt;
 mod crash;
 mod escape;
+mod exhaustion;
 mod lifecycle;
 mod ownership;
 mod permissions;
