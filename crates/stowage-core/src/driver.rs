@@ -141,6 +141,16 @@ pub trait Driver: Send + Sync + 'static {
     fn requested_size(&self, _options: &Options) -> Result<Option<u64>> {
         Ok(None)
     }
+    /// Bytes of the data root the volume's storage takes now (what a thin
+    /// image has allocated so far).
+    fn allocated_bytes(&self, _volume: &VolumeRecord) -> Result<u64> {
+        Ok(0)
+    }
+    /// Bytes that storage of `size` bytes with `options` takes at once, as
+    /// a thick image does; 0 for storage that takes blocks as written.
+    fn preallocated_bytes(&self, _options: &Options, _size: u64) -> Result<u64> {
+        Ok(0)
+    }
     /// Grows the volume to `size` bytes, or gives a volume without a size
     /// that size; it is mounted at `mounted_at` when in use. Smaller sizes
     /// have been refused by the caller.

@@ -22,7 +22,9 @@ pub use error::{Error, ErrorKind, Result};
 pub use layout::Layout;
 pub use locks::{KeyGuard, KeyedLocks};
 pub use name::VolumeName;
-pub use service::{CallerPaths, PathUsage, ReconcileReport, VolumeService};
+pub use service::{
+    CallerPaths, PathUsage, ReconcileReport, SpaceAccount, SpacePolicy, VolumeService,
+};
 pub use snapshot::{Snapshot, SnapshotRecord, SnapshotRequest};
 pub use store::{
     Collection, Durability, MemoryStore, Precondition, Revision, Store, StoreError, Versioned,

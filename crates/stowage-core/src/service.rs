@@ -17,6 +17,7 @@ mod present;
 mod publish;
 mod reconcile;
 mod snapshots;
+mod space;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -41,6 +42,7 @@ use crate::volume::{CopyProgress, CreateRequest, Volume, VolumeFilter, VolumeRec
 pub use confine::CallerPaths;
 pub use publish::PathUsage;
 pub use reconcile::ReconcileReport;
+pub use space::{SpaceAccount, SpacePolicy};
 
 /// The driver used when a request names none.
 pub const DEFAULT_DRIVER: &str = "local";
@@ -65,6 +67,8 @@ pub struct VolumeService {
     node_id: String,
     /// Where orchestrators may have volumes staged and published.
     caller_paths: CallerPaths,
+    /// How far the data root may be promised.
+    space: SpacePolicy,
 }
 
 /// A record as loaded, with the revision to compare-and-swap against.
@@ -123,6 +127,7 @@ impl VolumeService {
             copies: Mutex::default(),
             node_id: DEFAULT_NODE_ID.to_string(),
             caller_paths: CallerPaths::new(&layout),
+            space: SpacePolicy::default(),
             layout,
         }
     }
@@ -230,7 +235,8 @@ impl VolumeService {
             }
         }
         if let Some(size) = size {
-            self.check_space(driver.as_ref(), size)?;
+            let now = driver.preallocated_bytes(&own, size)?;
+            self.check_space(driver.as_ref(), size, now)?;
         }
 
         let record = VolumeRecord {
@@ -323,23 +329,6 @@ impl VolumeService {
         }
     }
 
-    /// Refuses `size` more bytes of `driver`'s storage where the data
-    /// root cannot hold them. Only storage on the data root takes its
-    /// space: a driver that keeps none there answers for itself.
-    fn check_space(&self, driver: &dyn Driver, size: u64) -> Result<()> {
-        if !driver.provisions_storage() {
-            return Ok(());
-        }
-        let free = self.free_space()?;
-        if size > free {
-            return Err(Error::NoSpace(format!(
-                "{size} bytes asked, {free} bytes free on {}",
-                self.layout.data_root.display()
-            )));
-        }
-        Ok(())
-    }
-
     /// The volume's mountpoint, if the kernel has it mounted.
     fn mounted_at(&self, id: &str) -> Result<Option<PathBuf>> {
         let mountpoint = self.layout.mountpoint(id);
@@ -372,6 +361,7 @@ impl VolumeService {
         let loaded = self.load_ready(&name)?;
         let mut volume = self.view(&loaded.record)?;
         volume.usage = self.usage(&loaded.record)?;
+        volume.space = self.space_use(&loaded.record)?;
         Ok(volume)
     }
 
@@ -428,6 +418,9 @@ impl VolumeService {
             // removes it.
             let driver = self.drivers.get(&loaded.record.driver)?.clone();
             self.present(driver.as_ref(), &mut loaded.record)?;
+            // A volume at risk is logged, for the operator to act on; the
+            // mount stands either way.
+            let _ = self.space_use(&loaded.record);
             if let Err(e) = self.save_mounts(loaded) {
                 let _ = self.withdraw(&loaded.record.id, 1);
                 return Err(e);
@@ -641,6 +634,7 @@ impl VolumeService {
             attachments: r.attachments.clone(),
             device: r.device.clone(),
             copy: self.copy_progress(&copy_key("volume", &r.name)),
+            space: None,
             corrupt: None,
         }
     }

@@ -201,6 +201,11 @@ pub struct Volume {
     /// While it is being made as a copy: how far the copy has come.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub copy: Option<CopyProgress>,
+    /// For volumes whose storage takes space on the data root as it is
+    /// written: what it takes and whether the data root still holds the
+    /// rest. Filled by `inspect`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub space: Option<SpaceUse>,
     /// Why the record cannot be read, for a volume whose status is
     /// `corrupt`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -226,9 +231,23 @@ impl Volume {
             attachments: BTreeMap::new(),
             device: None,
             copy: None,
+            space: None,
             corrupt: Some(reason.to_string()),
         }
     }
+}
+
+/// A sized volume's share of the data root.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpaceUse {
+    /// Bytes its storage takes on the data root now.
+    pub allocated_bytes: u64,
+    /// Bytes it may still take as it is written.
+    pub unallocated_bytes: u64,
+    /// Set when the data root has less free space than the volume may
+    /// still take: writers may then fail with I/O errors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at_risk: Option<String>,
 }
 
 /// A conjunction of conditions for `list`.

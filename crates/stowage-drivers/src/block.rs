@@ -24,7 +24,22 @@ use tracing::warn;
 
 use filesystem::{Filesystem, MKFS_OPTIONS};
 
-const OWN_OPTIONS: &[&str] = &["size", "fs"];
+const OWN_OPTIONS: &[&str] = &["size", "fs", "provisioning"];
+
+/// Whether an image's blocks are allocated when it is made (`thick`: its
+/// writers never need space from the data root) or as they are written
+/// (`thin`, the default).
+fn thick(opts: &Options) -> Result<bool> {
+    match opts.get("provisioning").map(String::as_str) {
+        None | Some("thin") => Ok(false),
+        Some("thick") => Ok(true),
+        Some(other) => Err(Error::invalid_option(
+            "provisioning",
+            other,
+            "expected thin (blocks taken as written) or thick (all allocated at create)",
+        )),
+    }
+}
 const EINVAL: i32 = libc::EINVAL;
 /// A device in raw use has no filesystem Stowage can freeze, so a copy of
 /// it could not be made consistent.
@@ -130,6 +145,18 @@ impl Block {
     }
 }
 
+impl Block {
+    /// Allocates all of a thick volume's image, up to `size` bytes.
+    fn preallocate_if_thick(&self, volume: &VolumeRecord, image: &Path, size: u64) -> Result<()> {
+        if !thick(&volume.options)? {
+            return Ok(());
+        }
+        self.sys
+            .preallocate(image, size)
+            .map_err(Error::io("allocate image", image))
+    }
+}
+
 fn filesystem(volume: &VolumeRecord) -> Result<Filesystem> {
     Filesystem::from_options(&volume.options)
 }
@@ -146,6 +173,7 @@ impl Driver for Block {
             driver: self.name().into(),
             option: "size (for example -o size=10G)".into(),
         })?;
+        thick(opts)?;
         let fs = Filesystem::from_options(opts)?;
         if size < fs.min_size() {
             return Err(Error::invalid_option(
@@ -191,7 +219,10 @@ impl Driver for Block {
         let (program, args) = filesystem(volume)?.mkfs_command(&image, &volume.options)?;
         self.sys
             .run_tool(&program, &args, &[0])
-            .map_err(Error::io("make filesystem on", &image))
+            .map_err(Error::io("make filesystem on", &image))?;
+        // After mkfs, which discards (punches out) every block it does not
+        // write.
+        self.preallocate_if_thick(volume, &image, size)
     }
 
     fn remove(&self, volume: &VolumeRecord) -> Result<()> {
@@ -230,6 +261,18 @@ impl Driver for Block {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             other => other.map_err(Error::io("look for the loop device of", &image)),
         }
+    }
+
+    fn allocated_bytes(&self, volume: &VolumeRecord) -> Result<u64> {
+        let image = self.layout.image(&volume.id);
+        match self.sys.allocated_bytes(&image) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+            other => other.map_err(Error::io("inspect", &image)),
+        }
+    }
+
+    fn preallocated_bytes(&self, opts: &Options, size: u64) -> Result<u64> {
+        Ok(if thick(opts)? { size } else { 0 })
     }
 
     /// A filesystem mounted from the volume's loop device is its data.
@@ -282,6 +325,7 @@ impl Driver for Block {
         self.sys
             .grow_image(&image, size)
             .map_err(Error::io("grow image", &image))?;
+        self.preallocate_if_thick(volume, &image, size)?;
         if raw {
             return match self.attached_device(volume)? {
                 Some(device) => self
@@ -358,14 +402,20 @@ impl Driver for Block {
         progress: Progress<'_>,
     ) -> Result<CopyMethod> {
         let dst = self.layout.image(&volume.id);
-        match source {
+        let method = match source {
             Source::Snapshot(snap) => {
-                self.copy(&self.layout.snapshot(&snap.id), None, &dst, progress)
+                self.copy(&self.layout.snapshot(&snap.id), None, &dst, progress)?
             }
             Source::Volume(from, mounted) => {
                 from.refuse_raw_use(RAW_COPY_ADVICE)?;
-                self.copy(&self.layout.image(&from.id), mounted, &dst, progress)
+                self.copy(&self.layout.image(&from.id), mounted, &dst, progress)?
             }
+        };
+        // A copy is as sparse as its source, or shares its blocks: a thick
+        // volume gets all of its own.
+        if let Some(size) = volume.size_bytes {
+            self.preallocate_if_thick(volume, &dst, size)?;
         }
+        Ok(method)
     }
 }

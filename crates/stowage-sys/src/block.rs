@@ -132,6 +132,18 @@ pub(crate) fn create_image(path: &Path, size: u64) -> io::Result<()> {
     sync_parent(path)
 }
 
+/// Allocates the blocks of the image file `path` up to `size` bytes,
+/// keeping its length (blocks past the end wait for it to grow), and
+/// syncs it.
+pub(crate) fn preallocate(path: &Path, size: u64) -> io::Result<()> {
+    let file = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::KEEP_SIZE, 0, size)?;
+    file.sync_all()
+}
+
 /// Grows an image file to `size` bytes; a larger file is left alone.
 pub(crate) fn grow_image(path: &Path, size: u64) -> io::Result<()> {
     let file = OpenOptions::new()

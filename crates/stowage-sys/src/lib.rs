@@ -191,6 +191,13 @@ pub trait Sys: Send + Sync + 'static {
         fs_type: &str,
         options: &[String],
     ) -> io::Result<FsInfo>;
+    /// The bytes of disk the file `path` takes (its allocated blocks, not
+    /// its length), never following a symlink.
+    fn allocated_bytes(&self, path: &Path) -> io::Result<u64>;
+    /// Allocates every block of the file `path` up to `size` bytes, so
+    /// that writing it never needs more space, without changing its
+    /// length; durably.
+    fn preallocate(&self, path: &Path, size: u64) -> io::Result<()>;
     /// Capacity and use of the filesystem holding `path`.
     fn fs_usage(&self, path: &Path) -> io::Result<Usage>;
     /// Freezes (`true`) or thaws the filesystem mounted at `mountpoint`.

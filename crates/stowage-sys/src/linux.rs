@@ -379,6 +379,15 @@ impl Sys for LinuxSys {
         block::loop_backing(image)
     }
 
+    fn allocated_bytes(&self, path: &Path) -> io::Result<u64> {
+        let st = rfs::statat(CWD, path, rfs::AtFlags::SYMLINK_NOFOLLOW)?;
+        Ok(st.st_blocks as u64 * 512)
+    }
+
+    fn preallocate(&self, path: &Path, size: u64) -> io::Result<()> {
+        block::preallocate(path, size)
+    }
+
     fn loop_devices_under(&self, dir: &Path) -> io::Result<Vec<std::path::PathBuf>> {
         block::loop_devices_backing(&std::fs::canonicalize(dir)?)
     }

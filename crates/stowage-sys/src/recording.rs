@@ -41,6 +41,7 @@ pub enum Call {
     RelabelTree(PathBuf, String),
     CreateImage(PathBuf, u64),
     GrowImage(PathBuf, u64),
+    Preallocate(PathBuf, u64),
     CreateFile(PathBuf),
     RemoveFile(PathBuf),
     CopyImage(PathBuf, PathBuf),
@@ -79,6 +80,8 @@ struct State {
     owners: BTreeMap<PathBuf, (u32, u32, u32)>,
     /// Regular files (images) and their sizes.
     files: BTreeMap<PathBuf, u64>,
+    /// Bytes preallocated per file.
+    preallocated: BTreeMap<PathBuf, u64>,
     /// Mount stack per target, bottom first: the source of each mount.
     mounts: BTreeMap<PathBuf, Vec<String>>,
     selinux: bool,
@@ -488,6 +491,25 @@ impl Sys for RecordingSys {
 
     fn loop_device_of(&self, _image: &Path) -> io::Result<Option<PathBuf>> {
         Ok(None)
+    }
+
+    /// A simulated file takes the blocks of its length once preallocated,
+    /// none before.
+    fn allocated_bytes(&self, path: &Path) -> io::Result<u64> {
+        let s = self.lock();
+        match s.files.get(path) {
+            Some(_) => Ok(s.preallocated.get(path).copied().unwrap_or(0)),
+            None => Err(errno(libc::ENOENT)),
+        }
+    }
+
+    fn preallocate(&self, path: &Path, size: u64) -> io::Result<()> {
+        let mut s = self.record(Call::Preallocate(path.into(), size))?;
+        if !s.files.contains_key(path) {
+            return Err(errno(libc::ENOENT));
+        }
+        s.preallocated.insert(path.into(), size);
+        Ok(())
     }
 
     /// Loop devices are not tied to their images here.

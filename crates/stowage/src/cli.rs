@@ -38,7 +38,8 @@ pub enum Command {
 #[derive(Args, Debug, Default)]
 pub struct ServeArgs {
     /// TOML file with data_root, run_root, plugin_dir, docker_spec,
-    /// csi_endpoint, csi_allowed_paths and node_id; flags override it.
+    /// csi_endpoint, csi_allowed_paths, node_id, overcommit_ratio and
+    /// space_reserve; flags override it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Where volumes' data and the state database live [default: /var/lib/stowage].
@@ -69,6 +70,16 @@ pub struct ServeArgs {
     /// the whole host shares (/, /tmp, /home, ...).
     #[arg(long, value_name = "DIR", value_delimiter = ',')]
     pub csi_allowed_paths: Vec<PathBuf>,
+    /// How far the sizes of block volumes, sized local volumes and their
+    /// snapshots may add up past the space the data root holds for them:
+    /// 1 (the default) promises no more than there is, 2 twice as much.
+    /// Thin volumes past it may fail with I/O errors when the data root fills.
+    #[arg(long, value_name = "RATIO")]
+    pub overcommit_ratio: Option<f64>,
+    /// Space on the data root never promised to volumes, kept for the
+    /// store and metadata (512M, 2G) [default: 5% of the data root, at most 1G].
+    #[arg(long, value_name = "SIZE")]
+    pub space_reserve: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use rustix::fs::{flock, FlockOperation};
 use serde::Deserialize;
-use stowage_core::{CallerPaths, Layout, VolumeService};
+use stowage_core::{CallerPaths, Layout, SpacePolicy, VolumeService};
 use stowage_store::SqliteStore;
 use stowage_sys::LinuxSys;
 use tokio::net::UnixListener;
@@ -19,7 +19,7 @@ use tracing::info;
 use crate::cli::ServeArgs;
 
 /// The daemon's settings, from the config file and then the flags.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub data_root: PathBuf,
@@ -35,6 +35,10 @@ pub struct Config {
     /// Directories CSI staging and target paths must lie beneath; any
     /// path outside Stowage's roots and the system's trees if empty.
     pub csi_allowed_paths: Vec<PathBuf>,
+    /// How far sizes may be promised past the data root's room (1: not).
+    pub overcommit_ratio: f64,
+    /// Space never promised to volumes, as `parse_size` reads it.
+    pub space_reserve: Option<String>,
 }
 
 /// The plugin socket's file name; Docker names the driver after it.
@@ -52,6 +56,8 @@ impl Default for Config {
             csi_endpoint: None,
             node_id: None,
             csi_allowed_paths: Vec::new(),
+            overcommit_ratio: 1.0,
+            space_reserve: None,
         }
     }
 }
@@ -88,6 +94,19 @@ impl Config {
         if !args.csi_allowed_paths.is_empty() {
             config.csi_allowed_paths = args.csi_allowed_paths.clone();
         }
+        if let Some(r) = args.overcommit_ratio {
+            config.overcommit_ratio = r;
+        }
+        if let Some(r) = &args.space_reserve {
+            config.space_reserve = Some(r.clone());
+        }
+        if !(config.overcommit_ratio >= 1.0 && config.overcommit_ratio.is_finite()) {
+            bail!(
+                "the overcommit ratio must be a number of at least 1, got {}",
+                config.overcommit_ratio
+            );
+        }
+        config.space_policy()?;
         if let Some(p) = config.csi_allowed_paths.iter().find(|p| !p.is_absolute()) {
             bail!("CSI allowed paths must be absolute, got {}", p.display());
         }
@@ -101,6 +120,23 @@ impl Config {
             }
         }
         Ok(config)
+    }
+}
+
+impl Config {
+    /// How far the data root may be promised.
+    pub fn space_policy(&self) -> Result<SpacePolicy> {
+        let reserve_bytes = match &self.space_reserve {
+            Some(text) => Some(
+                stowage_core::options::parse_size("space reserve", text)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?,
+            ),
+            None => None,
+        };
+        Ok(SpacePolicy {
+            overcommit_ratio: self.overcommit_ratio,
+            reserve_bytes,
+        })
     }
 }
 
@@ -272,7 +308,8 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let service = Arc::new(
         VolumeService::new(Arc::new(store), drivers, sys, layout.clone())
             .with_node_id(node_id)
-            .with_caller_paths(caller_paths),
+            .with_caller_paths(caller_paths)
+            .with_space_policy(config.space_policy()?),
     );
     let reconciler = service.clone();
     let report = tokio::task::spawn_blocking(move || reconciler.reconcile())

@@ -29,7 +29,10 @@ impl VolumeService {
             )));
         }
         if current != Some(size) {
-            self.check_space(driver.as_ref(), size - current.unwrap_or(0))?;
+            let more = size - current.unwrap_or(0);
+            let (_, own) = crate::ownership::split(&loaded.record.options);
+            let now = driver.preallocated_bytes(&own, more)?;
+            self.check_space(driver.as_ref(), more, now)?;
             let mounted = self.mounted_at(&loaded.record.id)?;
             driver.resize(&loaded.record, size, mounted.as_deref())?;
             loaded.record.size_bytes = Some(size);

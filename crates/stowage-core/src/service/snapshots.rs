@@ -49,6 +49,11 @@ impl VolumeService {
         }
         let source = self.load_ready(&volume)?.record;
         let driver = self.drivers.get(&source.driver)?.clone();
+        // A snapshot may diverge from its volume all the way: it is a
+        // promise of the volume's whole size.
+        if let Some(size) = source.size_bytes {
+            self.check_space(driver.as_ref(), size, 0)?;
+        }
         let record = SnapshotRecord {
             id: uuid::Uuid::new_v4().simple().to_string(),
             name,

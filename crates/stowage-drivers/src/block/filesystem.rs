@@ -108,8 +108,13 @@ impl Filesystem {
     /// refuses to mount twice unless told.
     pub(super) fn mount_options(self, context: Option<&str>) -> Vec<String> {
         let mut out = Vec::new();
-        if self == Filesystem::Xfs {
-            out.push("nouuid".to_string());
+        match self {
+            Filesystem::Xfs => out.push("nouuid".to_string()),
+            // A write the device fails (its image found no space on the
+            // data root) stops every later write, instead of leaving the
+            // filesystem to carry on over the hole (ext4's default).
+            // XFS shuts itself down on such errors already.
+            Filesystem::Ext4 => out.push("errors=remount-ro".to_string()),
         }
         if let Some(context) = context {
             out.push(format!("context={context}"));

@@ -17,7 +17,8 @@ use crate::BIN;
 const SUBVOLUME_ROOT_INO: u64 = 256;
 
 fn btrfs_root() -> ScratchFs {
-    ScratchFs::new("btrfs", "1G", &[], "")
+    // Room for every size the tests promise: sizes are committed whole.
+    ScratchFs::new("btrfs", "3G", &[], "")
 }
 
 fn volume_dir(d: &Daemon, name: &str) -> PathBuf {
