@@ -131,6 +131,7 @@ async fn main() -> Result<()> {
     let mut inspect = Vec::new();
     let mut inspect_rest = Vec::new();
     let mut ls_rest = Vec::new();
+    let mut ls_none = Vec::new();
     let mut conn = Conn::open(&socket).await?;
     for r in 0..s.runs {
         floor.push(cli_time(&bin, &socket, &["version"])?);
@@ -149,6 +150,11 @@ async fn main() -> Result<()> {
         let t = Instant::now();
         conn.call(Method::GET, "/v1/volumes", None).await?;
         ls_rest.push(t.elapsed());
+        // Every record read, none sent: the store's and the parse's share.
+        let t = Instant::now();
+        conn.call(Method::GET, "/v1/volumes?filter=driver=none", None)
+            .await?;
+        ls_none.push(t.elapsed());
     }
     drop(conn);
     let mut start = Vec::new();
@@ -199,6 +205,12 @@ async fn main() -> Result<()> {
         TARGET_LS,
     );
     row("GET /v1/volumes (REST)", median(&ls_rest), None, TARGET_LS);
+    row(
+        "  of which reading the records",
+        median(&ls_none),
+        None,
+        TARGET_LS,
+    );
     row("volume inspect (CLI)", median(&inspect), f, TARGET_INSPECT);
     row(
         "GET /v1/volumes/NAME (REST)",

@@ -174,23 +174,35 @@ async fn version() -> Json<VersionInfo> {
 /// Query parameters kept as pairs: `filter` may repeat.
 type Params = Query<Vec<(String, String)>>;
 
-async fn list(
-    State(svc): State<Svc>,
-    Query(params): Params,
-) -> Result<Json<Vec<Volume>>, ApiError> {
+async fn list(State(svc): State<Svc>, Query(params): Params) -> Result<Response, ApiError> {
+    let bad = |message: String| ApiError {
+        status: StatusCode::BAD_REQUEST,
+        code: "invalid_request",
+        message,
+    };
     let mut filters = Vec::new();
+    let mut summary = false;
     for (key, value) in params {
-        if key != "filter" {
-            return Err(ApiError {
-                status: StatusCode::BAD_REQUEST,
-                code: "invalid_request",
-                message: format!("unknown query parameter {key:?}; use filter=KEY=VALUE"),
-            });
+        match (key.as_str(), value.as_str()) {
+            ("filter", _) => filters.push(value),
+            ("view", "summary") => summary = true,
+            ("view", "full") => summary = false,
+            ("view", other) => {
+                return Err(bad(format!("unknown view {other:?}; use full or summary")))
+            }
+            _ => {
+                return Err(bad(format!(
+                    "unknown query parameter {key:?}; use filter=KEY=VALUE or view=summary"
+                )))
+            }
         }
-        filters.push(value);
     }
     let filter = VolumeFilter::parse(filters.iter().map(String::as_str))?;
-    Ok(Json(blocking(move || svc.list(&filter)).await?))
+    Ok(if summary {
+        Json(blocking(move || svc.list_summaries(&filter)).await?).into_response()
+    } else {
+        Json(blocking(move || svc.list(&filter)).await?).into_response()
+    })
 }
 
 async fn create(

@@ -32,5 +32,5 @@ pub use store::{
 pub use stowage_sys::MountAttrs;
 pub use volume::{
     Attachment, CopyProgress, CreateRequest, DeviceUse, Volume, VolumeFilter, VolumeRecord,
-    VolumeState,
+    VolumeState, VolumeSummary,
 };

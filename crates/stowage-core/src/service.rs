@@ -37,7 +37,10 @@ use crate::options::{check_map_limits, MapKind};
 use crate::ownership;
 use crate::snapshot::SnapshotRecord;
 use crate::store::{Collection, Durability, Precondition, Revision, Store};
-use crate::volume::{CopyProgress, CreateRequest, Volume, VolumeFilter, VolumeRecord, VolumeState};
+use crate::volume::{
+    CopyProgress, CreateRequest, RecordHead, Volume, VolumeFilter, VolumeRecord, VolumeState,
+    VolumeSummary,
+};
 
 pub use confine::CallerPaths;
 pub use publish::PathUsage;
@@ -381,6 +384,39 @@ impl VolumeService {
                     .iter()
                     .map(|c| Volume::corrupt(&c.key, &c.reason)),
             );
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// [`Self::list`] as a table shows it: the same volumes, in the same
+    /// order, each read only as far as its summary needs.
+    pub fn list_summaries(&self, filter: &VolumeFilter) -> Result<Vec<VolumeSummary>> {
+        let mounted = self.stacked_mounts(&self.mount_table()?);
+        let mut out = Vec::new();
+        for v in self.store.list(Collection::Volumes)? {
+            match RecordHead::from_json(&v.value) {
+                Ok(h) if filter.matches_parts(&h.driver, &h.labels, h.in_use()) => {
+                    out.push(VolumeSummary {
+                        mounted: mounted.contains_key(&h.id),
+                        consumers: h.consumers.len(),
+                        name: h.name,
+                        driver: h.driver,
+                        status: h.state,
+                        created_at: h.created_at,
+                    })
+                }
+                Ok(_) => {}
+                Err(_) if filter.matches_unknown() => out.push(VolumeSummary {
+                    name: v.key,
+                    driver: String::new(),
+                    status: VolumeState::Corrupt,
+                    consumers: 0,
+                    mounted: false,
+                    created_at: OffsetDateTime::UNIX_EPOCH,
+                }),
+                Err(_) => {}
+            }
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)

@@ -237,6 +237,48 @@ impl Volume {
     }
 }
 
+/// A volume as `volume ls` shows it in a table: what the list can say
+/// without reading more of each record than this.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeSummary {
+    pub name: String,
+    pub driver: String,
+    pub status: VolumeState,
+    /// How many consumers hold it.
+    pub consumers: usize,
+    pub mounted: bool,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+/// The part of a stored record a summary needs; the rest is skipped
+/// unparsed, which makes a list of many volumes several times cheaper.
+#[derive(Deserialize)]
+pub(crate) struct RecordHead {
+    pub id: String,
+    pub name: String,
+    pub driver: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(default)]
+    pub consumers: BTreeSet<String>,
+    pub state: VolumeState,
+    #[serde(default)]
+    pub device: Option<serde::de::IgnoredAny>,
+}
+
+impl RecordHead {
+    pub(crate) fn from_json(bytes: &[u8]) -> std::result::Result<Self, String> {
+        serde_json::from_slice(bytes).map_err(|e| format!("volume record: {e}"))
+    }
+
+    pub(crate) fn in_use(&self) -> bool {
+        !self.consumers.is_empty() || self.device.is_some()
+    }
+}
+
 /// A sized volume's share of the data root.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SpaceUse {
@@ -303,12 +345,21 @@ impl VolumeFilter {
     }
 
     pub fn matches(&self, v: &VolumeRecord) -> bool {
-        (self.drivers.is_empty() || self.drivers.contains(&v.driver))
+        self.matches_parts(&v.driver, &v.labels, v.in_use())
+    }
+
+    pub(crate) fn matches_parts(
+        &self,
+        driver: &str,
+        labels: &BTreeMap<String, String>,
+        in_use: bool,
+    ) -> bool {
+        (self.drivers.is_empty() || self.drivers.iter().any(|d| d == driver))
             && self.labels.iter().all(|(k, want)| match want {
-                None => v.labels.contains_key(k),
-                Some(want) => v.labels.get(k) == Some(want),
+                None => labels.contains_key(k),
+                Some(want) => labels.get(k) == Some(want),
             })
-            && self.dangling.is_none_or(|d| d != v.in_use())
+            && self.dangling.is_none_or(|d| d != in_use)
     }
 }
 

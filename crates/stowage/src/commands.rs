@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Result};
 use hyper::Method;
 use serde_json::json;
-use stowage_core::{CopyProgress, Snapshot, Volume, VolumeState};
+use stowage_core::{CopyProgress, Snapshot, Volume, VolumeState, VolumeSummary};
 
 use crate::cli::{Cli, Command, CreateArgs, Format, ListArgs, SnapshotCommand, VolumeCommand};
 use crate::client::{encode, Client};
@@ -153,30 +153,41 @@ async fn list(client: &Client, args: ListArgs) -> Result<ExitCode> {
         .iter()
         .map(|f| format!("filter={}", encode(f)))
         .collect();
-    let path = if query.is_empty() {
-        "/v1/volumes".to_string()
-    } else {
-        format!("/v1/volumes?{}", query.join("&"))
+    let path = |mut query: Vec<String>, summary: bool| {
+        if summary {
+            query.push("view=summary".into());
+        }
+        match query.is_empty() {
+            true => "/v1/volumes".to_string(),
+            false => format!("/v1/volumes?{}", query.join("&")),
+        }
     };
-    let volumes: Vec<Volume> = client.call(Method::GET, &path, None).await?;
+    if args.format == Format::Json && !args.quiet {
+        let volumes: Vec<Volume> = client.call(Method::GET, &path(query, false), None).await?;
+        println!("{}", serde_json::to_string_pretty(&volumes)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    // A table or names need only the summaries, far less to send and read.
+    let volumes: Vec<VolumeSummary> = client.call(Method::GET, &path(query, true), None).await?;
+    let mut out = String::new();
     if args.quiet {
         for v in &volumes {
-            println!("{}", v.name);
+            out.push_str(&v.name);
+            out.push('\n');
         }
-    } else if args.format == Format::Json {
-        println!("{}", serde_json::to_string_pretty(&volumes)?);
     } else {
-        print!("{}", volume_table(&volumes));
+        out = volume_table(&volumes);
     }
+    std::io::Write::write_all(&mut std::io::stdout().lock(), out.as_bytes())?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn volume_table(volumes: &[Volume]) -> String {
+fn volume_table(volumes: &[VolumeSummary]) -> String {
     let rows = volumes.iter().map(|v| {
         vec![
             v.driver.clone(),
             v.name.clone(),
-            v.consumers.len().to_string(),
+            v.consumers.to_string(),
             status_word(v.status).to_string(),
             rfc3339(v.created_at),
         ]

@@ -115,6 +115,33 @@ async fn lifecycle_over_rest() {
     )
     .await;
     assert_eq!((s, l.as_array().unwrap().len()), (StatusCode::OK, 1));
+    // The summary view: the same volumes, read no further than a table needs.
+    let (s, sum) = call(
+        &app,
+        Method::GET,
+        "/v1/volumes?filter=label=a=b&filter=dangling=false&view=summary",
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        sum,
+        serde_json::json!([{"name": "v", "driver": "tmpfs", "status": "ready", "consumers": 1,
+                            "mounted": l[0]["mounted"], "created_at": l[0]["created_at"]}])
+    );
+    let (s, sum) = call(
+        &app,
+        Method::GET,
+        "/v1/volumes?filter=dangling=true&view=summary",
+        None,
+    )
+    .await;
+    assert_eq!((s, sum), (StatusCode::OK, serde_json::json!([])));
+    let (s, e) = call(&app, Method::GET, "/v1/volumes?view=wide", None).await;
+    assert_eq!(
+        (s, e["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_request"))
+    );
     let (s, _) = call(
         &app,
         Method::POST,
