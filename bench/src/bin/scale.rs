@@ -132,6 +132,8 @@ async fn main() -> Result<()> {
     let mut inspect_rest = Vec::new();
     let mut ls_rest = Vec::new();
     let mut ls_none = Vec::new();
+    let mut ls_summary = Vec::new();
+    let mut ls_quiet = Vec::new();
     let mut conn = Conn::open(&socket).await?;
     for r in 0..s.runs {
         floor.push(cli_time(&bin, &socket, &["version"])?);
@@ -141,6 +143,7 @@ async fn main() -> Result<()> {
             &socket,
             &["volume", "ls", "--format", "json"],
         )?);
+        ls_quiet.push(cli_time(&bin, &socket, &["volume", "ls", "-q"])?);
         let name = format!("v{:06}", (r * 7919) % s.mounted.max(1));
         inspect.push(cli_time(&bin, &socket, &["volume", "inspect", &name])?);
         let t = Instant::now();
@@ -150,6 +153,10 @@ async fn main() -> Result<()> {
         let t = Instant::now();
         conn.call(Method::GET, "/v1/volumes", None).await?;
         ls_rest.push(t.elapsed());
+        let t = Instant::now();
+        conn.call(Method::GET, "/v1/volumes?view=summary", None)
+            .await?;
+        ls_summary.push(t.elapsed());
         // Every record read, none sent: the store's and the parse's share.
         let t = Instant::now();
         conn.call(Method::GET, "/v1/volumes?filter=driver=none", None)
@@ -198,6 +205,7 @@ async fn main() -> Result<()> {
     };
     let f = Some(median(&floor));
     row("volume ls (CLI, table)", median(&ls), f, TARGET_LS);
+    row("volume ls -q (CLI, names)", median(&ls_quiet), f, TARGET_LS);
     row(
         "volume ls --format json (CLI)",
         median(&ls_json),
@@ -208,6 +216,12 @@ async fn main() -> Result<()> {
     row(
         "  of which reading the records",
         median(&ls_none),
+        None,
+        TARGET_LS,
+    );
+    row(
+        "GET /v1/volumes?view=summary (REST)",
+        median(&ls_summary),
         None,
         TARGET_LS,
     );

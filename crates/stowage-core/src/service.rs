@@ -13,6 +13,7 @@
 mod attachments;
 mod capacity;
 mod confine;
+mod listing;
 mod present;
 mod publish;
 mod reconcile;
@@ -37,10 +38,7 @@ use crate::options::{check_map_limits, MapKind};
 use crate::ownership;
 use crate::snapshot::SnapshotRecord;
 use crate::store::{Collection, Durability, Precondition, Revision, Store};
-use crate::volume::{
-    CopyProgress, CreateRequest, RecordHead, Volume, VolumeFilter, VolumeRecord, VolumeState,
-    VolumeSummary,
-};
+use crate::volume::{CopyProgress, CreateRequest, Volume, VolumeFilter, VolumeRecord, VolumeState};
 
 pub use confine::CallerPaths;
 pub use publish::PathUsage;
@@ -72,6 +70,9 @@ pub struct VolumeService {
     caller_paths: CallerPaths,
     /// How far the data root may be promised.
     space: SpacePolicy,
+    /// The heads of volume records parsed so far, by key, with their
+    /// revision: a list parses only what changed since.
+    heads: listing::HeadCache,
 }
 
 /// A record as loaded, with the revision to compare-and-swap against.
@@ -131,6 +132,7 @@ impl VolumeService {
             node_id: DEFAULT_NODE_ID.to_string(),
             caller_paths: CallerPaths::new(&layout),
             space: SpacePolicy::default(),
+            heads: Default::default(),
             layout,
         }
     }
@@ -384,39 +386,6 @@ impl VolumeService {
                     .iter()
                     .map(|c| Volume::corrupt(&c.key, &c.reason)),
             );
-        }
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(out)
-    }
-
-    /// [`Self::list`] as a table shows it: the same volumes, in the same
-    /// order, each read only as far as its summary needs.
-    pub fn list_summaries(&self, filter: &VolumeFilter) -> Result<Vec<VolumeSummary>> {
-        let mounted = self.stacked_mounts(&self.mount_table()?);
-        let mut out = Vec::new();
-        for v in self.store.list(Collection::Volumes)? {
-            match RecordHead::from_json(&v.value) {
-                Ok(h) if filter.matches_parts(&h.driver, &h.labels, h.in_use()) => {
-                    out.push(VolumeSummary {
-                        mounted: mounted.contains_key(&h.id),
-                        consumers: h.consumers.len(),
-                        name: h.name,
-                        driver: h.driver,
-                        status: h.state,
-                        created_at: h.created_at,
-                    })
-                }
-                Ok(_) => {}
-                Err(_) if filter.matches_unknown() => out.push(VolumeSummary {
-                    name: v.key,
-                    driver: String::new(),
-                    status: VolumeState::Corrupt,
-                    consumers: 0,
-                    mounted: false,
-                    created_at: OffsetDateTime::UNIX_EPOCH,
-                }),
-                Err(_) => {}
-            }
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)

@@ -88,6 +88,18 @@ pub trait Store: Send + Sync + 'static {
     fn revision(&self) -> Result<Revision, StoreError>;
     fn get(&self, collection: Collection, key: &str) -> Result<Option<Versioned>, StoreError>;
     fn list(&self, collection: Collection) -> Result<Vec<Versioned>, StoreError>;
+    /// Every key of a collection with its revision, without the values: what
+    /// a cache of parsed records checks itself against.
+    fn list_revisions(
+        &self,
+        collection: Collection,
+    ) -> Result<Vec<(String, Revision)>, StoreError> {
+        Ok(self
+            .list(collection)?
+            .into_iter()
+            .map(|v| (v.key, v.revision))
+            .collect())
+    }
     /// Writes `value` if `expect` holds, durable as `durability` asks;
     /// returns the new revision. Writes become durable in order: one that
     /// survives a crash brings every earlier one with it.
@@ -254,12 +266,17 @@ pub mod conformance {
         ));
         assert_eq!(store.get(c, "a").unwrap().unwrap().value, b"two");
 
-        // List returns every key, with revisions.
+        // List returns every key, with revisions; so does list_revisions.
         let rb = store.put(c, "b", b"bee", Precondition::Absent).unwrap();
         let mut all = store.list(c).unwrap();
         all.sort_by(|x, y| x.key.cmp(&y.key));
         assert_eq!(all.len(), 2);
         assert_eq!((all[1].key.as_str(), all[1].revision), ("b", rb));
+        let mut revisions = store.list_revisions(c).unwrap();
+        revisions.sort();
+        let expected: Vec<(String, Revision)> =
+            all.iter().map(|v| (v.key.clone(), v.revision)).collect();
+        assert_eq!(revisions, expected);
 
         // Delete is a compare-and-swap too.
         assert!(matches!(

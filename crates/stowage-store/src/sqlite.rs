@@ -30,7 +30,8 @@ const WAL_AUTOCHECKPOINT_PAGES: u32 = 32;
 
 /// Schema migrations; entry `i` takes the database from version `i` to
 /// `i + 1`. Only ever append.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE meta (
         key   TEXT PRIMARY KEY,
         value INTEGER NOT NULL
@@ -43,7 +44,13 @@ const MIGRATIONS: &[&str] = &["
         value      BLOB    NOT NULL,
         PRIMARY KEY (collection, key)
     ) WITHOUT ROWID;
-"];
+",
+    "
+    -- Keys and revisions without the values: list_revisions scans this
+    -- instead of every record.
+    CREATE INDEX entries_revisions ON entries (collection, key, revision);
+",
+];
 
 enum Write {
     Put {
@@ -367,6 +374,19 @@ impl Store for SqliteStore {
         self.read(|c| {
             c.prepare_cached("SELECT value FROM meta WHERE key = 'revision'")?
                 .query_row([], |r| r.get(0))
+        })
+    }
+
+    fn list_revisions(
+        &self,
+        collection: Collection,
+    ) -> Result<Vec<(String, Revision)>, StoreError> {
+        self.read(|c| {
+            c.prepare_cached(
+                "SELECT key, revision FROM entries WHERE collection = ?1 ORDER BY key",
+            )?
+            .query_map(params![collection.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect()
         })
     }
 

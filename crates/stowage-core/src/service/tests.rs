@@ -617,3 +617,44 @@ mod model {
         }
     }
 }
+
+/// Summaries say what full listings say, however the volumes changed
+/// between two lists, whether the cache reads changed records one by one
+/// or lists them all again.
+#[test]
+fn summaries_follow_every_change() {
+    let f = fixture();
+    let agree = |svc: &VolumeService| {
+        let filter = VolumeFilter::default();
+        let full = svc.list(&filter).unwrap();
+        let summaries = svc.list_summaries(&filter).unwrap();
+        let from_full: Vec<(String, usize, bool, VolumeState)> = full
+            .iter()
+            .map(|v| (v.name.clone(), v.consumers.len(), v.mounted, v.status))
+            .collect();
+        let from_summaries: Vec<(String, usize, bool, VolumeState)> = summaries
+            .iter()
+            .map(|v| (v.name.clone(), v.consumers, v.mounted, v.status))
+            .collect();
+        assert_eq!(from_full, from_summaries);
+    };
+    agree(&f.svc);
+    for i in 0..300 {
+        f.svc.create(req(&format!("v{i:03}"))).unwrap();
+    }
+    agree(&f.svc);
+    f.svc.mount("v001", "c").unwrap();
+    f.svc.remove("v002", false).unwrap();
+    f.svc.create(req("new")).unwrap();
+    agree(&f.svc);
+    let dangling = VolumeFilter::parse(["dangling=false"]).unwrap();
+    let used = f.svc.list_summaries(&dangling).unwrap();
+    assert_eq!(
+        used.iter().map(|v| v.name.as_str()).collect::<Vec<_>>(),
+        ["v001"]
+    );
+    for i in 3..300 {
+        f.svc.remove(&format!("v{i:03}"), false).unwrap();
+    }
+    agree(&f.svc);
+}

@@ -11,8 +11,12 @@ use crate::BIN;
 /// Writes `path` until the filesystem holding it has no space left.
 fn fill(path: &Path) {
     let mut f = std::fs::File::create(path).unwrap();
-    let chunk = vec![0xa5u8; 1 << 16];
-    while f.write_all(&chunk).and_then(|()| f.sync_data()).is_ok() {}
+    // Large pieces first, then single blocks, so that not even a
+    // directory's block is left.
+    for size in [1 << 16, 1 << 12, 1] {
+        let chunk = vec![0xa5u8; size];
+        while f.write_all(&chunk).and_then(|()| f.sync_data()).is_ok() {}
+    }
 }
 
 fn post_create(d: &Daemon, name: &str) -> String {
