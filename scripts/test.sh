@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check and test of Stowage: formatting, lints, unit tests,
 # integration tests and end-to-end tests against real mounts. Installs what
-# the tests need when it is missing (Debian packages, and grpcio from
-# PyPI). Run as root (the tests mount things).
+# the tests need when it is missing (Debian packages, and grpcio and
+# schemathesis from PyPI). Run as root (the tests mount things).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,11 +18,14 @@ fi
 ensure_packages protobuf-compiler mount util-linux tar e2fsprogs xfsprogs btrfs-progs \
   docker.io podman runc crun busybox-static
 
-# grpcio, for the CSI test of a gRPC client other than grpc-go.
-if ! python3 -c "import grpc" 2>/dev/null; then
-  echo "installing: grpcio (PyPI)"
-  python3 -m pip install --quiet --disable-pip-version-check grpcio
-fi
+# From PyPI: grpcio, for the CSI test of a gRPC client other than grpc-go;
+# schemathesis, which holds the REST socket to docs/openapi.yaml.
+for pkg in grpcio:grpc "schemathesis>=4.32,<5:schemathesis"; do
+  if ! python3 -c "import ${pkg#*:}" 2>/dev/null; then
+    echo "installing: ${pkg%%:*} (PyPI)"
+    python3 -m pip install --quiet --disable-pip-version-check "${pkg%%:*}"
+  fi
+done
 
 echo "== cargo fmt --check"
 cargo fmt --all --check

@@ -10,7 +10,7 @@
 //! are the ones `stowage volume ls` shows, and the other way round.
 //! Secrets are accepted and never read or logged.
 
-mod authority;
+pub mod authority;
 mod capability;
 mod controller;
 mod identity;
@@ -35,9 +35,10 @@ pub const PLUGIN_NAME: &str = "stowage.csi.dev";
 /// The topology segment naming the host a volume lives on.
 pub const TOPOLOGY_KEY: &str = "topology.stowage.csi.dev/node";
 
-/// State shared by the three CSI services.
+/// The three CSI services over one [`VolumeService`]: what [`serve`]
+/// serves, and what fuzzing calls without the transport.
 #[derive(Clone)]
-struct Csi {
+pub struct Csi {
     service: Arc<VolumeService>,
     in_flight: Arc<InFlight>,
 }
@@ -49,10 +50,7 @@ pub async fn serve(
     service: Arc<VolumeService>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let csi = Csi {
-        service,
-        in_flight: Arc::default(),
-    };
+    let csi = Csi::new(service);
     let admission = crate::Admission::new("csi");
     let incoming = admitted_connections(listener, admission);
     tonic::transport::Server::builder()
@@ -103,6 +101,13 @@ fn admitted_connections(
 }
 
 impl Csi {
+    pub fn new(service: Arc<VolumeService>) -> Self {
+        Csi {
+            service,
+            in_flight: Arc::default(),
+        }
+    }
+
     /// Runs blocking core work on the volume or snapshot `key`, answering
     /// `ABORTED` if another call on it is still running.
     async fn exclusive<T: Send + 'static>(

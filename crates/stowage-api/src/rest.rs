@@ -115,16 +115,23 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for Body<T> 
     }
 }
 
+/// A body that is not JSON of the route's shape is the client's mistake:
+/// 400 whatever axum's finer status (415 without the JSON content type, 422
+/// for the wrong fields), so that clients and the document deal with one
+/// status; a body over the limit stays 413.
 fn reject(rejection: JsonRejection) -> ApiError {
-    let status = rejection.status();
+    let message = rejection.body_text();
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        return ApiError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            code: "payload_too_large",
+            message,
+        };
+    }
     ApiError {
-        status,
-        code: if status == StatusCode::PAYLOAD_TOO_LARGE {
-            "payload_too_large"
-        } else {
-            "invalid_request"
-        },
-        message: rejection.body_text(),
+        status: StatusCode::BAD_REQUEST,
+        code: "invalid_request",
+        message,
     }
 }
 

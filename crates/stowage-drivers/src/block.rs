@@ -25,21 +25,6 @@ use tracing::warn;
 use filesystem::{Filesystem, MKFS_OPTIONS};
 
 const OWN_OPTIONS: &[&str] = &["size", "fs", "provisioning"];
-
-/// Whether an image's blocks are allocated when it is made (`thick`: its
-/// writers never need space from the data root) or as they are written
-/// (`thin`, the default).
-fn thick(opts: &Options) -> Result<bool> {
-    match opts.get("provisioning").map(String::as_str) {
-        None | Some("thin") => Ok(false),
-        Some("thick") => Ok(true),
-        Some(other) => Err(Error::invalid_option(
-            "provisioning",
-            other,
-            "expected thin (blocks taken as written) or thick (all allocated at create)",
-        )),
-    }
-}
 const EINVAL: i32 = libc::EINVAL;
 /// A device in raw use has no filesystem Stowage can freeze, so a copy of
 /// it could not be made consistent.
@@ -143,9 +128,7 @@ impl Block {
         }
         copied
     }
-}
 
-impl Block {
     /// Allocates all of a thick volume's image, up to `size` bytes.
     fn preallocate_if_thick(&self, volume: &VolumeRecord, image: &Path, size: u64) -> Result<()> {
         if !thick(&volume.options)? {
@@ -154,6 +137,21 @@ impl Block {
         self.sys
             .preallocate(image, size)
             .map_err(Error::io("allocate image", image))
+    }
+}
+
+/// Whether an image's blocks are allocated when it is made (`thick`: its
+/// writers never need space from the data root) or as they are written
+/// (`thin`, the default).
+fn thick(opts: &Options) -> Result<bool> {
+    match opts.get("provisioning").map(String::as_str) {
+        None | Some("thin") => Ok(false),
+        Some("thick") => Ok(true),
+        Some(other) => Err(Error::invalid_option(
+            "provisioning",
+            other,
+            "expected thin (blocks taken as written) or thick (all allocated at create)",
+        )),
     }
 }
 

@@ -23,6 +23,7 @@ pub use idmap::{IdMapping, IdRange, UserNamespace};
 pub use linux::LinuxSys;
 pub use mountinfo::{parse_mountinfo, MountEntry};
 pub use recording::{Call, RecordingSys};
+pub use statmount::decode as decode_statmount;
 pub use tree::{parallelism, TreeStats};
 
 /// Identity of a file: device and inode, as `stat` reports them.

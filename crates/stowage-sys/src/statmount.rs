@@ -124,6 +124,19 @@ fn statmount(mnt_id: u64) -> io::Result<MountEntry> {
     }
     // SAFETY: plain bytes of an initialised Vec<u64>, read only.
     let buf = unsafe { std::slice::from_raw_parts(words.as_ptr().cast::<u8>(), words.len() * 8) };
+    decode(buf)
+}
+
+/// The mount that a `struct statmount` in `buf` describes. The kernel
+/// fills the buffer; a short one or a mask without the fields asked for
+/// is an error, and a string offset past the end reads as empty.
+pub fn decode(buf: &[u8]) -> io::Result<MountEntry> {
+    if buf.len() < offset::STRINGS {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "statmount(2) answer shorter than its fixed part",
+        ));
+    }
     if u64_at(buf, offset::MASK) & WANTED != WANTED {
         return Err(unsupported("statmount(2) without the source of a mount"));
     }

@@ -231,6 +231,14 @@ impl Daemon {
         serde_json::from_str(&self.ok(&["volume", "ls", "--format", "json"])).unwrap()
     }
 
+    /// The names `volume ls` lists, in its order.
+    pub fn names(&self) -> Vec<String> {
+        let list = self.list();
+        list.iter()
+            .map(|v| v["name"].as_str().unwrap().to_string())
+            .collect()
+    }
+
     /// The mount points under this daemon's run root, one entry per mount
     /// (stacked mounts appear more than once).
     pub fn mounts(&self) -> Vec<PathBuf> {

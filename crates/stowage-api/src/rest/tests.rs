@@ -179,7 +179,7 @@ async fn bad_requests_get_clear_errors() {
             Method::POST,
             "/v1/volumes",
             Some(br#"{"name":"v","colour":1}"#.to_vec()),
-            StatusCode::UNPROCESSABLE_ENTITY,
+            StatusCode::BAD_REQUEST,
             "invalid_request",
         ),
         (

@@ -161,11 +161,7 @@ impl VolumeService {
         let allocated = driver.allocated_bytes(record)?;
         let unallocated = size.saturating_sub(allocated);
         let root = &self.layout.data_root;
-        let free = self
-            .sys
-            .fs_usage(root)
-            .map_err(Error::io("read free space of", root))?
-            .available_bytes;
+        let free = self.free_space()?;
         let at_risk = (unallocated > free).then(|| {
             let why = format!(
                 "may still take {} of the data root, which has {} free: writes past that \

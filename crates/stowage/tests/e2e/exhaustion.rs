@@ -3,28 +3,18 @@
 //! as if nothing happened.
 
 use std::io::{Read, Write};
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use stowage_testkit::Daemon;
-
-use crate::BIN;
 
 const IDLE: usize = 1100;
 
 #[test]
 fn idle_connections_on_one_door_starve_no_door() {
     // The daemon starts with the usual soft limit of 1024 open files.
-    let wrapper_dir = tempfile::tempdir().unwrap();
-    let wrapper = wrapper_dir.path().join("stowage-1024-files");
-    std::fs::write(
-        &wrapper,
-        format!("#!/bin/sh\nulimit -Sn 1024\nexec {BIN} \"$@\"\n"),
-    )
-    .unwrap();
-    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let d = Daemon::start(wrapper.to_str().unwrap());
+    let (_wrapper, bin) = crate::wrapped_bin("ulimit -Sn 1024");
+    let d = Daemon::start(&bin);
     let plugin = d.base().join("plugins/stowage.sock");
     let idle: Vec<UnixStream> = (0..IDLE)
         .filter_map(|_| UnixStream::connect(&plugin).ok())

@@ -266,10 +266,5 @@ fn prune_removes_only_volumes_without_consumers() {
     assert_eq!(d.list().len(), 3, "an unconfirmed prune removes nothing");
     let out = d.ok(&["volume", "prune", "-f"]);
     assert!(out.contains("Total: 2 volume(s) removed"), "{out}");
-    let names: Vec<_> = d
-        .list()
-        .iter()
-        .map(|v| v["name"].as_str().unwrap().to_string())
-        .collect();
-    assert_eq!(names, ["b"]);
+    assert_eq!(d.names(), ["b"]);
 }

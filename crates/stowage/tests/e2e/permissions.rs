@@ -50,15 +50,8 @@ fn check_root_only(d: &Daemon) {
 
 #[test]
 fn sockets_and_state_are_root_only_whatever_the_umask() {
-    let wrapper_dir = tempfile::tempdir().unwrap();
-    let wrapper = wrapper_dir.path().join("stowage-umask-000");
-    std::fs::write(
-        &wrapper,
-        format!("#!/bin/sh\numask 000\nexec {BIN} \"$@\"\n"),
-    )
-    .unwrap();
-    chmod(&wrapper, 0o755);
-    let mut d = Daemon::start(wrapper.to_str().unwrap());
+    let (_wrapper, bin) = crate::wrapped_bin("umask 000");
+    let mut d = Daemon::start(&bin);
     chmod(&d.base(), 0o755);
     check_root_only(&d);
 

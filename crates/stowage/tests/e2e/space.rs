@@ -40,12 +40,7 @@ fn a_full_data_root_is_reported_as_insufficient_storage() {
     assert!(answer.contains("resource_exhausted"), "{answer}");
     std::fs::remove_file(&filler).unwrap();
     d.ok(&["volume", "create", "after"]);
-    let names: Vec<String> = d
-        .list()
-        .iter()
-        .map(|v| v["name"].as_str().unwrap().into())
-        .collect();
-    assert_eq!(names, ["after", "before"]);
+    assert_eq!(d.names(), ["after", "before"]);
 }
 
 #[test]
@@ -111,12 +106,7 @@ fn sizes_are_committed_against_the_data_root_and_overcommit_is_refused() {
     assert!(err.contains("would commit"), "{err}");
     let err = d.fails(&["snapshot", "create", "a", "a-snap"]);
     assert!(err.contains("would commit"), "{err}");
-    let names: Vec<String> = d
-        .list()
-        .iter()
-        .map(|v| v["name"].as_str().unwrap().into())
-        .collect();
-    assert_eq!(names, ["a", "b"]);
+    assert_eq!(d.names(), ["a", "b"]);
 
     // An operator who accepts the risk says so.
     let fs2 = ScratchFs::new("ext4", "256M", &["-m", "0"], "");
