@@ -27,6 +27,9 @@ pub struct Daemon {
     /// Extra arguments of `stowage serve`.
     extra: Vec<String>,
     child: Option<Child>,
+    /// The doors' sockets while this process holds them for the daemon,
+    /// as a service manager does (see [`Daemon::hold_sockets`]).
+    held: Vec<std::os::unix::net::UnixListener>,
 }
 
 impl Daemon {
@@ -79,6 +82,7 @@ impl Daemon {
             _run_dir: run_dir,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             child: None,
+            held: Vec::new(),
         };
         d.spawn();
         d
@@ -104,7 +108,7 @@ impl Daemon {
             .append(true)
             .open(self.base().join("daemon.log"))
             .unwrap();
-        let mut cmd = Command::new(&self.bin);
+        let mut cmd = self.command_with_held_sockets();
         cmd.arg("serve")
             .arg("--data-root")
             .arg(&self.data)
@@ -116,6 +120,82 @@ impl Daemon {
             .stdout(Stdio::null())
             .stderr(log);
         cmd
+    }
+
+    /// From now on binds the doors' sockets here and passes them to every
+    /// daemon started, by systemd's socket activation protocol, as a
+    /// service manager holding them would: they stay open while the daemon
+    /// is down, and calls made meanwhile wait instead of being refused.
+    /// The daemon must be stopped.
+    pub fn hold_sockets(&mut self) {
+        use std::os::unix::fs::PermissionsExt;
+        assert!(self.child.is_none(), "the daemon must be stopped");
+        let paths = [
+            self.base().join("plugins/stowage.sock"),
+            self.csi_socket(),
+            self.socket(),
+        ];
+        self.held = paths
+            .iter()
+            .map(|p| {
+                let _ = std::fs::remove_file(p);
+                let l = std::os::unix::net::UnixListener::bind(p).unwrap();
+                std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o660)).unwrap();
+                l
+            })
+            .collect();
+    }
+
+    /// Stops holding the sockets: later daemons bind their own. The
+    /// daemon must be stopped.
+    pub fn release_sockets(&mut self) {
+        assert!(self.child.is_none(), "the daemon must be stopped");
+        self.held.clear();
+    }
+
+    /// The daemon's command: the binary itself, or, while sockets are
+    /// held, a shell that sets `LISTEN_PID` to its own pid (which the
+    /// binary keeps when the shell execs it) with the sockets at 3, 4, 5.
+    fn command_with_held_sockets(&self) -> Command {
+        use command_fds::{CommandFdExt, FdMapping};
+        if self.held.is_empty() {
+            return Command::new(&self.bin);
+        }
+        let mut cmd = Command::new("/bin/sh");
+        cmd.arg("-c")
+            .arg(format!(
+                "export LISTEN_PID=$$ LISTEN_FDS={}; exec \"$0\" \"$@\"",
+                self.held.len()
+            ))
+            .arg(&self.bin);
+        let mappings = self
+            .held
+            .iter()
+            .zip(3..)
+            .map(|(l, child_fd)| FdMapping {
+                parent_fd: std::os::fd::OwnedFd::from(l.try_clone().unwrap()),
+                child_fd,
+            })
+            .collect();
+        cmd.fd_mappings(mappings).unwrap();
+        cmd
+    }
+
+    /// Whether the daemon answers on its REST socket: while the sockets
+    /// are held a connection succeeds before the daemon runs, so a request
+    /// must be answered.
+    fn answers(&self) -> bool {
+        let Ok(mut s) = UnixStream::connect(self.socket()) else {
+            return false;
+        };
+        if self.held.is_empty() {
+            return true;
+        }
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let _ = s.write_all(b"GET /v1/version HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let mut first = [0u8; 1];
+        matches!(s.read(&mut first), Ok(1))
     }
 
     /// Starts `stowage serve`, which must refuse to start; returns what it
@@ -151,7 +231,7 @@ impl Daemon {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if UnixStream::connect(self.socket()).is_ok() {
+            if self.answers() {
                 return;
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {

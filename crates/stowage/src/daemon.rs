@@ -16,6 +16,8 @@ use stowage_sys::LinuxSys;
 use tokio::net::UnixListener;
 use tracing::info;
 
+use crate::activation::Inherited;
+
 use crate::cli::ServeArgs;
 
 /// The daemon's settings, from the config file and then the flags.
@@ -320,17 +322,19 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     }
 
     let _plugin_lock = lock_root(&plugin_dir, "plugin dir")?;
+    let mut inherited = Inherited::from_env()?;
     let plugin_socket = plugin_dir.join(PLUGIN_SOCKET);
-    let plugin = bind_socket(&plugin_socket)?;
+    let plugin = listen(&plugin_socket, &mut inherited)?;
     if let Some(name) = &config.docker_spec {
         write_docker_spec(Path::new(DOCKER_SPEC_DIR), name, &plugin_socket)?;
     }
     if let Some(dir) = csi_socket.parent() {
         prepare_dir(dir, 0o755)?;
     }
-    let csi = bind_socket(&csi_socket)?;
+    let csi = listen(&csi_socket, &mut inherited)?;
     // Bound last: whoever reaches the REST socket finds every door open.
-    let rest = bind_socket(&layout.socket())?;
+    let rest = listen(&layout.socket(), &mut inherited)?;
+    inherited.warn_unused();
     info!(rest = %layout.socket().display(), docker_plugin = %plugin_socket.display(),
           csi = %csi_socket.display(), node = service.node_id(), "listening");
 
@@ -359,6 +363,15 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     )?;
     info!("stopped; volumes stay mounted for their consumers");
     Ok(())
+}
+
+/// The socket at `path`: the one a service manager passed, or else a
+/// fresh one.
+fn listen(path: &Path, inherited: &mut Inherited) -> Result<UnixListener> {
+    match inherited.take(path)? {
+        Some(listener) => Ok(listener),
+        None => bind_socket(path),
+    }
 }
 
 /// Binds a fresh unix socket at `path` (replacing a stale one: the root

@@ -1,5 +1,6 @@
 //! `stowage`: the daemon (`stowage serve`) and its command-line client.
 
+mod activation;
 mod cli;
 mod client;
 mod commands;

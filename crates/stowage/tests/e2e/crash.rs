@@ -243,3 +243,39 @@ fn kill9_storm_loses_nothing_and_leaves_no_orphan_mount() {
     );
     assert!(checks + last >= 50, "too few checks: {}", checks + last);
 }
+
+/// With its sockets held by a service manager (systemd's socket
+/// activation), a call made while the daemon is down waits and is
+/// answered by the next daemon, instead of being refused.
+#[test]
+fn a_call_made_while_a_socket_activated_daemon_is_down_is_answered() {
+    let mut d = Daemon::start(BIN);
+    d.stop();
+    d.hold_sockets();
+    d.spawn();
+    assert!(d.cli(&["volume", "create", "before"]).status.success());
+    d.kill9();
+    let socket = d.socket();
+    let waiting = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(socket).expect("the held socket");
+        // A daemon that bound a socket of its own never answers this one.
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        s.write_all(b"GET /v1/volumes/before HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer)
+            .expect("an answer from the next daemon");
+        answer
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!waiting.is_finished(), "answered with no daemon running");
+    d.spawn();
+    let answer = waiting.join().unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\"name\":\"before\""), "{answer}");
+    d.stop();
+    d.release_sockets();
+    d.spawn();
+    assert!(d.cli(&["volume", "inspect", "before"]).status.success());
+}

@@ -66,6 +66,11 @@ fn main() {
         scenarios::podman_userns_auto_with_idmap,
     )];
     let mut trials = Vec::new();
+    // Both engines at once, so it is one trial.
+    trials.push(Trial::test("kill9_storm_under_both_engines", move || {
+        scenarios::kill9_storm(env);
+        Ok::<(), Failed>(())
+    }));
     for &(name, scenario) in podman_only {
         trials.push(Trial::test(format!("{name}::podman"), move || {
             scenario(env, Kind::Podman);
