@@ -87,9 +87,11 @@ pub trait Store: Send + Sync + 'static {
     /// The revision of the last write: 0 for a store never written to.
     fn revision(&self) -> Result<Revision, StoreError>;
     fn get(&self, collection: Collection, key: &str) -> Result<Option<Versioned>, StoreError>;
+    /// Every entry of a collection, in byte order of the keys.
     fn list(&self, collection: Collection) -> Result<Vec<Versioned>, StoreError>;
-    /// Every key of a collection with its revision, without the values: what
-    /// a cache of parsed records checks itself against.
+    /// Every key of a collection with its revision, without the values, in
+    /// byte order of the keys: what a cache of parsed records checks
+    /// itself against.
     fn list_revisions(
         &self,
         collection: Collection,

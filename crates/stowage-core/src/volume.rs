@@ -1,5 +1,6 @@
 //! The volume model: what is persisted, and what callers see.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
@@ -238,17 +239,35 @@ impl Volume {
 }
 
 /// A volume as `volume ls` shows it in a table: what the list can say
-/// without reading more of each record than this.
+/// without reading more of each record than this. Borrowed where it can
+/// be: from the daemon's parsed records when it sends a list, from the
+/// answer's bytes when the CLI reads one (100k volumes are 200k strings).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VolumeSummary {
-    pub name: String,
-    pub driver: String,
+pub struct VolumeSummary<'a> {
+    #[serde(borrow)]
+    pub name: Cow<'a, str>,
+    #[serde(borrow)]
+    pub driver: Cow<'a, str>,
     pub status: VolumeState,
     /// How many consumers hold it.
     pub consumers: usize,
     pub mounted: bool,
-    #[serde(with = "time::serde::rfc3339")]
-    pub created_at: OffsetDateTime,
+    /// RFC 3339, as the record has it.
+    #[serde(borrow)]
+    pub created_at: Cow<'a, str>,
+}
+
+impl VolumeSummary<'_> {
+    pub fn into_owned(self) -> VolumeSummary<'static> {
+        VolumeSummary {
+            name: Cow::Owned(self.name.into_owned()),
+            driver: Cow::Owned(self.driver.into_owned()),
+            status: self.status,
+            consumers: self.consumers,
+            mounted: self.mounted,
+            created_at: Cow::Owned(self.created_at.into_owned()),
+        }
+    }
 }
 
 /// The part of a stored record a summary needs; the rest is skipped
@@ -260,8 +279,9 @@ pub(crate) struct RecordHead {
     pub driver: String,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
-    #[serde(with = "time::serde::rfc3339")]
-    pub created_at: OffsetDateTime,
+    /// Kept as the record writes it (RFC 3339), which is what a summary
+    /// shows: not parsed only to be formatted again.
+    pub created_at: String,
     #[serde(default)]
     pub consumers: BTreeSet<String>,
     pub state: VolumeState,

@@ -79,16 +79,29 @@ impl Client {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> Result<T> {
-        let (status, bytes) = self.send(method, path, body).await?;
-        if !status.is_success() {
-            return Err(api_error(status, &bytes));
-        }
+        let bytes = self.call_bytes(method, path, body).await?;
         let bytes = if bytes.is_empty() {
             Bytes::from_static(b"null")
         } else {
             bytes
         };
         serde_json::from_slice(&bytes).context("decoding the daemon's answer")
+    }
+
+    /// Sends one request and returns a successful answer's body, for a
+    /// caller that decodes it borrowing from it; an error answer becomes
+    /// an error with the daemon's message.
+    pub async fn call_bytes(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<Bytes> {
+        let (status, bytes) = self.send(method, path, body).await?;
+        if !status.is_success() {
+            return Err(api_error(status, &bytes));
+        }
+        Ok(bytes)
     }
 }
 

@@ -1,11 +1,12 @@
 //! The client commands: each turns arguments into REST calls and prints
 //! the answer for a person (or as JSON).
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use hyper::Method;
 use serde_json::json;
 use stowage_core::{CopyProgress, Snapshot, Volume, VolumeState, VolumeSummary};
@@ -168,7 +169,11 @@ async fn list(client: &Client, args: ListArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     // A table or names need only the summaries, far less to send and read.
-    let volumes: Vec<VolumeSummary> = client.call(Method::GET, &path(query, true), None).await?;
+    let body = client
+        .call_bytes(Method::GET, &path(query, true), None)
+        .await?;
+    let volumes: Vec<VolumeSummary> =
+        serde_json::from_slice(&body).context("decoding the daemon's answer")?;
     let mut out = String::new();
     if args.quiet {
         for v in &volumes {
@@ -183,18 +188,21 @@ async fn list(client: &Client, args: ListArgs) -> Result<ExitCode> {
 }
 
 fn volume_table(volumes: &[VolumeSummary]) -> String {
-    let rows = volumes.iter().map(|v| {
-        vec![
-            v.driver.clone(),
-            v.name.clone(),
-            v.consumers.to_string(),
-            status_word(v.status).to_string(),
-            rfc3339(v.created_at),
-        ]
-    });
+    let rows: Vec<[Cow<str>; 5]> = volumes
+        .iter()
+        .map(|v| {
+            [
+                Cow::Borrowed(&*v.driver),
+                Cow::Borrowed(&*v.name),
+                Cow::Owned(v.consumers.to_string()),
+                Cow::Borrowed(status_word(v.status)),
+                Cow::Borrowed(&*v.created_at),
+            ]
+        })
+        .collect();
     table(
         &["DRIVER", "VOLUME NAME", "CONSUMERS", "STATUS", "CREATED"],
-        rows,
+        &rows,
     )
 }
 
@@ -209,19 +217,17 @@ fn status_word(status: VolumeState) -> &'static str {
 
 /// Left-aligned columns three spaces apart, no trailing blanks. Written
 /// into one buffer: a list of 100k volumes is 500k cells.
-fn table(header: &[&str], rows: impl Iterator<Item = Vec<String>>) -> String {
-    let rows: Vec<Vec<String>> = rows.collect();
+fn table<C: AsRef<str>>(header: &[&str], rows: &[impl AsRef<[C]>]) -> String {
     let widths: Vec<usize> = (0..header.len())
         .map(|i| {
-            let cells = rows.iter().map(|r| r[i].len());
+            let cells = rows.iter().map(|r| r.as_ref()[i].as_ref().len());
             cells.chain([header[i].len()]).max().unwrap_or(0)
         })
         .collect();
     let mut out = String::with_capacity((widths.iter().sum::<usize>() + 16) * (rows.len() + 1));
-    let header = header.iter().map(|h| h.to_string()).collect::<Vec<_>>();
-    for r in std::iter::once(&header).chain(&rows) {
+    let mut line = |cells: &mut dyn Iterator<Item = &str>| {
         let start = out.len();
-        for (i, (cell, w)) in r.iter().zip(&widths).enumerate() {
+        for (i, (cell, w)) in cells.zip(&widths).enumerate() {
             if i > 0 {
                 out.push_str("   ");
             }
@@ -231,6 +237,10 @@ fn table(header: &[&str], rows: impl Iterator<Item = Vec<String>>) -> String {
         let end = out[start..].trim_end().len() + start;
         out.truncate(end);
         out.push('\n');
+    };
+    line(&mut header.iter().copied());
+    for r in rows {
+        line(&mut r.as_ref().iter().map(AsRef::as_ref));
     }
     out
 }
@@ -321,20 +331,23 @@ async fn snapshot(client: &Client, cmd: SnapshotCommand) -> Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&snaps)?);
                 return Ok(ExitCode::SUCCESS);
             }
-            let rows = snaps.iter().map(|s| {
-                vec![
-                    s.name.clone(),
-                    s.volume.clone(),
-                    s.method.clone(),
-                    s.size_bytes
-                        .map(stowage_core::options::format_size)
-                        .unwrap_or_default(),
-                    rfc3339(s.created_at),
-                ]
-            });
+            let rows: Vec<[String; 5]> = snaps
+                .iter()
+                .map(|s| {
+                    [
+                        s.name.clone(),
+                        s.volume.clone(),
+                        s.method.clone(),
+                        s.size_bytes
+                            .map(stowage_core::options::format_size)
+                            .unwrap_or_default(),
+                        rfc3339(s.created_at),
+                    ]
+                })
+                .collect();
             print!(
                 "{}",
-                table(&["NAME", "VOLUME", "METHOD", "SIZE", "CREATED"], rows)
+                table(&["NAME", "VOLUME", "METHOD", "SIZE", "CREATED"], &rows)
             );
             Ok(ExitCode::SUCCESS)
         }

@@ -634,7 +634,7 @@ fn summaries_follow_every_change() {
             .collect();
         let from_summaries: Vec<(String, usize, bool, VolumeState)> = summaries
             .iter()
-            .map(|v| (v.name.clone(), v.consumers, v.mounted, v.status))
+            .map(|v| (v.name.to_string(), v.consumers, v.mounted, v.status))
             .collect();
         assert_eq!(from_full, from_summaries);
     };
@@ -649,10 +649,7 @@ fn summaries_follow_every_change() {
     agree(&f.svc);
     let dangling = VolumeFilter::parse(["dangling=false"]).unwrap();
     let used = f.svc.list_summaries(&dangling).unwrap();
-    assert_eq!(
-        used.iter().map(|v| v.name.as_str()).collect::<Vec<_>>(),
-        ["v001"]
-    );
+    assert_eq!(used.iter().map(|v| &*v.name).collect::<Vec<_>>(), ["v001"]);
     for i in 3..300 {
         f.svc.remove(&format!("v{i:03}"), false).unwrap();
     }
