@@ -73,6 +73,9 @@ pub struct VolumeService {
     /// The heads of volume records parsed so far, by key, with their
     /// revision: a list parses only what changed since.
     heads: listing::HeadCache,
+    /// Volumes last found at risk of running out of space: the log says
+    /// when one becomes so and when it stops, not at every look.
+    at_risk: Mutex<std::collections::BTreeSet<String>>,
 }
 
 /// A record as loaded, with the revision to compare-and-swap against.
@@ -133,6 +136,7 @@ impl VolumeService {
             caller_paths: CallerPaths::new(&layout),
             space: SpacePolicy::default(),
             heads: Default::default(),
+            at_risk: Default::default(),
             layout,
         }
     }

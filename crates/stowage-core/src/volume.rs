@@ -287,6 +287,8 @@ pub(crate) struct RecordHead {
     pub state: VolumeState,
     #[serde(default)]
     pub device: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    pub size_bytes: Option<u64>,
 }
 
 impl RecordHead {

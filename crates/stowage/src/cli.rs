@@ -38,8 +38,8 @@ pub enum Command {
 #[derive(Args, Debug, Default)]
 pub struct ServeArgs {
     /// TOML file with data_root, run_root, plugin_dir, docker_spec,
-    /// csi_endpoint, csi_allowed_paths, node_id, overcommit_ratio and
-    /// space_reserve; flags override it.
+    /// csi_endpoint, csi_allowed_paths, node_id, overcommit_ratio,
+    /// space_reserve and space_check_interval; flags override it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Where volumes' data and the state database live [default: /var/lib/stowage].
@@ -80,6 +80,11 @@ pub struct ServeArgs {
     /// store and metadata (512M, 2G) [default: 5% of the data root, at most 1G].
     #[arg(long, value_name = "SIZE")]
     pub space_reserve: Option<String>,
+    /// How often every sized volume is checked against the data root's
+    /// free space, so that the log says when one comes to be at risk of
+    /// I/O errors (and when it stops); 0 never [default: 30].
+    #[arg(long, value_name = "SECONDS")]
+    pub space_check_interval: Option<u64>,
 }
 
 #[derive(Subcommand, Debug)]

@@ -6,6 +6,7 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use rustix::fs::{flock, FlockOperation};
@@ -41,6 +42,8 @@ pub struct Config {
     pub overcommit_ratio: f64,
     /// Space never promised to volumes, as `parse_size` reads it.
     pub space_reserve: Option<String>,
+    /// Seconds between checks of the sized volumes' space; 0: none.
+    pub space_check_interval: u64,
 }
 
 /// The plugin socket's file name; Docker names the driver after it.
@@ -60,6 +63,7 @@ impl Default for Config {
             csi_allowed_paths: Vec::new(),
             overcommit_ratio: 1.0,
             space_reserve: None,
+            space_check_interval: 30,
         }
     }
 }
@@ -101,6 +105,9 @@ impl Config {
         }
         if let Some(r) = &args.space_reserve {
             config.space_reserve = Some(r.clone());
+        }
+        if let Some(s) = args.space_check_interval {
+            config.space_check_interval = s;
         }
         if !(config.overcommit_ratio >= 1.0 && config.overcommit_ratio.is_finite()) {
             bail!(
@@ -338,6 +345,12 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     info!(rest = %layout.socket().display(), docker_plugin = %plugin_socket.display(),
           csi = %csi_socket.display(), node = service.node_id(), "listening");
 
+    if config.space_check_interval > 0 {
+        tokio::spawn(watch_space(
+            service.clone(),
+            Duration::from_secs(config.space_check_interval),
+        ));
+    }
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -363,6 +376,21 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     )?;
     info!("stopped; volumes stay mounted for their consumers");
     Ok(())
+}
+
+/// Checks the sized volumes' space every `interval`, for the log.
+async fn watch_space(service: Arc<VolumeService>, interval: Duration) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let service = service.clone();
+        match tokio::task::spawn_blocking(move || service.watch_space()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "checking the volumes' space failed"),
+            Err(e) => tracing::warn!(error = %e, "checking the volumes' space panicked"),
+        }
+    }
 }
 
 /// The socket at `path`: the one a service manager passed, or else a

@@ -82,6 +82,18 @@ impl VolumeService {
         })
     }
 
+    /// The names of volumes with a size, from the heads.
+    pub(super) fn sized_volume_names(&self) -> Result<std::collections::BTreeSet<String>> {
+        let mut cache = self.heads.lock().unwrap_or_else(|e| e.into_inner());
+        self.refresh_heads(&mut cache)?;
+        Ok(cache
+            .iter()
+            .filter_map(|c| c.head.as_ref())
+            .filter(|h| h.size_bytes.is_some())
+            .map(|h| h.name.clone())
+            .collect())
+    }
+
     /// Brings `cache` to what the store holds now: heads whose revision
     /// is unchanged are kept, the others read again.
     fn refresh_heads(&self, cache: &mut Vec<CachedHead>) -> Result<()> {

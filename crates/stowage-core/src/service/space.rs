@@ -163,20 +163,63 @@ impl VolumeService {
         let root = &self.layout.data_root;
         let free = self.free_space()?;
         let at_risk = (unallocated > free).then(|| {
-            let why = format!(
+            format!(
                 "may still take {} of the data root, which has {} free: writes past that \
                  fail with I/O errors; free space on {} or move the volume",
                 format_size(unallocated),
                 format_size(free),
                 root.display()
-            );
-            warn!(volume = %record.name, reason = %why, "volume at risk");
-            why
+            )
         });
+        self.note_risk(record.name.as_str(), at_risk.as_deref());
         Ok(Some(SpaceUse {
             allocated_bytes: allocated,
             unallocated_bytes: unallocated,
             at_risk,
         }))
+    }
+}
+
+impl VolumeService {
+    /// Looks at every sized volume's share of the data root, so that the
+    /// log says when one comes to be at risk even if nobody inspects it.
+    /// Returns how many are at risk now. Run periodically by the daemon.
+    pub fn watch_space(&self) -> Result<usize> {
+        let sized = self.sized_volume_names()?;
+        self.at_risk
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|n| sized.contains(n));
+        let mut at_risk = 0;
+        for name in &sized {
+            // Gone since the list, or unreadable: nothing to watch.
+            let Ok(Some(loaded)) = self.load_record::<VolumeRecord>(name) else {
+                continue;
+            };
+            match self.space_use(&loaded.record) {
+                Ok(Some(SpaceUse {
+                    at_risk: Some(_), ..
+                })) => at_risk += 1,
+                Ok(_) => {}
+                Err(e) => {
+                    warn!(volume = %name, error = %e, "cannot tell whether the volume is at risk")
+                }
+            }
+        }
+        Ok(at_risk)
+    }
+
+    /// Logs a change in whether volume `name` is at risk (`why`).
+    fn note_risk(&self, name: &str, why: Option<&str>) {
+        let mut known = self.at_risk.lock().unwrap_or_else(|e| e.into_inner());
+        match why {
+            Some(why) if known.insert(name.to_string()) => {
+                warn!(volume = %name, reason = %why, "volume at risk");
+            }
+            None if known.remove(name) => {
+                tracing::info!(volume = %name, "volume no longer at risk");
+            }
+            _ => {}
+        }
     }
 }

@@ -3,6 +3,7 @@
 
 use std::io::Write;
 use std::path::Path;
+use std::time::Duration;
 
 use stowage_testkit::{Daemon, ScratchFs};
 
@@ -132,10 +133,22 @@ fn write_synced(path: &Path, mib: usize) -> bool {
         .success()
 }
 
+/// Whether the daemon's log comes to hold `text` within `limit`.
+fn logged_within(d: &Daemon, text: &str, limit: Duration) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    while !d.log().contains(text) {
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    true
+}
+
 #[test]
 fn a_full_data_root_fails_thin_writers_loudly_and_spares_thick_ones() {
     let fs = ScratchFs::new("ext4", "320M", &["-m", "0"], "");
-    let d = Daemon::start_in(BIN, fs.path(), &[]);
+    let d = Daemon::start_in(BIN, fs.path(), &["--space-check-interval", "1"]);
     assert!(create_block(&d, "thin", "96M", &[]).status.success());
     let thick = create_block(&d, "thick", "96M", &["-o", "provisioning=thick"]);
     assert!(
@@ -156,6 +169,12 @@ fn a_full_data_root_fails_thin_writers_loudly_and_spares_thick_ones() {
     );
     let filler = fs.path().join("filler");
     fill(&filler);
+    // The daemon's own check says so, with nobody looking; once.
+    assert!(
+        logged_within(&d, "volume at risk volume=thin", Duration::from_secs(10)),
+        "{}",
+        d.log()
+    );
 
     let risk = d.inspect("thin")["space"]["at_risk"]
         .as_str()
@@ -165,7 +184,17 @@ fn a_full_data_root_fails_thin_writers_loudly_and_spares_thick_ones() {
         "{risk:?}"
     );
     assert!(d.inspect("thick")["space"]["at_risk"].is_null());
-    assert!(d.log().contains("volume at risk"), "{}", d.log());
+    assert_eq!(
+        d.log().matches("volume at risk volume=thin").count(),
+        1,
+        "{}",
+        d.log()
+    );
+    assert!(
+        !d.log().contains("volume at risk volume=thick"),
+        "{}",
+        d.log()
+    );
 
     // The thick volume's writers need nothing from the data root.
     assert!(
@@ -179,6 +208,15 @@ fn a_full_data_root_fails_thin_writers_loudly_and_spares_thick_ones() {
     );
 
     std::fs::remove_file(&filler).unwrap();
+    assert!(
+        logged_within(
+            &d,
+            "volume no longer at risk volume=thin",
+            Duration::from_secs(10)
+        ),
+        "{}",
+        d.log()
+    );
     d.ok(&["volume", "unmount", "thin", "--consumer", "c"]);
     d.ok(&["volume", "unmount", "thick", "--consumer", "c"]);
 }
