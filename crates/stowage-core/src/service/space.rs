@@ -81,7 +81,12 @@ impl VolumeService {
             .fs_usage(root)
             .map_err(Error::io("read free space of", root))?;
         let (mut committed, mut allocated) = (0u64, 0u64);
-        for l in self.list_records()?.records {
+        // Only sized volumes are read in full: with 100k volumes, reading
+        // every record would cost each sized create a third of a second.
+        for name in self.sized_volume_names()? {
+            let Some(l) = self.load_record::<VolumeRecord>(&name)? else {
+                continue;
+            };
             let driver = self.drivers.get(&l.record.driver)?;
             if let (true, Some(size)) = (driver.provisions_storage(), l.record.size_bytes) {
                 committed = committed.saturating_add(size);
