@@ -263,6 +263,11 @@ impl Daemon {
         }
     }
 
+    /// The daemon's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.base().join("daemon.log")).unwrap_or_default()
     }

@@ -25,20 +25,40 @@ fn idle_connections_on_one_door_starve_no_door() {
     slow.write_all(b"GET /v1/volumes HTTP/1.1\r\nhost: x\r\n")
         .unwrap();
 
-    // REST and CSI answer at once.
+    // REST and CSI answer at once. A starved door would make these wait
+    // for ever: the test fails after a while instead.
     let t = Instant::now();
-    d.ok(&["volume", "create", "v"]);
-    assert!(d.ok(&["volume", "ls"]).contains("v"));
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let csi = stowage_testkit::csi::CsiClient::connect(&d.csi_socket())
-            .await
-            .unwrap();
-        let req = stowage_testkit::csi::proto::GetPluginInfoRequest {};
-        csi.identity.clone().get_plugin_info(req).await.unwrap();
+    std::thread::scope(|scope| {
+        let (done, finished) = std::sync::mpsc::channel();
+        let d = &d;
+        scope.spawn(move || {
+            d.ok(&["volume", "create", "v"]);
+            assert!(d.ok(&["volume", "ls"]).contains("v"));
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let csi = stowage_testkit::csi::CsiClient::connect(&d.csi_socket())
+                    .await
+                    .unwrap();
+                let req = stowage_testkit::csi::proto::GetPluginInfoRequest {};
+                csi.identity.clone().get_plugin_info(req).await.unwrap();
+            });
+            let _ = done.send(());
+        });
+        if finished.recv_timeout(Duration::from_secs(30)).is_err() {
+            // The calls may still be waiting: end them with the daemon.
+            if let Some(pid) = d.pid() {
+                let _ = std::process::Command::new("kill")
+                    .args(["-9", &pid.to_string()])
+                    .status();
+            }
+            panic!(
+                "REST and CSI did not answer beside a full door:\n{}",
+                d.log()
+            );
+        }
     });
     assert!(
         t.elapsed() < Duration::from_secs(5),
@@ -69,6 +89,7 @@ fn idle_connections_on_one_door_starve_no_door() {
         "an idle connection was kept"
     );
     let mut s = UnixStream::connect(&plugin).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     s.write_all(b"POST /Plugin.Activate HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
         .unwrap();
     let mut answer = String::new();
