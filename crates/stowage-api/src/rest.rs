@@ -4,7 +4,8 @@
 use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
 use axum::http::{header, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{self, MethodRouter};
@@ -128,11 +129,7 @@ fn reject(rejection: JsonRejection) -> ApiError {
             message,
         };
     }
-    ApiError {
-        status: StatusCode::BAD_REQUEST,
-        code: "invalid_request",
-        message,
-    }
+    invalid_request(message)
 }
 
 /// Runs core work off the executor, mapping its error for this door.
@@ -178,15 +175,48 @@ async fn version() -> Json<VersionInfo> {
     })
 }
 
-/// Query parameters kept as pairs: `filter` may repeat.
-type Params = Query<Vec<(String, String)>>;
+/// The `{name}` of a route. A rejection (a name that is not UTF-8 once
+/// percent-decoded) is an API error like any other, not axum's plain text.
+struct Name(String);
 
-async fn list(State(svc): State<Svc>, Query(params): Params) -> Result<Response, ApiError> {
-    let bad = |message: String| ApiError {
+impl<S: Send + Sync> FromRequestParts<S> for Name {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|Path(n)| Name(n))
+            .map_err(|r| invalid_request(r.body_text()))
+    }
+}
+
+/// Query parameters kept as pairs (`filter` may repeat), rejected as
+/// [`Name`] is.
+struct QueryPairs(Vec<(String, String)>);
+
+impl<S: Send + Sync> FromRequestParts<S> for QueryPairs {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Query::<Vec<(String, String)>>::from_request_parts(parts, state)
+            .await
+            .map(|Query(q)| QueryPairs(q))
+            .map_err(|r| invalid_request(r.body_text()))
+    }
+}
+
+fn invalid_request(message: String) -> ApiError {
+    ApiError {
         status: StatusCode::BAD_REQUEST,
         code: "invalid_request",
         message,
-    };
+    }
+}
+
+async fn list(
+    State(svc): State<Svc>,
+    QueryPairs(params): QueryPairs,
+) -> Result<Response, ApiError> {
     let mut filters = Vec::new();
     let mut summary = false;
     for (key, value) in params {
@@ -195,10 +225,12 @@ async fn list(State(svc): State<Svc>, Query(params): Params) -> Result<Response,
             ("view", "summary") => summary = true,
             ("view", "full") => summary = false,
             ("view", other) => {
-                return Err(bad(format!("unknown view {other:?}; use full or summary")))
+                return Err(invalid_request(format!(
+                    "unknown view {other:?}; use full or summary"
+                )))
             }
             _ => {
-                return Err(bad(format!(
+                return Err(invalid_request(format!(
                     "unknown query parameter {key:?}; use filter=KEY=VALUE or view=summary"
                 )))
             }
@@ -227,17 +259,14 @@ async fn create(
     Ok(Json(blocking(move || svc.create(req)).await?))
 }
 
-async fn inspect(
-    State(svc): State<Svc>,
-    Path(name): Path<String>,
-) -> Result<Json<Volume>, ApiError> {
+async fn inspect(State(svc): State<Svc>, Name(name): Name) -> Result<Json<Volume>, ApiError> {
     Ok(Json(blocking(move || svc.inspect(&name)).await?))
 }
 
 async fn remove(
     State(svc): State<Svc>,
-    Path(name): Path<String>,
-    Query(params): Params,
+    Name(name): Name,
+    QueryPairs(params): QueryPairs,
 ) -> Result<StatusCode, ApiError> {
     let mut force = false;
     for (key, value) in params {
@@ -245,11 +274,9 @@ async fn remove(
             ("force", "true" | "1") => force = true,
             ("force", "false" | "0") => force = false,
             _ => {
-                return Err(ApiError {
-                    status: StatusCode::BAD_REQUEST,
-                    code: "invalid_request",
-                    message: format!("unknown query parameter {key}={value}; use force=true"),
-                })
+                return Err(invalid_request(format!(
+                    "unknown query parameter {key}={value}; use force=true"
+                )))
             }
         }
     }
@@ -270,7 +297,7 @@ struct MountResponse {
 
 async fn mount(
     State(svc): State<Svc>,
-    Path(name): Path<String>,
+    Name(name): Name,
     Body(req): Body<ConsumerRequest>,
 ) -> Result<Json<MountResponse>, ApiError> {
     let mountpoint = blocking(move || svc.mount(&name, &req.consumer)).await?;
@@ -279,7 +306,7 @@ async fn mount(
 
 async fn unmount(
     State(svc): State<Svc>,
-    Path(name): Path<String>,
+    Name(name): Name,
     Body(req): Body<ConsumerRequest>,
 ) -> Result<StatusCode, ApiError> {
     blocking(move || svc.unmount(&name, &req.consumer)).await?;
@@ -312,7 +339,7 @@ enum SizeValue {
 
 async fn resize(
     State(svc): State<Svc>,
-    Path(name): Path<String>,
+    Name(name): Name,
     Body(req): Body<ResizeRequest>,
 ) -> Result<Json<Volume>, ApiError> {
     let size = match req.size {
@@ -324,16 +351,14 @@ async fn resize(
 
 async fn list_snapshots(
     State(svc): State<Svc>,
-    Query(params): Params,
+    QueryPairs(params): QueryPairs,
 ) -> Result<Json<Vec<Snapshot>>, ApiError> {
     let mut volume = None;
     for (key, value) in params {
         if key != "volume" || volume.is_some() {
-            return Err(ApiError {
-                status: StatusCode::BAD_REQUEST,
-                code: "invalid_request",
-                message: format!("unexpected query parameter {key:?}; use volume=NAME once"),
-            });
+            return Err(invalid_request(format!(
+                "unexpected query parameter {key:?}; use volume=NAME once"
+            )));
         }
         volume = Some(value);
     }
@@ -351,15 +376,12 @@ async fn create_snapshot(
 
 async fn inspect_snapshot(
     State(svc): State<Svc>,
-    Path(name): Path<String>,
+    Name(name): Name,
 ) -> Result<Json<Snapshot>, ApiError> {
     Ok(Json(blocking(move || svc.inspect_snapshot(&name)).await?))
 }
 
-async fn remove_snapshot(
-    State(svc): State<Svc>,
-    Path(name): Path<String>,
-) -> Result<StatusCode, ApiError> {
+async fn remove_snapshot(State(svc): State<Svc>, Name(name): Name) -> Result<StatusCode, ApiError> {
     blocking(move || svc.remove_snapshot(&name)).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -196,6 +196,21 @@ async fn bad_requests_get_clear_errors() {
             StatusCode::BAD_REQUEST,
             "invalid_argument",
         ),
+        // Found by the fuzzer: a name that is not UTF-8 once decoded.
+        (
+            Method::GET,
+            "/v1/volumes/%FF",
+            None,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            Method::GET,
+            "/v1/snapshots?volume=%FF",
+            None,
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+        ),
         (
             Method::POST,
             "/v1/volumes",
