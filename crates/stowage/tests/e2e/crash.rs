@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -142,16 +142,24 @@ fn kill9_storm_loses_nothing_and_leaves_no_orphan_mount() {
     let gate = Arc::new(RwLock::new(()));
     let known: Arc<Mutex<BTreeMap<String, Known>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicUsize::new(0));
 
     // The killer: kill -9 at random moments (mid-operation), restart, and
-    // check that the restarted daemon kept everything acknowledged.
+    // check that the restarted daemon kept everything acknowledged. It
+    // waits for a few answers between kills, so that however slow a busy
+    // machine makes each operation, most of them reach the daemon.
     let killer = {
         let (d, gate, known, stop) = (d.clone(), gate.clone(), known.clone(), stop.clone());
+        let answered = answered.clone();
         std::thread::spawn(move || {
             let (mut kills, mut checks) = (0, 0);
             let mut seed = 0x9e3779b97f4a7c15u64;
             while !stop.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(10 + next(&mut seed) % 60));
+                let due = answered.load(Ordering::Relaxed) + 4 + (next(&mut seed) % 24) as usize;
+                while answered.load(Ordering::Relaxed) < due && !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                std::thread::sleep(Duration::from_millis(next(&mut seed) % 30));
                 let mut d = d.lock().unwrap();
                 d.kill9();
                 kills += 1;
@@ -166,10 +174,12 @@ fn kill9_storm_loses_nothing_and_leaves_no_orphan_mount() {
     let workers: Vec<_> = (0..WORKERS)
         .map(|w| {
             let (host, gate, known) = (host.clone(), gate.clone(), known.clone());
+            let answered = answered.clone();
             std::thread::spawn(move || {
                 let mut acked = 0;
                 let mut seed = (w as u64 + 1) * 0x2545f4914f6cdd1d;
-                for _ in 0..OPS / WORKERS {
+                let mut sent = 0;
+                while sent < OPS / WORKERS {
                     let r = next(&mut seed);
                     // Each worker owns its names, so its model of them is
                     // exact except for operations cut off by a kill.
@@ -186,13 +196,22 @@ fn kill9_storm_loses_nothing_and_leaves_no_orphan_mount() {
                         3 => vec!["volume", "unmount", &name, "--consumer", &consumer],
                         _ => vec!["volume", "rm", "--force", &name],
                     };
-                    let _op = gate.read().unwrap();
+                    let op = gate.read().unwrap();
                     let out = std::process::Command::new(crate::BIN)
                         .env("STOWAGE_HOST", &host)
                         .args(&args)
                         .output()
                         .unwrap();
                     let err = stderr_of(&out);
+                    if err.contains("cannot connect to the stowage daemon") {
+                        // Refused while the daemon is down: it never got
+                        // there, so it changes nothing and counts for
+                        // nothing; only calls the daemon took are the storm.
+                        drop(op);
+                        std::thread::sleep(Duration::from_millis(5));
+                        continue;
+                    }
+                    sent += 1;
                     let mut known = known.lock().unwrap();
                     let entry = known.entry(name.clone()).or_insert(Known::Absent);
                     let refused = err.contains("no such volume")
@@ -203,6 +222,7 @@ fn kill9_storm_loses_nothing_and_leaves_no_orphan_mount() {
                         continue;
                     }
                     acked += 1;
+                    answered.fetch_add(1, Ordering::Relaxed);
                     *entry = match (args[1], out.status.success(), entry.clone()) {
                         ("create", true, Known::Present(c)) => Known::Present(c),
                         ("create", true, Known::Absent) => Known::Present(BTreeSet::new()),
