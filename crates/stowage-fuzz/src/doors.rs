@@ -97,11 +97,7 @@ const WORDS: &[&str] = &[
 
 impl<'a> Arbitrary<'a> for Word {
     fn arbitrary(u: &mut Unstructured<'a>) -> arbitrary::Result<Self> {
-        let i = u.choose_index(WORDS.len() + 1)?;
-        Ok(Word(match WORDS.get(i) {
-            Some(w) => w.to_string(),
-            None => String::arbitrary(u)?,
-        }))
+        crate::word(u, WORDS).map(Word)
     }
 }
 
@@ -388,11 +384,7 @@ struct Endpoint(String);
 
 impl<'a> Arbitrary<'a> for Endpoint {
     fn arbitrary(u: &mut Unstructured<'a>) -> arbitrary::Result<Self> {
-        let i = u.choose_index(PLUGIN_ENDPOINTS.len() + 1)?;
-        Ok(Endpoint(match PLUGIN_ENDPOINTS.get(i) {
-            Some(e) => e.to_string(),
-            None => String::arbitrary(u)?,
-        }))
+        crate::word(u, PLUGIN_ENDPOINTS).map(Endpoint)
     }
 }
 

@@ -14,6 +14,16 @@ pub use doors::{authority, csi, plugin, rest};
 pub use kernel::{archive, mountinfo, statmount};
 pub use text::{names, options, sizes};
 
+/// One of `dictionary`'s words, or sometimes any text: inputs mostly
+/// made of what the parsers know reach past their first checks.
+fn word(u: &mut arbitrary::Unstructured<'_>, dictionary: &[&str]) -> arbitrary::Result<String> {
+    let i = u.choose_index(dictionary.len() + 1)?;
+    Ok(match dictionary.get(i) {
+        Some(w) => w.to_string(),
+        None => arbitrary::Arbitrary::arbitrary(u)?,
+    })
+}
+
 /// A fuzz target: takes any bytes, panics on a defect.
 pub type Target = fn(&[u8]);
 

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use arbitrary::{Arbitrary, Unstructured};
 use stowage_core::options::{self, MapKind};
-use stowage_core::ownership::{Label, OwnershipSpec};
+use stowage_core::ownership::{Label, OwnershipSpec, COMMON_OPTIONS};
 use stowage_core::{name, VolumeFilter, VolumeName};
 
 /// A name that parses is Docker's `[a-zA-Z0-9][a-zA-Z0-9_.-]*` in at most
@@ -86,26 +86,13 @@ struct OptionInput {
 #[derive(Debug)]
 struct Key(String);
 
-const KEYS: &[&str] = &[
-    "owner",
-    "uidmap",
-    "gidmap",
-    "ownership",
-    "allow-root",
-    "label",
-    "size",
-    "mode",
-    "uid",
-    "gid",
-];
+/// Keys of options that only some drivers take, beside the common ones.
+const DRIVER_KEYS: &[&str] = &["size", "mode", "uid", "gid"];
 
 impl<'a> Arbitrary<'a> for Key {
     fn arbitrary(u: &mut Unstructured<'a>) -> arbitrary::Result<Self> {
-        let i = u.choose_index(KEYS.len() + 1)?;
-        Ok(Key(match KEYS.get(i) {
-            Some(k) => k.to_string(),
-            None => String::arbitrary(u)?,
-        }))
+        let keys: Vec<&str> = COMMON_OPTIONS.iter().chain(DRIVER_KEYS).copied().collect();
+        crate::word(u, &keys).map(Key)
     }
 }
 
