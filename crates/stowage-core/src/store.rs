@@ -224,6 +224,8 @@ impl Store for MemoryStore {
         let k = (collection, key.to_string());
         check(inner.1.get(&k), Precondition::Revision(expect), key)?;
         inner.1.remove(&k);
+        // A delete is a write: it uses up a revision, as on every store.
+        inner.0 += 1;
         Ok(())
     }
 }
@@ -268,17 +270,30 @@ pub mod conformance {
         ));
         assert_eq!(store.get(c, "a").unwrap().unwrap().value, b"two");
 
-        // List returns every key, with revisions; so does list_revisions.
+        // List returns every key with its revision, in byte order of the
+        // keys whatever the order of writing; so does list_revisions.
+        let rc = store.put(c, "c", b"sea", Precondition::Absent).unwrap();
         let rb = store.put(c, "b", b"bee", Precondition::Absent).unwrap();
-        let mut all = store.list(c).unwrap();
-        all.sort_by(|x, y| x.key.cmp(&y.key));
-        assert_eq!(all.len(), 2);
-        assert_eq!((all[1].key.as_str(), all[1].revision), ("b", rb));
-        let mut revisions = store.list_revisions(c).unwrap();
-        revisions.sort();
+        let all = store.list(c).unwrap();
+        let keys: Vec<&str> = all.iter().map(|v| v.key.as_str()).collect();
+        assert_eq!(keys, ["a", "b", "c"]);
+        assert_eq!((all[1].revision, all[2].revision), (rb, rc));
+        let revisions = store.list_revisions(c).unwrap();
         let expected: Vec<(String, Revision)> =
             all.iter().map(|v| (v.key.clone(), v.revision)).collect();
         assert_eq!(revisions, expected);
+        // Collections are apart.
+        assert!(store.list(Collection::Snapshots).unwrap().is_empty());
+
+        // A delete uses up a revision, and the key leaves every list.
+        let before = store.revision().unwrap();
+        store.delete(c, "c", rc).unwrap();
+        assert!(store.revision().unwrap() > before);
+        assert!(store
+            .list_revisions(c)
+            .unwrap()
+            .iter()
+            .all(|(k, _)| k != "c"));
 
         // Delete is a compare-and-swap too.
         assert!(matches!(
