@@ -380,14 +380,22 @@ pub fn loop_devices_backing(path: &Path) -> Vec<PathBuf> {
     stowage_sys::loop_devices_backing(&path).unwrap()
 }
 
+/// Whether `cond` comes to hold within `within`, polled every 10 ms.
+pub fn holds_within(within: Duration, cond: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    while !cond() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    true
+}
+
 /// Polls `cond` every 10 ms until it holds; panics naming `what` once
 /// `within` has passed.
 pub fn wait_until(what: &str, within: Duration, cond: impl Fn() -> bool) {
-    let deadline = Instant::now() + within;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting: {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    assert!(holds_within(within, cond), "timed out waiting: {what}");
 }
 
 /// The owner (uid, gid) of `p` itself, a symlink included.

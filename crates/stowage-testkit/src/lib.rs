@@ -9,8 +9,8 @@ pub mod engines;
 pub mod scratch;
 
 pub use daemon::{
-    fs_type_at, loop_devices_backing, mounts_under, owner, require_root, run, stderr_of,
-    wait_until, Daemon,
+    fs_type_at, holds_within, loop_devices_backing, mounts_under, owner, require_root, run,
+    stderr_of, wait_until, Daemon,
 };
 pub use engines::{Env, Kind, IMAGE};
 pub use scratch::ScratchFs;

@@ -18,7 +18,6 @@ use tokio::net::UnixListener;
 use tracing::info;
 
 use crate::activation::Inherited;
-
 use crate::cli::ServeArgs;
 
 /// The daemon's settings, from the config file and then the flags.

@@ -176,7 +176,6 @@ fn kill9_storm_loses_nothing_and_leaves_no_orphan_mount() {
             let (host, gate, known) = (host.clone(), gate.clone(), known.clone());
             let answered = answered.clone();
             std::thread::spawn(move || {
-                let mut acked = 0;
                 let mut seed = (w as u64 + 1) * 0x2545f4914f6cdd1d;
                 let mut sent = 0;
                 while sent < OPS / WORKERS {
@@ -221,7 +220,6 @@ fn kill9_storm_loses_nothing_and_leaves_no_orphan_mount() {
                         *entry = Known::Unknown;
                         continue;
                     }
-                    acked += 1;
                     answered.fetch_add(1, Ordering::Relaxed);
                     *entry = match (args[1], out.status.success(), entry.clone()) {
                         ("create", true, Known::Present(c)) => Known::Present(c),
@@ -239,11 +237,13 @@ fn kill9_storm_loses_nothing_and_leaves_no_orphan_mount() {
                         _ => Known::Unknown,
                     };
                 }
-                acked
             })
         })
         .collect();
-    let acked: usize = workers.into_iter().map(|w| w.join().unwrap()).sum();
+    for w in workers {
+        w.join().unwrap();
+    }
+    let acked = answered.load(Ordering::Relaxed);
     stop.store(true, Ordering::Relaxed);
     let (kills, checks) = killer.join().unwrap();
     assert!(kills >= 5, "only {kills} kills happened");

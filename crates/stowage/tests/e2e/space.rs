@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
-use stowage_testkit::{Daemon, ScratchFs};
+use stowage_testkit::{holds_within, Daemon, ScratchFs};
 
 use crate::BIN;
 
@@ -133,18 +133,6 @@ fn write_synced(path: &Path, mib: usize) -> bool {
         .success()
 }
 
-/// Whether the daemon's log comes to hold `text` within `limit`.
-fn logged_within(d: &Daemon, text: &str, limit: Duration) -> bool {
-    let deadline = std::time::Instant::now() + limit;
-    while !d.log().contains(text) {
-        if std::time::Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    true
-}
-
 #[test]
 fn a_full_data_root_fails_thin_writers_loudly_and_spares_thick_ones() {
     let fs = ScratchFs::new("ext4", "320M", &["-m", "0"], "");
@@ -171,7 +159,9 @@ fn a_full_data_root_fails_thin_writers_loudly_and_spares_thick_ones() {
     fill(&filler);
     // The daemon's own check says so, with nobody looking; once.
     assert!(
-        logged_within(&d, "volume at risk volume=thin", Duration::from_secs(10)),
+        holds_within(Duration::from_secs(10), || d
+            .log()
+            .contains("volume at risk volume=thin")),
         "{}",
         d.log()
     );
@@ -209,11 +199,9 @@ fn a_full_data_root_fails_thin_writers_loudly_and_spares_thick_ones() {
 
     std::fs::remove_file(&filler).unwrap();
     assert!(
-        logged_within(
-            &d,
-            "volume no longer at risk volume=thin",
-            Duration::from_secs(10)
-        ),
+        holds_within(Duration::from_secs(10), || {
+            d.log().contains("volume no longer at risk volume=thin")
+        }),
         "{}",
         d.log()
     );
