@@ -327,6 +327,9 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         tracing::warn!(failures = ?report.failures, "some volumes could not be reconciled");
     }
 
+    // Installed before any socket is bound: a SIGTERM sent as soon as the
+    // daemon answers must stop it cleanly, not kill it.
+    let shutdown = shutdown_signal()?;
     let _plugin_lock = lock_root(&plugin_dir, "plugin dir")?;
     let mut inherited = Inherited::from_env()?;
     let plugin_socket = plugin_dir.join(PLUGIN_SOCKET);
@@ -352,7 +355,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     }
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
-        shutdown_signal().await;
+        shutdown.await;
         let _ = stop.send(true);
     });
     let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -435,14 +438,18 @@ fn write_docker_spec(dir: &Path, name: &str, socket: &Path) -> Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Installs the SIGTERM and SIGINT handlers now, and resolves when
+/// either signal arrives.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
 }
 
 #[cfg(test)]

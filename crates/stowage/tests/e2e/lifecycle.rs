@@ -268,3 +268,16 @@ fn prune_removes_only_volumes_without_consumers() {
     assert!(out.contains("Total: 2 volume(s) removed"), "{out}");
     assert_eq!(d.names(), ["b"]);
 }
+
+/// A service manager may stop the daemon the moment it answers: the
+/// signal handlers are in place before the first socket is, so SIGTERM
+/// always ends in a clean exit (`stop` asserts the exit status).
+#[test]
+fn sigterm_the_moment_the_daemon_answers_is_a_clean_stop() {
+    let mut d = Daemon::start(BIN);
+    for _ in 0..20 {
+        d.stop();
+        d.spawn();
+    }
+    d.stop();
+}
