@@ -689,7 +689,7 @@ impl VolumeService {
             records: Vec::new(),
             corrupt: Vec::new(),
         };
-        for v in self.store.list(R::COLLECTION)? {
+        for v in self.store.list(R::COLLECTION)?.items {
             match R::from_json(&v.value) {
                 Ok(record) => listing.records.push(Loaded {
                     record,

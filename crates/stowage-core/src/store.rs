@@ -1,13 +1,25 @@
-//! The state store. A key-value map per collection, where every write is a
-//! compare-and-swap on a revision: the shape an etcd transaction has, and
-//! what SQLite gives inside one transaction. No SQL leaks through the trait.
+//! The state store: a key-value map per collection with the shape of
+//! etcd's API, which SQLite and memory give too. Every write is a
+//! transaction of compare-and-swaps on revisions; a list says the
+//! revision it read at, and a watch from that revision misses nothing;
+//! keys may be bound to a lease, and vanish when it ends. No SQL and no
+//! gRPC leak through the trait.
 
-use std::collections::BTreeMap;
-use std::sync::Mutex;
+mod changes;
+pub mod conformance;
+mod memory;
+
+use std::time::Duration;
+
+pub use changes::{ChangeLog, LeaseTable};
+pub use memory::MemoryStore;
 
 /// A store revision. Revisions grow with every write across the whole
 /// store, so a deleted and re-created key never repeats one.
 pub type Revision = u64;
+
+/// A lease: keys bound to it vanish when it expires or is revoked.
+pub type LeaseId = i64;
 
 /// A namespace of keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -17,15 +29,21 @@ pub enum Collection {
 }
 
 impl Collection {
+    pub const ALL: [Collection; 2] = [Collection::Volumes, Collection::Snapshots];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Collection::Volumes => "volumes",
             Collection::Snapshots => "snapshots",
         }
     }
+
+    pub fn from_name(name: &str) -> Option<Collection> {
+        Collection::ALL.into_iter().find(|c| c.as_str() == name)
+    }
 }
 
-/// What a write must survive before `put` returns.
+/// What a write must survive before it returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
     /// A crash of the host, power loss included: fsync'd, or committed by
@@ -36,7 +54,8 @@ pub enum Durability {
     /// which a reboot drops too: after a power loss the store may hold an
     /// earlier consistent state of them, and reconcile brings the kernel
     /// in line with whichever it holds. Also for the last write of a job
-    /// whose durable intent already makes reconcile finish it.
+    /// whose durable intent already makes reconcile finish it. A store
+    /// whose every write is durable (etcd) treats it as `Host`.
     Process,
 }
 
@@ -48,6 +67,14 @@ pub struct Versioned {
     pub revision: Revision,
 }
 
+/// What a list read, and the revision it read at: a watch from that
+/// revision sees every change after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed<T> {
+    pub items: Vec<T>,
+    pub revision: Revision,
+}
+
 /// What a write expects to find.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Precondition {
@@ -55,20 +82,125 @@ pub enum Precondition {
     Absent,
     /// The key must exist at exactly this revision.
     Revision(Revision),
+    /// Anything, the key's absence included.
+    Any,
 }
 
 impl Precondition {
     /// Whether a key currently at `current` (`None`: absent) satisfies it.
     pub fn holds(self, current: Option<Revision>) -> bool {
         match (current, self) {
-            (None, Precondition::Absent) => true,
+            (_, Precondition::Any) | (None, Precondition::Absent) => true,
             (Some(c), Precondition::Revision(r)) => c == r,
             _ => false,
         }
     }
 }
 
-#[derive(Debug, thiserror::Error)]
+/// One step of a transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Op {
+    pub collection: Collection,
+    pub key: String,
+    pub expect: Precondition,
+    pub action: Action,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Writes the value, bound to the lease if one is given.
+    Put {
+        value: Vec<u8>,
+        lease: Option<LeaseId>,
+    },
+    Delete,
+    /// Writes nothing: the transaction commits only if the key is as
+    /// expected.
+    Check,
+}
+
+impl Op {
+    pub fn put(
+        collection: Collection,
+        key: impl Into<String>,
+        value: impl Into<Vec<u8>>,
+        expect: Precondition,
+    ) -> Op {
+        Op {
+            collection,
+            key: key.into(),
+            expect,
+            action: Action::Put {
+                value: value.into(),
+                lease: None,
+            },
+        }
+    }
+
+    /// Deletes the key if it is at revision `expect`.
+    pub fn delete(collection: Collection, key: impl Into<String>, expect: Revision) -> Op {
+        Op {
+            collection,
+            key: key.into(),
+            expect: Precondition::Revision(expect),
+            action: Action::Delete,
+        }
+    }
+
+    pub fn check(collection: Collection, key: impl Into<String>, expect: Precondition) -> Op {
+        Op {
+            collection,
+            key: key.into(),
+            expect,
+            action: Action::Check,
+        }
+    }
+
+    /// Binds a put to `lease`: the key vanishes when the lease ends.
+    pub fn with_lease(mut self, lease: LeaseId) -> Op {
+        if let Action::Put { lease: l, .. } = &mut self.action {
+            *l = Some(lease);
+        }
+        self
+    }
+}
+
+/// A change a watch reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Put(Versioned),
+    /// The key was deleted, by a write or by the end of its lease.
+    Delete {
+        key: String,
+        revision: Revision,
+    },
+}
+
+impl Change {
+    pub fn key(&self) -> &str {
+        match self {
+            Change::Put(v) => &v.key,
+            Change::Delete { key, .. } => key,
+        }
+    }
+
+    pub fn revision(&self) -> Revision {
+        match self {
+            Change::Put(v) => v.revision,
+            Change::Delete { revision, .. } => *revision,
+        }
+    }
+}
+
+/// The changes of one collection, in revision order, with no gap.
+pub trait Watcher: Send {
+    /// The next changes, waiting at most `timeout` for one; empty when
+    /// none came. After `Compacted` the watcher is done: list again and
+    /// watch from the list's revision.
+    fn next(&mut self, timeout: Duration) -> Result<Vec<Change>, StoreError>;
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("store conflict on {key}: it changed concurrently")]
     Conflict { key: String },
@@ -78,33 +210,75 @@ pub enum StoreError {
     Backend(String),
     #[error("the store's disk is full: {0}")]
     Full(String),
+    /// The store cannot be reached, or has no quorum: nothing was written.
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
+    /// A write whose outcome is unknown (it timed out after it was sent):
+    /// it may have committed. Read again before deciding anything.
+    #[error("the store did not say whether a write committed: {0}")]
+    Indeterminate(String),
+    /// A watch asked for changes the store no longer keeps: the oldest a
+    /// watch can start at is `compacted`.
+    #[error("the store has compacted its history before revision {compacted}; the changes after {requested} are gone")]
+    Compacted {
+        requested: Revision,
+        compacted: Revision,
+    },
+    #[error("lease {0:x} has expired or was revoked")]
+    LeaseExpired(LeaseId),
 }
 
-/// A durable store. `put` and `delete` return only once the change is
-/// durable (fsync'd, or committed by a quorum); `put_with` and
-/// `delete_with` may ask for less.
+/// A durable store. Writes return only once they are as durable as they
+/// asked, and become durable in order: one that survives a crash brings
+/// every earlier one with it.
 pub trait Store: Send + Sync + 'static {
-    /// The revision of the last write: 0 for a store never written to.
+    /// The revision of the last write. It only grows; a new embedded
+    /// store starts at 0.
     fn revision(&self) -> Result<Revision, StoreError>;
     fn get(&self, collection: Collection, key: &str) -> Result<Option<Versioned>, StoreError>;
-    /// Every entry of a collection, in byte order of the keys.
-    fn list(&self, collection: Collection) -> Result<Vec<Versioned>, StoreError>;
+    /// Every entry of a collection, in byte order of the keys, read at
+    /// one revision (however many requests the backend needs for it).
+    fn list(&self, collection: Collection) -> Result<Listed<Versioned>, StoreError>;
     /// Every key of a collection with its revision, without the values, in
     /// byte order of the keys: what a cache of parsed records checks
     /// itself against.
     fn list_revisions(
         &self,
         collection: Collection,
-    ) -> Result<Vec<(String, Revision)>, StoreError> {
-        Ok(self
-            .list(collection)?
-            .into_iter()
-            .map(|v| (v.key, v.revision))
-            .collect())
+    ) -> Result<Listed<(String, Revision)>, StoreError> {
+        let listed = self.list(collection)?;
+        Ok(Listed {
+            items: listed
+                .items
+                .into_iter()
+                .map(|v| (v.key, v.revision))
+                .collect(),
+            revision: listed.revision,
+        })
     }
+    /// Applies every op or none: if any op's precondition fails, nothing
+    /// is written and the error names the first such key. Returns the
+    /// revision of the transaction, which every key it wrote now has.
+    fn commit(&self, ops: Vec<Op>, durability: Durability) -> Result<Revision, StoreError>;
+    /// Streams the changes to `collection` made after revision `after`.
+    fn watch(
+        &self,
+        collection: Collection,
+        after: Revision,
+    ) -> Result<Box<dyn Watcher>, StoreError>;
+    /// Forgets the history before `revision`: a watch of the changes
+    /// after an earlier revision than `revision - 1` gets `Compacted`.
+    fn compact(&self, revision: Revision) -> Result<(), StoreError>;
+    /// A new lease that ends `ttl` from now unless kept alive.
+    fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, StoreError>;
+    /// Renews the lease for its whole TTL; returns that TTL.
+    fn keep_alive(&self, lease: LeaseId) -> Result<Duration, StoreError>;
+    /// Ends the lease now, deleting every key bound to it. Revoking a
+    /// lease that has ended succeeds.
+    fn revoke_lease(&self, lease: LeaseId) -> Result<(), StoreError>;
+
     /// Writes `value` if `expect` holds, durable as `durability` asks;
-    /// returns the new revision. Writes become durable in order: one that
-    /// survives a crash brings every earlier one with it.
+    /// returns the new revision.
     fn put_with(
         &self,
         collection: Collection,
@@ -112,7 +286,9 @@ pub trait Store: Send + Sync + 'static {
         value: &[u8],
         expect: Precondition,
         durability: Durability,
-    ) -> Result<Revision, StoreError>;
+    ) -> Result<Revision, StoreError> {
+        self.commit(vec![Op::put(collection, key, value, expect)], durability)
+    }
     /// [`Self::put_with`] that survives a crash of the host.
     fn put(
         &self,
@@ -124,14 +300,17 @@ pub trait Store: Send + Sync + 'static {
         self.put_with(collection, key, value, expect, Durability::Host)
     }
     /// Deletes `key` if it is at revision `expect`, durable as
-    /// `durability` asks, in order with every other write.
+    /// `durability` asks.
     fn delete_with(
         &self,
         collection: Collection,
         key: &str,
         expect: Revision,
         durability: Durability,
-    ) -> Result<(), StoreError>;
+    ) -> Result<(), StoreError> {
+        self.commit(vec![Op::delete(collection, key, expect)], durability)
+            .map(drop)
+    }
     /// [`Self::delete_with`] that survives a crash of the host.
     fn delete(
         &self,
@@ -140,204 +319,5 @@ pub trait Store: Send + Sync + 'static {
         expect: Revision,
     ) -> Result<(), StoreError> {
         self.delete_with(collection, key, expect, Durability::Host)
-    }
-}
-
-/// An in-memory store: the test double beside the trait.
-#[derive(Default)]
-pub struct MemoryStore {
-    inner: Mutex<MemoryState>,
-}
-
-/// The last revision handed out, and the entries.
-type MemoryState = (Revision, BTreeMap<(Collection, String), Versioned>);
-
-impl MemoryStore {
-    pub fn new() -> Self {
-        Self::default()
-    }
-}
-
-fn check(found: Option<&Versioned>, expect: Precondition, key: &str) -> Result<(), StoreError> {
-    if expect.holds(found.map(|v| v.revision)) {
-        Ok(())
-    } else {
-        Err(StoreError::Conflict {
-            key: key.to_string(),
-        })
-    }
-}
-
-impl Store for MemoryStore {
-    fn revision(&self) -> Result<Revision, StoreError> {
-        Ok(self.inner.lock().unwrap_or_else(|e| e.into_inner()).0)
-    }
-
-    fn get(&self, collection: Collection, key: &str) -> Result<Option<Versioned>, StoreError> {
-        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        Ok(inner.1.get(&(collection, key.to_string())).cloned())
-    }
-
-    fn list(&self, collection: Collection) -> Result<Vec<Versioned>, StoreError> {
-        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        Ok(inner
-            .1
-            .iter()
-            .filter(|((c, _), _)| *c == collection)
-            .map(|(_, v)| v.clone())
-            .collect())
-    }
-
-    /// Memory survives nothing: every durability is the same here.
-    fn put_with(
-        &self,
-        collection: Collection,
-        key: &str,
-        value: &[u8],
-        expect: Precondition,
-        _: Durability,
-    ) -> Result<Revision, StoreError> {
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let k = (collection, key.to_string());
-        check(inner.1.get(&k), expect, key)?;
-        inner.0 += 1;
-        let revision = inner.0;
-        inner.1.insert(
-            k,
-            Versioned {
-                key: key.to_string(),
-                value: value.to_vec(),
-                revision,
-            },
-        );
-        Ok(revision)
-    }
-
-    fn delete_with(
-        &self,
-        collection: Collection,
-        key: &str,
-        expect: Revision,
-        _: Durability,
-    ) -> Result<(), StoreError> {
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let k = (collection, key.to_string());
-        check(inner.1.get(&k), Precondition::Revision(expect), key)?;
-        inner.1.remove(&k);
-        // A delete is a write: it uses up a revision, as on every store.
-        inner.0 += 1;
-        Ok(())
-    }
-}
-
-/// The behaviour every [`Store`] must have. Each backend's tests call
-/// [`conformance::run`] on a fresh, empty store.
-pub mod conformance {
-    use super::*;
-
-    pub fn run(store: &dyn Store) {
-        let c = Collection::Volumes;
-        assert_eq!(
-            store.revision().unwrap(),
-            0,
-            "a new store was never written"
-        );
-        assert!(store.get(c, "a").unwrap().is_none());
-        assert!(store.list(c).unwrap().is_empty());
-
-        // Create only if absent.
-        let r1 = store.put(c, "a", b"one", Precondition::Absent).unwrap();
-        assert!(matches!(
-            store.put(c, "a", b"again", Precondition::Absent),
-            Err(StoreError::Conflict { .. })
-        ));
-        let got = store.get(c, "a").unwrap().unwrap();
-        assert_eq!((got.value.as_slice(), got.revision), (&b"one"[..], r1));
-
-        // Compare-and-swap on the revision.
-        let r2 = store
-            .put(c, "a", b"two", Precondition::Revision(r1))
-            .unwrap();
-        assert!(r2 > r1);
-        assert_eq!(store.revision().unwrap(), r2);
-        assert!(matches!(
-            store.put(c, "a", b"stale", Precondition::Revision(r1)),
-            Err(StoreError::Conflict { .. })
-        ));
-        assert!(matches!(
-            store.put(c, "missing", b"x", Precondition::Revision(r2)),
-            Err(StoreError::Conflict { .. })
-        ));
-        assert_eq!(store.get(c, "a").unwrap().unwrap().value, b"two");
-
-        // List returns every key with its revision, in byte order of the
-        // keys whatever the order of writing; so does list_revisions.
-        let rc = store.put(c, "c", b"sea", Precondition::Absent).unwrap();
-        let rb = store.put(c, "b", b"bee", Precondition::Absent).unwrap();
-        let all = store.list(c).unwrap();
-        let keys: Vec<&str> = all.iter().map(|v| v.key.as_str()).collect();
-        assert_eq!(keys, ["a", "b", "c"]);
-        assert_eq!((all[1].revision, all[2].revision), (rb, rc));
-        let revisions = store.list_revisions(c).unwrap();
-        let expected: Vec<(String, Revision)> =
-            all.iter().map(|v| (v.key.clone(), v.revision)).collect();
-        assert_eq!(revisions, expected);
-        // Collections are apart.
-        assert!(store.list(Collection::Snapshots).unwrap().is_empty());
-
-        // A delete uses up a revision, and the key leaves every list.
-        let before = store.revision().unwrap();
-        store.delete(c, "c", rc).unwrap();
-        assert!(store.revision().unwrap() > before);
-        assert!(store
-            .list_revisions(c)
-            .unwrap()
-            .iter()
-            .all(|(k, _)| k != "c"));
-
-        // Delete is a compare-and-swap too.
-        assert!(matches!(
-            store.delete(c, "a", r1),
-            Err(StoreError::Conflict { .. })
-        ));
-        store.delete(c, "a", r2).unwrap();
-        assert!(store.get(c, "a").unwrap().is_none());
-        assert!(matches!(
-            store.delete(c, "a", r2),
-            Err(StoreError::Conflict { .. })
-        ));
-
-        // A re-created key never reuses a revision.
-        let r3 = store.put(c, "a", b"three", Precondition::Absent).unwrap();
-        assert!(r3 > rb);
-
-        // A write asking less durability is the same write.
-        let rp = store
-            .put_with(
-                c,
-                "a",
-                b"four",
-                Precondition::Revision(r3),
-                Durability::Process,
-            )
-            .unwrap();
-        assert!(rp > r3);
-        assert_eq!(store.get(c, "a").unwrap().unwrap().value, b"four");
-        store.delete_with(c, "a", rp, Durability::Process).unwrap();
-        assert!(store.get(c, "a").unwrap().is_none());
-
-        // Binary values survive.
-        let bytes: Vec<u8> = (0..=255).collect();
-        let rc = store.put(c, "bin", &bytes, Precondition::Absent).unwrap();
-        assert_eq!(store.get(c, "bin").unwrap().unwrap().value, bytes);
-        store.delete(c, "bin", rc).unwrap();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn memory_store_conforms() {
-        super::conformance::run(&super::MemoryStore::new());
     }
 }

@@ -15,11 +15,13 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use stowage_core::store::{
-    Collection, Durability, Precondition, Revision, Store, StoreError, Versioned,
+    Action, Change, ChangeLog, Collection, Durability, LeaseId, LeaseTable, Listed, Op, Revision,
+    Store, StoreError, Versioned, Watcher,
 };
 use tracing::debug;
 
@@ -50,22 +52,17 @@ const MIGRATIONS: &[&str] = &[
     -- instead of every record.
     CREATE INDEX entries_revisions ON entries (collection, key, revision);
 ",
+    "
+    -- The lease a key is bound to: it is deleted when the lease ends.
+    ALTER TABLE entries ADD COLUMN lease INTEGER;
+    CREATE INDEX entries_leases ON entries (lease) WHERE lease IS NOT NULL;
+",
 ];
 
-enum Write {
-    Put {
-        collection: Collection,
-        key: String,
-        value: Vec<u8>,
-        expect: Precondition,
-        durability: Durability,
-    },
-    Delete {
-        collection: Collection,
-        key: String,
-        expect: Revision,
-        durability: Durability,
-    },
+/// One transaction, as callers queue it.
+struct Write {
+    ops: Vec<Op>,
+    durability: Durability,
 }
 
 /// Writes waiting for a commit, and the outcomes of committed ones.
@@ -79,12 +76,19 @@ struct Queue {
 }
 
 pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     queue: Mutex<Queue>,
     committed: Condvar,
     /// Only the current leader uses it.
     writer: Mutex<Writer>,
     readers: Mutex<Vec<Connection>>,
     path: std::path::PathBuf,
+    /// Leases live in memory: none outlives the process holding it.
+    leases: Mutex<LeaseTable>,
+    log: Arc<ChangeLog>,
 }
 
 /// The write connection, and the durability its `synchronous` setting
@@ -109,14 +113,6 @@ impl Writer {
     }
 }
 
-impl Write {
-    fn durability(&self) -> Durability {
-        match self {
-            Write::Put { durability, .. } | Write::Delete { durability, .. } => *durability,
-        }
-    }
-}
-
 fn backend(e: rusqlite::Error) -> StoreError {
     backend_ref(&e)
 }
@@ -130,7 +126,6 @@ fn backend_ref(e: &rusqlite::Error) -> StoreError {
         _ => StoreError::Backend(e.to_string()),
     }
 }
-
 /// Makes the database and its WAL files readable and writable by their
 /// owner only, creating the database so if it is missing: the records
 /// are the whole state of every volume. SQLite gives the WAL files the
@@ -207,18 +202,64 @@ impl SqliteStore {
         conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)
             .map_err(backend)?;
         migrate(&mut conn)?;
+        let revision = end_earlier_leases(&mut conn)?;
         Ok(SqliteStore {
-            queue: Mutex::default(),
-            committed: Condvar::new(),
-            writer: Mutex::new(Writer {
-                conn,
-                durability: Durability::Host,
+            inner: Arc::new(Inner {
+                queue: Mutex::default(),
+                committed: Condvar::new(),
+                writer: Mutex::new(Writer {
+                    conn,
+                    durability: Durability::Host,
+                }),
+                readers: Mutex::new(Vec::new()),
+                path: path.to_path_buf(),
+                leases: Mutex::default(),
+                log: ChangeLog::new(revision),
             }),
-            readers: Mutex::new(Vec::new()),
-            path: path.to_path_buf(),
         })
     }
+}
 
+/// Deletes the keys bound to the leases of an earlier process, which
+/// ended with it; returns the store's revision after.
+fn end_earlier_leases(conn: &mut Connection) -> Result<Revision, StoreError> {
+    let tx = conn.transaction().map_err(backend)?;
+    let mut revision = current_revision(&tx).map_err(backend)?;
+    let bound: i64 = tx
+        .query_row(
+            "SELECT count(*) FROM entries WHERE lease IS NOT NULL",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(backend)?;
+    if bound > 0 {
+        revision += 1;
+        tx.execute("DELETE FROM entries WHERE lease IS NOT NULL", [])
+            .map_err(backend)?;
+        set_revision(&tx, revision).map_err(backend)?;
+        debug!(
+            keys = bound,
+            "deleted keys bound to an earlier process's leases"
+        );
+    }
+    tx.commit().map_err(backend)?;
+    Ok(revision)
+}
+
+fn current_revision(c: &Connection) -> rusqlite::Result<Revision> {
+    c.prepare_cached("SELECT value FROM meta WHERE key = 'revision'")?
+        .query_row([], |r| r.get(0))
+}
+
+fn set_revision(c: &Connection, revision: Revision) -> rusqlite::Result<()> {
+    c.execute(
+        "UPDATE meta SET value = ?1 WHERE key = 'revision'",
+        params![revision],
+    )
+    .map(drop)
+}
+
+impl Inner {
     /// Queues `write` and returns once it is committed, leading the commit
     /// of everything queued if no one else is.
     fn write(&self, write: Write) -> Result<Revision, StoreError> {
@@ -240,7 +281,19 @@ impl SqliteStore {
             drop(q);
             let results = {
                 let mut writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-                commit_batch(&mut writer, &batch)
+                let ended = (self.leases.lock().unwrap_or_else(|e| e.into_inner()))
+                    .take_ended(Instant::now());
+                let committed = commit_batch(&mut writer, &ended, &batch, &self.leases);
+                if committed.is_err() {
+                    // Their keys are still there: the next commit tries again.
+                    (self.leases.lock().unwrap_or_else(|e| e.into_inner())).end_again(ended);
+                }
+                // Appended under the writer's lock: the log stays in
+                // revision order.
+                committed.map(|(results, changes)| {
+                    self.log.append(changes);
+                    results
+                })
             };
             q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
             q.committing = false;
@@ -260,8 +313,23 @@ impl SqliteStore {
         }
     }
 
-    /// Runs `f` on a pooled read connection.
+    /// Deletes the keys of ended leases now, if there are any.
+    fn sweep(&self) -> Result<(), StoreError> {
+        let ended =
+            (self.leases.lock().unwrap_or_else(|e| e.into_inner())).has_ended(Instant::now());
+        if ended {
+            self.write(Write {
+                ops: Vec::new(),
+                durability: Durability::Process,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Runs `f` on a pooled read connection, once the keys of ended
+    /// leases are gone.
     fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
+        self.sweep()?;
         let pooled = self.readers.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let conn = match pooled {
             Some(c) => c,
@@ -274,19 +342,36 @@ impl SqliteStore {
             .push(conn);
         result
     }
+
+    /// [`Self::read`] inside one read transaction: every statement sees
+    /// the same revision.
+    fn read_at_one_revision<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<(T, Revision), StoreError> {
+        self.read(|c| {
+            let tx = c.unchecked_transaction()?;
+            let revision = current_revision(&tx)?;
+            let out = f(&tx)?;
+            tx.commit()?;
+            Ok((out, revision))
+        })
+    }
 }
 
-/// Applies a batch in one transaction, as durable as its most demanding
-/// write asks. A failed precondition fails only its own write; a database
-/// error fails the whole batch, which is rolled back.
+type Committed = (Vec<Result<Revision, StoreError>>, Vec<(Collection, Change)>);
+
+/// Applies a batch in one SQL transaction, as durable as its most
+/// demanding write asks, after deleting the keys of the `ended` leases. A
+/// failed precondition fails only its own write; a database error fails
+/// the whole batch, which is rolled back.
 fn commit_batch(
     writer: &mut Writer,
+    ended: &[LeaseId],
     batch: &[(u64, Write)],
-) -> rusqlite::Result<Vec<Result<Revision, StoreError>>> {
-    let durability = if batch
-        .iter()
-        .any(|(_, w)| w.durability() == Durability::Host)
-    {
+    leases: &Mutex<LeaseTable>,
+) -> rusqlite::Result<Committed> {
+    let durability = if batch.iter().any(|(_, w)| w.durability == Durability::Host) {
         Durability::Host
     } else {
         Durability::Process
@@ -295,67 +380,109 @@ fn commit_batch(
     let tx = writer
         .conn
         .transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let mut revision: Revision =
-        tx.query_row("SELECT value FROM meta WHERE key = 'revision'", [], |r| {
-            r.get(0)
-        })?;
+    let mut revision = current_revision(&tx)?;
+    let start = revision;
+    let mut changes = Vec::new();
+    let mut swept = false;
+    for lease in ended {
+        let mut stmt =
+            tx.prepare_cached("DELETE FROM entries WHERE lease = ?1 RETURNING collection, key")?;
+        let gone: Vec<(String, String)> = stmt
+            .query_map(params![lease], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        for (collection, key) in gone {
+            if !swept {
+                revision += 1;
+                swept = true;
+            }
+            if let Some(c) = Collection::from_name(&collection) {
+                changes.push((c, Change::Delete { key, revision }));
+            }
+        }
+    }
     let mut results = Vec::with_capacity(batch.len());
     for (_, write) in batch {
-        let (collection, key) = match write {
-            Write::Put {
-                collection, key, ..
+        match apply(&tx, &write.ops, revision + 1, leases)? {
+            Ok(mut applied) => {
+                if !applied.is_empty() {
+                    revision += 1;
+                }
+                changes.append(&mut applied);
+                results.push(Ok(revision));
             }
-            | Write::Delete {
-                collection, key, ..
-            } => (collection.as_str(), key.as_str()),
-        };
-        let current: Option<Revision> = tx
-            .query_row(
-                "SELECT revision FROM entries WHERE collection = ?1 AND key = ?2",
-                params![collection, key],
-                |r| r.get(0),
-            )
-            .optional()?;
-        let expected = match write {
-            Write::Put { expect, .. } => *expect,
-            Write::Delete { expect, .. } => Precondition::Revision(*expect),
-        };
-        if !expected.holds(current) {
-            results.push(Err(StoreError::Conflict {
-                key: key.to_string(),
-            }));
-            continue;
+            Err(refused) => results.push(Err(refused)),
         }
-        revision += 1;
-        match write {
-            Write::Put { value, .. } => {
-                tx.execute(
-                    "INSERT INTO entries (collection, key, revision, value) VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT (collection, key) DO UPDATE
-                     SET revision = excluded.revision, value = excluded.value",
-                    params![collection, key, revision, value],
-                )?;
-            }
-            Write::Delete { .. } => {
-                tx.execute(
-                    "DELETE FROM entries WHERE collection = ?1 AND key = ?2",
-                    params![collection, key],
-                )?;
-            }
-        }
-        results.push(Ok(revision));
     }
-    tx.execute(
-        "UPDATE meta SET value = ?1 WHERE key = 'revision'",
-        params![revision],
-    )?;
+    if revision != start {
+        set_revision(&tx, revision)?;
+    }
     tx.commit()?;
-    Ok(results)
+    Ok((results, changes))
+}
+
+/// Applies one transaction at `revision` if every precondition holds;
+/// returns its changes (none for a transaction of checks alone).
+fn apply(
+    tx: &Connection,
+    ops: &[Op],
+    revision: Revision,
+    leases: &Mutex<LeaseTable>,
+) -> rusqlite::Result<Result<Vec<(Collection, Change)>, StoreError>> {
+    for op in ops {
+        let current: Option<Revision> = tx
+            .prepare_cached("SELECT revision FROM entries WHERE collection = ?1 AND key = ?2")?
+            .query_row(params![op.collection.as_str(), op.key], |r| r.get(0))
+            .optional()?;
+        if !op.expect.holds(current) {
+            return Ok(Err(StoreError::Conflict {
+                key: op.key.clone(),
+            }));
+        }
+        if let Action::Put {
+            lease: Some(lease), ..
+        } = op.action
+        {
+            let mut leases = leases.lock().unwrap_or_else(|e| e.into_inner());
+            if !leases.alive(lease, Instant::now()) {
+                return Ok(Err(StoreError::LeaseExpired(lease)));
+            }
+        }
+    }
+    let mut changes = Vec::new();
+    for op in ops {
+        let (collection, key) = (op.collection.as_str(), op.key.as_str());
+        match &op.action {
+            Action::Put { value, lease } => {
+                tx.prepare_cached(
+                    "INSERT INTO entries (collection, key, revision, value, lease)
+                     VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (collection, key) DO UPDATE
+                     SET revision = excluded.revision, value = excluded.value,
+                         lease = excluded.lease",
+                )?
+                .execute(params![collection, key, revision, value, lease])?;
+                let v = Versioned {
+                    key: op.key.clone(),
+                    value: value.clone(),
+                    revision,
+                };
+                changes.push((op.collection, Change::Put(v)));
+            }
+            Action::Delete => {
+                tx.prepare_cached("DELETE FROM entries WHERE collection = ?1 AND key = ?2")?
+                    .execute(params![collection, key])?;
+                let key = op.key.clone();
+                changes.push((op.collection, Change::Delete { key, revision }));
+            }
+            Action::Check => {}
+        }
+    }
+    Ok(Ok(changes))
 }
 
 impl Store for SqliteStore {
     fn get(&self, collection: Collection, key: &str) -> Result<Option<Versioned>, StoreError> {
-        self.read(|c| {
+        self.inner.read(|c| {
             c.prepare_cached(
                 "SELECT revision, value FROM entries WHERE collection = ?1 AND key = ?2",
             )?
@@ -371,27 +498,25 @@ impl Store for SqliteStore {
     }
 
     fn revision(&self) -> Result<Revision, StoreError> {
-        self.read(|c| {
-            c.prepare_cached("SELECT value FROM meta WHERE key = 'revision'")?
-                .query_row([], |r| r.get(0))
-        })
+        self.inner.read(current_revision)
     }
 
     fn list_revisions(
         &self,
         collection: Collection,
-    ) -> Result<Vec<(String, Revision)>, StoreError> {
-        self.read(|c| {
+    ) -> Result<Listed<(String, Revision)>, StoreError> {
+        let (items, revision) = self.inner.read_at_one_revision(|c| {
             c.prepare_cached(
                 "SELECT key, revision FROM entries WHERE collection = ?1 ORDER BY key",
             )?
             .query_map(params![collection.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect()
-        })
+        })?;
+        Ok(Listed { items, revision })
     }
 
-    fn list(&self, collection: Collection) -> Result<Vec<Versioned>, StoreError> {
-        self.read(|c| {
+    fn list(&self, collection: Collection) -> Result<Listed<Versioned>, StoreError> {
+        let (items, revision) = self.inner.read_at_one_revision(|c| {
             c.prepare_cached(
                 "SELECT key, revision, value FROM entries WHERE collection = ?1 ORDER BY key",
             )?
@@ -403,47 +528,59 @@ impl Store for SqliteStore {
                 })
             })?
             .collect()
-        })
+        })?;
+        Ok(Listed { items, revision })
     }
 
-    fn put_with(
-        &self,
-        collection: Collection,
-        key: &str,
-        value: &[u8],
-        expect: Precondition,
-        durability: Durability,
-    ) -> Result<Revision, StoreError> {
-        self.write(Write::Put {
-            collection,
-            key: key.to_string(),
-            value: value.to_vec(),
-            expect,
-            durability,
-        })
+    fn commit(&self, ops: Vec<Op>, durability: Durability) -> Result<Revision, StoreError> {
+        self.inner.write(Write { ops, durability })
     }
 
-    fn delete_with(
+    fn watch(
         &self,
         collection: Collection,
-        key: &str,
-        expect: Revision,
-        durability: Durability,
-    ) -> Result<(), StoreError> {
-        self.write(Write::Delete {
+        after: Revision,
+    ) -> Result<Box<dyn Watcher>, StoreError> {
+        let inner: Weak<Inner> = Arc::downgrade(&self.inner);
+        self.inner.log.watch(
             collection,
-            key: key.to_string(),
-            expect,
-            durability,
-        })
-        .map(drop)
+            after,
+            Box::new(move || {
+                let inner = inner.upgrade()?;
+                if let Err(e) = inner.sweep() {
+                    debug!(error = %e, "ending leases failed; the next write retries");
+                }
+                let leases = inner.leases.lock().unwrap_or_else(|e| e.into_inner());
+                leases.next_deadline()
+            }),
+        )
+    }
+
+    fn compact(&self, revision: Revision) -> Result<(), StoreError> {
+        self.inner.log.compact(revision);
+        Ok(())
+    }
+
+    fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
+        let mut leases = self.inner.leases.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(leases.grant(ttl, Instant::now()))
+    }
+
+    fn keep_alive(&self, lease: LeaseId) -> Result<Duration, StoreError> {
+        let mut leases = self.inner.leases.lock().unwrap_or_else(|e| e.into_inner());
+        leases.keep_alive(lease, Instant::now())
+    }
+
+    fn revoke_lease(&self, lease: LeaseId) -> Result<(), StoreError> {
+        (self.inner.leases.lock().unwrap_or_else(|e| e.into_inner())).revoke(lease);
+        self.inner.sweep()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
+    use stowage_core::store::Precondition;
 
     #[test]
     fn conforms() {
@@ -510,7 +647,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("s.db")).unwrap();
         let synchronous = || -> i64 {
-            let writer = store.writer.lock().unwrap();
+            let writer = store.inner.writer.lock().unwrap();
             writer
                 .conn
                 .pragma_query_value(None, "synchronous", |r| r.get(0))
@@ -537,6 +674,27 @@ mod tests {
             .delete_with(Collection::Volumes, "a", r, Durability::Process)
             .unwrap();
         assert_eq!(synchronous(), normal, "after a Process delete");
+    }
+
+    #[test]
+    fn keys_bound_to_a_lease_end_with_the_process_that_held_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let store = SqliteStore::open(&path).unwrap();
+        let lease = store.grant_lease(Duration::from_secs(600)).unwrap();
+        let bound = Op::put(Collection::Volumes, "bound", "x", Precondition::Absent);
+        store
+            .commit(vec![bound.with_lease(lease)], Durability::Host)
+            .unwrap();
+        let r = store
+            .put(Collection::Volumes, "kept", b"y", Precondition::Absent)
+            .unwrap();
+        // As after kill -9: the lease's holder is gone.
+        std::mem::forget(store);
+        let store = SqliteStore::open(&path).unwrap();
+        assert!(store.get(Collection::Volumes, "bound").unwrap().is_none());
+        assert!(store.get(Collection::Volumes, "kept").unwrap().is_some());
+        assert!(store.revision().unwrap() > r, "the deletion is a write");
     }
 
     #[test]
@@ -571,6 +729,6 @@ mod tests {
         for t in threads {
             t.join().unwrap();
         }
-        assert_eq!(store.list(Collection::Volumes).unwrap().len(), 400);
+        assert_eq!(store.list(Collection::Volumes).unwrap().items.len(), 400);
     }
 }

@@ -1,11 +1,12 @@
 //! Harnesses for Stowage's end-to-end tests and benchmarks: a daemon on
 //! temporary roots driven through its CLI ([`daemon`]), and the container
 //! engines that drive its plugin socket ([`engines`]), and a CSI client
-//! for its gRPC socket ([`csi`]).
+//! for its gRPC socket ([`csi`]), and a real etcd ([`etcd`]).
 
 pub mod csi;
 pub mod daemon;
 pub mod engines;
+pub mod etcd;
 pub mod scratch;
 
 pub use daemon::{

@@ -97,7 +97,7 @@ impl VolumeService {
     /// Brings `cache` to what the store holds now: heads whose revision
     /// is unchanged are kept, the others read again.
     fn refresh_heads(&self, cache: &mut Vec<CachedHead>) -> Result<()> {
-        let revisions = self.store.list_revisions(Collection::Volumes)?;
+        let revisions = self.store.list_revisions(Collection::Volumes)?.items;
         let mut old = std::mem::take(cache).into_iter().peekable();
         let mut stale = Vec::new();
         for (key, revision) in revisions {
@@ -119,6 +119,7 @@ impl VolumeService {
             *cache = self
                 .store
                 .list(Collection::Volumes)?
+                .items
                 .into_iter()
                 .map(|v| CachedHead {
                     head: parse(&v.value),

@@ -150,7 +150,7 @@ fn bad_input_changes_nothing() {
         assert!(err.to_string().contains(needle), "{err}");
     }
     assert!(f.sys.calls().is_empty());
-    assert!(f.store.list(Collection::Volumes).unwrap().is_empty());
+    assert!(f.store.list(Collection::Volumes).unwrap().items.is_empty());
 }
 
 #[test]
