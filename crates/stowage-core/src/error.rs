@@ -127,6 +127,11 @@ pub enum Error {
     Precondition { name: String, reason: String },
     #[error("no such node: {node}")]
     UnknownNode { node: String },
+    #[error(
+        "volume {name} is node-local storage on node {node}, which alone can reach it: \
+         use it there, or create the volume on this node"
+    )]
+    HomedElsewhere { name: String, node: String },
     #[error("volume {name} is attached to {} with exclusive access", nodes.join(", "))]
     AttachedElsewhere { name: String, nodes: Vec<String> },
     #[error("volume {name} is already attached to {node} with other access")]
@@ -198,6 +203,7 @@ impl Error {
             | Error::InUse { .. }
             | Error::Precondition { .. }
             | Error::AttachedElsewhere { .. }
+            | Error::HomedElsewhere { .. }
             | Error::ForeignMount { .. }
             | Error::CorruptRecord { .. }
             | Error::NotStaged { .. } => ErrorKind::FailedPrecondition,

@@ -37,7 +37,7 @@ use crate::name::{validate_consumer, VolumeName};
 use crate::options::{check_map_limits, MapKind};
 use crate::ownership;
 use crate::snapshot::SnapshotRecord;
-use crate::store::{Collection, Durability, Precondition, Revision, Store};
+use crate::store::{Collection, Durability, Op, Precondition, Revision, Store};
 use crate::volume::{CopyProgress, CreateRequest, Volume, VolumeFilter, VolumeRecord, VolumeState};
 
 pub use confine::CallerPaths;
@@ -55,7 +55,14 @@ const MAX_STACKED_MOUNTS: usize = 64;
 
 /// Owns the volumes of one host.
 pub struct VolumeService {
+    /// What every node shares: volume specs, attachments, snapshots.
     store: Arc<dyn Store>,
+    /// This node's own facts: its consumers, mounts and devices. The
+    /// cluster store itself on a single host.
+    local: Arc<dyn Store>,
+    /// `store` and `local` are one store: a change to both is one
+    /// transaction.
+    one_store: bool,
     drivers: DriverSet,
     sys: Arc<dyn Sys>,
     layout: Layout,
@@ -78,30 +85,54 @@ pub struct VolumeService {
     at_risk: Mutex<std::collections::BTreeSet<String>>,
 }
 
-/// A record as loaded, with the revision to compare-and-swap against.
+/// A record as loaded, with the revision to compare-and-swap against, and
+/// what the stores hold of it: a save writes only the parts that changed.
 struct Loaded<R = VolumeRecord> {
     record: R,
     revision: Revision,
+    /// The record as the cluster store holds it.
+    stored: Vec<u8>,
+    /// This node's facts about it as its own store holds them, with their
+    /// revision there (records with facts only).
+    facts: Option<(Vec<u8>, Revision)>,
 }
 
-/// A kind of persisted record: its collection and key.
+/// A kind of persisted record: its collection and key, and where this
+/// node keeps its own facts about it.
 trait Record: Sized {
     const COLLECTION: Collection;
+    /// The collection of this node's own store that holds its facts about
+    /// records of this kind, for kinds that have some.
+    const FACTS: Option<Collection> = None;
     fn key(&self) -> &str;
     fn to_json(&self) -> Vec<u8>;
-    fn from_json(bytes: &[u8]) -> Result<Self>;
+    fn facts_json(&self) -> Option<Vec<u8>> {
+        None
+    }
+    fn from_json(bytes: &[u8], facts: Option<&[u8]>) -> Result<Self>;
+    /// Refuses a change to a record that this Stowage cannot rewrite.
+    fn refuse_rewrite(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 impl Record for VolumeRecord {
     const COLLECTION: Collection = Collection::Volumes;
+    const FACTS: Option<Collection> = Some(Collection::NodeVolumes);
     fn key(&self) -> &str {
         self.name.as_str()
     }
     fn to_json(&self) -> Vec<u8> {
-        VolumeRecord::to_json(self)
+        self.spec_json()
     }
-    fn from_json(bytes: &[u8]) -> Result<Self> {
-        VolumeRecord::from_json(bytes)
+    fn facts_json(&self) -> Option<Vec<u8>> {
+        VolumeRecord::facts_json(self)
+    }
+    fn from_json(bytes: &[u8], facts: Option<&[u8]>) -> Result<Self> {
+        VolumeRecord::from_parts(bytes, facts)
+    }
+    fn refuse_rewrite(&self) -> Result<()> {
+        self.refuse_newer_schema()
     }
 }
 
@@ -113,7 +144,7 @@ impl Record for SnapshotRecord {
     fn to_json(&self) -> Vec<u8> {
         SnapshotRecord::to_json(self)
     }
-    fn from_json(bytes: &[u8]) -> Result<Self> {
+    fn from_json(bytes: &[u8], _: Option<&[u8]>) -> Result<Self> {
         SnapshotRecord::from_json(bytes)
     }
 }
@@ -126,6 +157,8 @@ impl VolumeService {
         layout: Layout,
     ) -> Self {
         VolumeService {
+            local: store.clone(),
+            one_store: true,
             store,
             drivers,
             sys,
@@ -139,6 +172,14 @@ impl VolumeService {
             at_risk: Default::default(),
             layout,
         }
+    }
+
+    /// Keeps this node's own facts in `local` rather than in the cluster
+    /// store.
+    pub fn with_local_store(mut self, local: Arc<dyn Store>) -> Self {
+        self.one_store = std::ptr::addr_eq(Arc::as_ptr(&self.store), Arc::as_ptr(&local));
+        self.local = local;
+        self
     }
 
     /// Names the node this host is known as to orchestrators.
@@ -252,8 +293,10 @@ impl VolumeService {
             id: uuid::Uuid::new_v4().simple().to_string(),
             name,
             driver: driver.name().to_string(),
+            node: Some(self.node_id.clone()),
             options,
             labels: req.labels,
+            schema: crate::volume::SCHEMA,
             created_at: now_seconds(),
             consumers: Default::default(),
             state: VolumeState::Creating,
@@ -308,7 +351,7 @@ impl VolumeService {
             return Ok(Some(Copied::Snapshot(loaded.record)));
         }
         if let Some(vol) = &req.clone_of {
-            let loaded = self.load_ready(&VolumeName::parse(vol)?)?;
+            let loaded = self.load_here(&VolumeName::parse(vol)?)?;
             return Ok(Some(Copied::Volume(loaded.record)));
         }
         Ok(None)
@@ -362,7 +405,10 @@ impl VolumeService {
             }
             other => other?.ok_or_else(|| not_found(&name))?,
         };
-        if loaded.record.size_bytes.is_none() || loaded.record.state != VolumeState::Ready {
+        if loaded.record.size_bytes.is_none()
+            || loaded.record.state != VolumeState::Ready
+            || !loaded.record.is_home(&self.node_id)
+        {
             return self.view(&loaded.record);
         }
         // Reading usage may need the device: no mount may change meanwhile.
@@ -406,7 +452,7 @@ impl VolumeService {
         let name = VolumeName::parse(name)?;
         validate_consumer(consumer)?;
         let _guard = self.locks.lock(name.as_str());
-        self.mount_loaded(&mut self.load_ready(&name)?, consumer)
+        self.mount_loaded(&mut self.load_here(&name)?, consumer)
     }
 
     /// [`Self::mount`] of a ready volume the caller loaded under its lock;
@@ -485,6 +531,7 @@ impl VolumeService {
         let name = VolumeName::parse(name)?;
         let _guard = self.locks.lock(name.as_str());
         let mut loaded = self.load(&name)?.ok_or_else(|| not_found(&name))?;
+        loaded.record.refuse_away_from_home(&self.node_id)?;
         if loaded.record.state == VolumeState::Creating {
             // A create that failed and could not roll back: removing it is
             // finishing the rollback.
@@ -518,7 +565,7 @@ impl VolumeService {
         let mut removed = Vec::new();
         for l in self.list_records()?.records {
             let r = &l.record;
-            if r.state == VolumeState::Creating || r.in_use() {
+            if r.state == VolumeState::Creating || r.in_use() || !r.is_home(&self.node_id) {
                 continue;
             }
             match self.remove(r.name.as_str(), false) {
@@ -630,6 +677,7 @@ impl VolumeService {
         Volume {
             name: r.name.to_string(),
             driver: r.driver.clone(),
+            node: r.node.clone(),
             options: r.options.clone(),
             labels: r.labels.clone(),
             created_at: r.created_at,
@@ -660,6 +708,14 @@ impl VolumeService {
         Ok(loaded)
     }
 
+    /// [`Self::load_ready`] of a volume whose data this node holds: what
+    /// every use of the data needs.
+    fn load_here(&self, name: &VolumeName) -> Result<Loaded> {
+        let loaded = self.load_ready(name)?;
+        loaded.record.refuse_away_from_home(&self.node_id)?;
+        Ok(loaded)
+    }
+
     fn list_records(&self) -> Result<Listing> {
         self.list_all()
     }
@@ -670,10 +726,16 @@ impl VolumeService {
         let Some(v) = self.store.get(R::COLLECTION, key)? else {
             return Ok(None);
         };
-        match R::from_json(&v.value) {
+        let facts = match R::FACTS {
+            Some(c) => self.local.get(c, key)?.map(|f| (f.value, f.revision)),
+            None => None,
+        };
+        match R::from_json(&v.value, facts.as_ref().map(|(b, _)| b.as_slice())) {
             Ok(record) => Ok(Some(Loaded {
                 record,
                 revision: v.revision,
+                stored: v.value,
+                facts,
             })),
             Err(e) => Err(Error::CorruptRecord {
                 name: key.to_string(),
@@ -689,11 +751,24 @@ impl VolumeService {
             records: Vec::new(),
             corrupt: Vec::new(),
         };
+        let mut facts = match R::FACTS {
+            Some(c) => self.local.list(c)?.items,
+            None => Vec::new(),
+        }
+        .into_iter()
+        .peekable();
         for v in self.store.list(R::COLLECTION)?.items {
-            match R::from_json(&v.value) {
+            // Both lists are in key order: facts of no record are skipped.
+            while facts.next_if(|f| f.key < v.key).is_some() {}
+            let own = facts
+                .next_if(|f| f.key == v.key)
+                .map(|f| (f.value, f.revision));
+            match R::from_json(&v.value, own.as_ref().map(|(b, _)| b.as_slice())) {
                 Ok(record) => listing.records.push(Loaded {
                     record,
                     revision: v.revision,
+                    stored: v.value,
+                    facts: own,
                 }),
                 Err(e) => listing.corrupt.push(Corrupt {
                     id: record_id(&v.value),
@@ -706,13 +781,29 @@ impl VolumeService {
     }
 
     fn insert<R: Record>(&self, record: R) -> Result<Loaded<R>> {
-        let revision = self.store.put(
-            R::COLLECTION,
-            record.key(),
-            &record.to_json(),
-            Precondition::Absent,
-        )?;
-        Ok(Loaded { record, revision })
+        let stored = record.to_json();
+        let revision =
+            self.store
+                .put(R::COLLECTION, record.key(), &stored, Precondition::Absent)?;
+        // Facts left by a volume of the same name that another node
+        // removed: the next save replaces them.
+        let facts = match R::FACTS {
+            Some(c) => self
+                .local
+                .get(c, record.key())?
+                .map(|f| (f.value, f.revision)),
+            None => None,
+        };
+        let mut loaded = Loaded {
+            record,
+            revision,
+            stored,
+            facts,
+        };
+        if loaded.record.facts_json().is_some() {
+            self.save(&mut loaded)?;
+        }
+        Ok(loaded)
     }
 
     fn save<R: Record>(&self, loaded: &mut Loaded<R>) -> Result<()> {
@@ -728,15 +819,76 @@ impl VolumeService {
         self.save_with(loaded, Durability::Process)
     }
 
+    /// Writes what changed of the record since it was loaded or saved:
+    /// its shared part to the cluster store, this node's facts to the
+    /// node's own store (in one transaction when they are one store).
     fn save_with<R: Record>(&self, loaded: &mut Loaded<R>, durability: Durability) -> Result<()> {
-        loaded.revision = self.store.put_with(
-            R::COLLECTION,
-            loaded.record.key(),
-            &loaded.record.to_json(),
-            Precondition::Revision(loaded.revision),
-            durability,
-        )?;
+        let spec = loaded.record.to_json();
+        let facts = loaded.record.facts_json();
+        let spec_changed = spec != loaded.stored;
+        let facts_op = R::FACTS.and_then(|c| {
+            let key = loaded.record.key();
+            match (&facts, &loaded.facts) {
+                (Some(new), Some((old, _))) if new == old => None,
+                (Some(new), old) => Some(Op::put(
+                    c,
+                    key,
+                    new.clone(),
+                    old.as_ref()
+                        .map_or(Precondition::Absent, |(_, r)| Precondition::Revision(*r)),
+                )),
+                (None, Some((_, r))) => Some(Op::delete(c, key, *r)),
+                (None, None) => None,
+            }
+        });
+        if !spec_changed && facts_op.is_none() {
+            return Ok(());
+        }
+        loaded.record.refuse_rewrite()?;
+        let spec_op = spec_changed.then(|| {
+            Op::put(
+                R::COLLECTION,
+                loaded.record.key(),
+                spec.clone(),
+                Precondition::Revision(loaded.revision),
+            )
+        });
+        let wrote_facts = facts_op.is_some();
+        let (spec_rev, facts_rev) = self.commit_parts(spec_op, facts_op, durability)?;
+        if let Some(r) = spec_rev {
+            loaded.revision = r;
+            loaded.stored = spec;
+        }
+        if wrote_facts {
+            loaded.facts = facts.zip(facts_rev);
+        }
         Ok(())
+    }
+
+    /// Commits a change to a record's shared part and one to this node's
+    /// facts: as one transaction on one store, else the shared part
+    /// first. Returns the revision each was written at.
+    fn commit_parts(
+        &self,
+        shared: Option<Op>,
+        facts: Option<Op>,
+        durability: Durability,
+    ) -> Result<(Option<Revision>, Option<Revision>)> {
+        let (has_shared, has_facts) = (shared.is_some(), facts.is_some());
+        if self.one_store {
+            let ops: Vec<Op> = shared.into_iter().chain(facts).collect();
+            let r = self.store.commit(ops, durability)?;
+            return Ok((has_shared.then_some(r), has_facts.then_some(r)));
+        }
+        let shared_rev = match shared {
+            Some(op) => Some(self.store.commit(vec![op], durability)?),
+            None => None,
+        };
+        let facts_rev = match facts {
+            Some(op) => Some(self.local.commit(vec![op], durability)?),
+            None => None,
+        };
+        Ok((shared_rev, facts_rev))
     }
 
     fn erase<R: Record>(&self, loaded: &Loaded<R>) -> Result<()> {
@@ -752,12 +904,13 @@ impl VolumeService {
     }
 
     fn erase_with<R: Record>(&self, loaded: &Loaded<R>, durability: Durability) -> Result<()> {
-        self.store.delete_with(
-            R::COLLECTION,
-            loaded.record.key(),
-            loaded.revision,
-            durability,
-        )?;
+        loaded.record.refuse_rewrite()?;
+        let key = loaded.record.key();
+        let shared = Op::delete(R::COLLECTION, key, loaded.revision);
+        let facts = R::FACTS
+            .zip(loaded.facts.as_ref())
+            .map(|(c, (_, r))| Op::delete(c, key, *r));
+        self.commit_parts(Some(shared), facts, durability)?;
         Ok(())
     }
 }

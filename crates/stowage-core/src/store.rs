@@ -24,17 +24,26 @@ pub type LeaseId = i64;
 /// A namespace of keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Collection {
+    /// Volume specs, shared by every node.
     Volumes,
     Snapshots,
+    /// One node's facts about its use of volumes, by volume name: kept in
+    /// that node's own store.
+    NodeVolumes,
 }
 
 impl Collection {
-    pub const ALL: [Collection; 2] = [Collection::Volumes, Collection::Snapshots];
+    pub const ALL: [Collection; 3] = [
+        Collection::Volumes,
+        Collection::Snapshots,
+        Collection::NodeVolumes,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Collection::Volumes => "volumes",
             Collection::Snapshots => "snapshots",
+            Collection::NodeVolumes => "node-volumes",
         }
     }
 

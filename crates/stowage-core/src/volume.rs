@@ -26,35 +26,104 @@ pub enum VolumeState {
     Corrupt,
 }
 
-/// The persisted record of one volume (stored as JSON; new fields must have
-/// serde defaults so that older records still load).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The version of the records this Stowage writes. A record's version is
+/// the first thing checked before it is rewritten: a node must not
+/// rewrite a record of a newer version, whose fields it does not all know
+/// (a rolling upgrade would lose them).
+///
+/// 1: one record held the volume and the host's use of it.
+/// 2: what every node shares (the spec) and what one node knows of its
+///    own use of the volume (its facts) are stored apart.
+pub const SCHEMA: u32 = 2;
+
+/// A volume as the service works on it: its spec, shared by every node
+/// (stored in the cluster store, see [`VolumeSpec`]), joined with this
+/// node's facts about its use (stored in the node's own store, see
+/// [`NodeFacts`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VolumeRecord {
+    /// The schema version the spec was read at.
+    pub schema: u32,
     /// Generated, never derived from the name; all paths use it.
     pub id: String,
     pub name: VolumeName,
     pub driver: String,
-    #[serde(default)]
+    /// The node whose storage holds the volume's data (its home), for
+    /// node-local drivers; `None` in records of a single host's version 1,
+    /// whose home is that host.
+    pub node: Option<String>,
     pub options: Options,
-    #[serde(default)]
     pub labels: BTreeMap<String, String>,
-    #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
-    #[serde(default)]
+    /// This node's consumers.
     pub consumers: BTreeSet<String>,
     pub state: VolumeState,
-    /// How the volume was presented at its last mount.
-    #[serde(default)]
+    /// How the volume was presented at its last mount on this node.
     pub presentation: Presentation,
     /// The enforced size, for drivers with sizes; changed by resize.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size_bytes: Option<u64>,
     /// The nodes the volume is attached to (CSI ControllerPublish).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub attachments: BTreeMap<String, Attachment>,
-    /// The volume's raw block device, while staged as one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The volume's raw block device on this node, while staged as one.
     pub device: Option<DeviceUse>,
+}
+
+/// What every node shares about a volume, as stored (JSON; new fields
+/// need serde defaults, so that older records still load).
+#[derive(Serialize, Deserialize)]
+struct VolumeSpec<'a> {
+    /// Absent in version 1.
+    #[serde(default = "schema_1")]
+    schema: u32,
+    id: Cow<'a, str>,
+    name: Cow<'a, VolumeName>,
+    driver: Cow<'a, str>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    node: Option<Cow<'a, str>>,
+    #[serde(default)]
+    options: Cow<'a, Options>,
+    #[serde(default)]
+    labels: Cow<'a, BTreeMap<String, String>>,
+    #[serde(with = "time::serde::rfc3339")]
+    created_at: OffsetDateTime,
+    state: VolumeState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    size_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    attachments: Cow<'a, BTreeMap<String, Attachment>>,
+    /// Version 1 kept the host's facts in the spec: read, never written.
+    #[serde(default, rename = "consumers", skip_serializing)]
+    legacy_consumers: BTreeSet<String>,
+    #[serde(default, rename = "presentation", skip_serializing)]
+    legacy_presentation: Presentation,
+    #[serde(default, rename = "device", skip_serializing)]
+    legacy_device: Option<DeviceUse>,
+}
+
+fn schema_1() -> u32 {
+    1
+}
+
+/// What one node knows of its own use of a volume, as stored in its own
+/// store: all of it mirrors the node's kernel.
+#[derive(Serialize, Deserialize)]
+struct NodeFacts<'a> {
+    schema: u32,
+    /// The volume these facts are about: a volume removed and created
+    /// again under its name is another.
+    id: Cow<'a, str>,
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    consumers: Cow<'a, BTreeSet<String>>,
+    #[serde(default, skip_serializing_if = "is_default")]
+    presentation: Cow<'a, Presentation>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    device: Option<Cow<'a, DeviceUse>>,
+}
+
+// serde hands `skip_serializing_if` the field itself, a `&Cow`.
+#[allow(clippy::ptr_arg)]
+fn is_default<T: Default + PartialEq + Clone>(v: &Cow<'_, T>) -> bool {
+    **v == T::default()
 }
 
 /// A volume used as a raw block device (CSI block access): the device
@@ -106,16 +175,119 @@ impl VolumeRecord {
             .collect()
     }
 
-    pub fn to_json(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("a volume record always serializes")
+    /// The spec, as the cluster store keeps it.
+    pub fn spec_json(&self) -> Vec<u8> {
+        let spec = VolumeSpec {
+            schema: SCHEMA,
+            id: Cow::Borrowed(&self.id),
+            name: Cow::Borrowed(&self.name),
+            driver: Cow::Borrowed(&self.driver),
+            node: self.node.as_deref().map(Cow::Borrowed),
+            options: Cow::Borrowed(&self.options),
+            labels: Cow::Borrowed(&self.labels),
+            created_at: self.created_at,
+            state: self.state,
+            size_bytes: self.size_bytes,
+            attachments: Cow::Borrowed(&self.attachments),
+            legacy_consumers: BTreeSet::new(),
+            legacy_presentation: Presentation::default(),
+            legacy_device: None,
+        };
+        serde_json::to_vec(&spec).expect("a volume spec always serializes")
     }
 
-    pub fn from_json(bytes: &[u8]) -> Result<Self> {
-        serde_json::from_slice(bytes).map_err(|e| {
-            Error::Store(crate::store::StoreError::Corrupt(format!(
-                "volume record: {e}"
-            )))
+    /// This node's facts, as its own store keeps them; `None` when there
+    /// are none to keep.
+    pub fn facts_json(&self) -> Option<Vec<u8>> {
+        if self.consumers.is_empty()
+            && self.presentation == Presentation::default()
+            && self.device.is_none()
+        {
+            return None;
+        }
+        let facts = NodeFacts {
+            schema: SCHEMA,
+            id: Cow::Borrowed(&self.id),
+            consumers: Cow::Borrowed(&self.consumers),
+            presentation: Cow::Borrowed(&self.presentation),
+            device: self.device.as_ref().map(Cow::Borrowed),
+        };
+        Some(serde_json::to_vec(&facts).expect("node facts always serialize"))
+    }
+
+    /// A record from its stored spec and this node's stored facts. Facts
+    /// about another volume of the same name are not this one's.
+    pub fn from_parts(spec: &[u8], facts: Option<&[u8]>) -> Result<Self> {
+        let corrupt = |what: &str, e: serde_json::Error| {
+            Error::Store(crate::store::StoreError::Corrupt(format!("{what}: {e}")))
+        };
+        let spec: VolumeSpec<'_> =
+            serde_json::from_slice(spec).map_err(|e| corrupt("volume record", e))?;
+        let facts: Option<NodeFacts<'_>> = facts
+            .map(serde_json::from_slice)
+            .transpose()
+            .map_err(|e| corrupt("node facts", e))?;
+        let (consumers, presentation, device) = match facts {
+            Some(f) if f.id == spec.id => (
+                f.consumers.into_owned(),
+                f.presentation.into_owned(),
+                f.device.map(Cow::into_owned),
+            ),
+            _ if spec.schema < 2 => (
+                spec.legacy_consumers,
+                spec.legacy_presentation,
+                spec.legacy_device,
+            ),
+            _ => Default::default(),
+        };
+        Ok(VolumeRecord {
+            schema: spec.schema,
+            id: spec.id.into_owned(),
+            name: spec.name.into_owned(),
+            driver: spec.driver.into_owned(),
+            node: spec.node.map(Cow::into_owned),
+            options: spec.options.into_owned(),
+            labels: spec.labels.into_owned(),
+            created_at: spec.created_at,
+            consumers,
+            state: spec.state,
+            presentation,
+            size_bytes: spec.size_bytes,
+            attachments: spec.attachments.into_owned(),
+            device,
         })
+    }
+
+    /// Whether the volume's data lives on `node` (a volume of a version 1
+    /// record lives on the one host there was).
+    pub fn is_home(&self, node: &str) -> bool {
+        self.node.as_deref().is_none_or(|home| home == node)
+    }
+
+    /// Refuses what only the volume's home node can do, on any other.
+    pub fn refuse_away_from_home(&self, node: &str) -> Result<()> {
+        match &self.node {
+            Some(home) if home != node => Err(Error::HomedElsewhere {
+                name: self.name.to_string(),
+                node: home.clone(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Refuses to rewrite a record written by a newer Stowage.
+    pub fn refuse_newer_schema(&self) -> Result<()> {
+        if self.schema > SCHEMA {
+            return Err(Error::Precondition {
+                name: self.name.to_string(),
+                reason: format!(
+                    "was written by a newer Stowage (record version {}, this one writes {SCHEMA}); \
+                     change it from a node that runs that version",
+                    self.schema
+                ),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -173,6 +345,9 @@ pub struct CopyProgress {
 pub struct Volume {
     pub name: String,
     pub driver: String,
+    /// The node whose storage holds its data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
     pub options: Options,
     pub labels: BTreeMap<String, String>,
     #[serde(with = "time::serde::rfc3339")]
@@ -219,6 +394,7 @@ impl Volume {
         Volume {
             name: name.to_string(),
             driver: String::new(),
+            node: None,
             options: Options::new(),
             labels: BTreeMap::new(),
             created_at: OffsetDateTime::UNIX_EPOCH,
@@ -274,6 +450,8 @@ impl VolumeSummary<'_> {
 /// unparsed, which makes a list of many volumes several times cheaper.
 #[derive(Deserialize)]
 pub(crate) struct RecordHead {
+    #[serde(default = "schema_1")]
+    pub schema: u32,
     pub id: String,
     pub name: String,
     pub driver: String,
@@ -282,13 +460,30 @@ pub(crate) struct RecordHead {
     /// Kept as the record writes it (RFC 3339), which is what a summary
     /// shows: not parsed only to be formatted again.
     pub created_at: String,
-    #[serde(default)]
-    pub consumers: BTreeSet<String>,
     pub state: VolumeState,
     #[serde(default)]
-    pub device: Option<serde::de::IgnoredAny>,
-    #[serde(default)]
     pub size_bytes: Option<u64>,
+    /// Version 1 kept this node's use in the record itself.
+    #[serde(default, rename = "consumers")]
+    legacy_consumers: Vec<serde::de::IgnoredAny>,
+    #[serde(default, rename = "device")]
+    legacy_device: Option<serde::de::IgnoredAny>,
+}
+
+/// The part of this node's facts about a volume that a summary needs.
+#[derive(Deserialize)]
+pub(crate) struct FactsHead {
+    pub id: String,
+    #[serde(default)]
+    consumers: Vec<serde::de::IgnoredAny>,
+    #[serde(default)]
+    device: Option<serde::de::IgnoredAny>,
+}
+
+impl FactsHead {
+    pub(crate) fn from_json(bytes: &[u8]) -> std::result::Result<Self, String> {
+        serde_json::from_slice(bytes).map_err(|e| format!("node facts: {e}"))
+    }
 }
 
 impl RecordHead {
@@ -296,8 +491,20 @@ impl RecordHead {
         serde_json::from_slice(bytes).map_err(|e| format!("volume record: {e}"))
     }
 
-    pub(crate) fn in_use(&self) -> bool {
-        !self.consumers.is_empty() || self.device.is_some()
+    /// How many consumers hold the volume on this node, and whether
+    /// anything does, given this node's facts about it.
+    pub(crate) fn use_here(&self, facts: Option<&FactsHead>) -> (usize, bool) {
+        match facts {
+            Some(f) if f.id == self.id => (
+                f.consumers.len(),
+                !f.consumers.is_empty() || f.device.is_some(),
+            ),
+            _ if self.schema < 2 => (
+                self.legacy_consumers.len(),
+                !self.legacy_consumers.is_empty() || self.legacy_device.is_some(),
+            ),
+            _ => (0, false),
+        }
     }
 }
 
@@ -393,9 +600,11 @@ mod tests {
     fn filters_parse_and_match() {
         let f = VolumeFilter::parse(["driver=local", "label=env=prod", "dangling=true"]).unwrap();
         let mut rec = VolumeRecord {
+            schema: SCHEMA,
             id: "i".into(),
             name: VolumeName::parse("v").unwrap(),
             driver: "local".into(),
+            node: None,
             options: Options::new(),
             labels: [("env".to_string(), "prod".to_string())].into(),
             created_at: OffsetDateTime::UNIX_EPOCH,
@@ -419,8 +628,56 @@ mod tests {
     #[test]
     fn record_round_trips_and_tolerates_missing_fields() {
         let json = br#"{"id":"x","name":"v","driver":"local","created_at":"2026-11-22T00:00:00Z","state":"ready"}"#;
-        let rec = VolumeRecord::from_json(json).unwrap();
+        let mut rec = VolumeRecord::from_parts(json, None).unwrap();
         assert!(rec.consumers.is_empty());
-        assert_eq!(VolumeRecord::from_json(&rec.to_json()).unwrap(), rec);
+        assert_eq!(rec.facts_json(), None, "no facts to keep");
+        rec.schema = SCHEMA;
+        assert_eq!(
+            VolumeRecord::from_parts(&rec.spec_json(), None).unwrap(),
+            rec
+        );
+        rec.consumers.insert("c1".into());
+        let facts = rec.facts_json().unwrap();
+        let back = VolumeRecord::from_parts(&rec.spec_json(), Some(&facts)).unwrap();
+        assert_eq!(back, rec);
+        assert!(!String::from_utf8(rec.spec_json()).unwrap().contains("c1"));
+    }
+
+    #[test]
+    fn facts_of_another_volume_of_the_same_name_are_not_its_own() {
+        let mut rec = VolumeRecord::from_parts(
+            br#"{"schema":2,"id":"x","name":"v","driver":"local","created_at":"2026-11-22T00:00:00Z","state":"ready"}"#,
+            None,
+        )
+        .unwrap();
+        rec.consumers.insert("c1".into());
+        let facts = rec.facts_json().unwrap();
+        rec.id = "y".into();
+        let other = VolumeRecord::from_parts(&rec.spec_json(), Some(&facts)).unwrap();
+        assert!(other.consumers.is_empty());
+    }
+
+    #[test]
+    fn a_version_1_record_keeps_the_facts_it_holds_until_rewritten() {
+        let v1 = br#"{"id":"x","name":"v","driver":"local","created_at":"2026-11-22T00:00:00Z","state":"ready","consumers":["c1"],"device":{"read_only":false,"stagings":["/s"]}}"#;
+        let rec = VolumeRecord::from_parts(v1, None).unwrap();
+        assert_eq!(rec.schema, 1);
+        assert!(rec.consumers.contains("c1") && rec.device.is_some());
+        let spec = String::from_utf8(rec.spec_json()).unwrap();
+        assert!(
+            !spec.contains("c1") && spec.contains("\"schema\":2"),
+            "{spec}"
+        );
+        assert!(rec.facts_json().is_some());
+        let head = RecordHead::from_json(v1).unwrap();
+        assert_eq!(head.use_here(None), (1, true));
+    }
+
+    #[test]
+    fn a_record_of_a_newer_version_is_not_rewritten() {
+        let v9 = br#"{"schema":9,"id":"x","name":"v","driver":"local","created_at":"2026-11-22T00:00:00Z","state":"ready","quota":{"new":"field"}}"#;
+        let rec = VolumeRecord::from_parts(v9, None).unwrap();
+        let err = rec.refuse_newer_schema().unwrap_err().to_string();
+        assert!(err.contains("newer Stowage"), "{err}");
     }
 }

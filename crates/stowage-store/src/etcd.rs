@@ -84,7 +84,8 @@ impl EtcdConfig {
 }
 
 pub struct EtcdStore {
-    runtime: Runtime,
+    /// Taken only by `drop`.
+    runtime: Option<Runtime>,
     client: Client,
     /// For lists: it takes answers larger than gRPC's default 4 MiB.
     kv: KvClient,
@@ -168,7 +169,7 @@ impl EtcdStore {
             Ok::<_, StoreError>(client)
         })?;
         Ok(EtcdStore {
-            runtime,
+            runtime: Some(runtime),
             kv: client.kv_client().max_decoding_message_size(MAX_ANSWER),
             client,
             prefix: config.prefix.clone(),
@@ -192,7 +193,7 @@ impl EtcdStore {
         let (tx, rx) = mpsc::sync_channel(1);
         let timeout = self.timeout;
         let fut = f(client.clone());
-        self.runtime.spawn(async move {
+        self.runtime().spawn(async move {
             let out = match tokio::time::timeout(timeout, fut).await {
                 Ok(result) => result.map_err(|e| failed(e, request)),
                 Err(_) => Err(match request {
@@ -208,6 +209,12 @@ impl EtcdStore {
         });
         rx.recv()
             .unwrap_or_else(|_| Err(StoreError::Backend("the etcd client stopped".into())))
+    }
+
+    fn runtime(&self) -> &Runtime {
+        self.runtime
+            .as_ref()
+            .expect("the runtime lives as long as the store")
     }
 
     fn key(&self, collection: Collection, key: &str) -> String {
@@ -274,6 +281,16 @@ impl EtcdStore {
             items,
             revision: revision as Revision,
         })
+    }
+}
+
+impl Drop for EtcdStore {
+    /// Without waiting for the client's tasks: the store may be dropped on
+    /// an async thread, where a runtime cannot block.
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
     }
 }
 
@@ -414,7 +431,7 @@ impl Store for EtcdStore {
         })?;
         let (tx, rx) = mpsc::channel();
         let prefix = self.range(collection).0;
-        let task = self.runtime.spawn(async move {
+        let task = self.runtime().spawn(async move {
             let (_requests, mut responses) = stream.split();
             loop {
                 let batch = match responses.message().await {

@@ -39,7 +39,8 @@ pub enum Command {
 pub struct ServeArgs {
     /// TOML file with data_root, run_root, plugin_dir, docker_spec,
     /// csi_endpoint, csi_allowed_paths, node_id, overcommit_ratio,
-    /// space_reserve and space_check_interval; flags override it.
+    /// space_reserve, space_check_interval, store, etcd_ca, etcd_cert,
+    /// etcd_key, advertise and node_ttl; flags override it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Where volumes' data and the state database live [default: /var/lib/stowage].
@@ -85,6 +86,31 @@ pub struct ServeArgs {
     /// I/O errors (and when it stops); 0 never [default: 30].
     #[arg(long, value_name = "SECONDS")]
     pub space_check_interval: Option<u64>,
+    /// The state shared by the nodes of a cluster:
+    /// etcd://HOST:PORT[,HOST:PORT...], one endpoint per etcd member.
+    /// Without it the node keeps everything in its embedded SQLite store
+    /// and is a cluster of one. Each node keeps its own mounts in SQLite
+    /// under its data root either way.
+    #[arg(long, value_name = "URL", env = "STOWAGE_STORE")]
+    pub store: Option<String>,
+    /// The CA certificate etcd's certificate is signed by (PEM): etcd is
+    /// then reached over TLS.
+    #[arg(long, value_name = "FILE")]
+    pub etcd_ca: Option<PathBuf>,
+    /// This node's client certificate for etcd (PEM), when etcd asks for one.
+    #[arg(long, value_name = "FILE", requires = "etcd_key")]
+    pub etcd_cert: Option<PathBuf>,
+    /// The key of --etcd-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "etcd_cert")]
+    pub etcd_key: Option<PathBuf>,
+    /// The address other nodes reach this one at (HOST or HOST:PORT),
+    /// shown by `node ls`.
+    #[arg(long, value_name = "ADDR")]
+    pub advertise: Option<String>,
+    /// Seconds this node's lease lasts without renewal: a node silent for
+    /// longer is down, and its exclusive attachments are released [default: 10].
+    #[arg(long, value_name = "SECONDS")]
+    pub node_ttl: Option<u64>,
 }
 
 #[derive(Subcommand, Debug)]

@@ -11,8 +11,9 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use rustix::fs::{flock, FlockOperation};
 use serde::Deserialize;
+use stowage_core::store::Store;
 use stowage_core::{CallerPaths, Layout, SpacePolicy, VolumeService};
-use stowage_store::SqliteStore;
+use stowage_store::{EtcdConfig, EtcdStore, EtcdTls, SqliteStore};
 use stowage_sys::LinuxSys;
 use tokio::net::UnixListener;
 use tracing::info;
@@ -43,7 +44,23 @@ pub struct Config {
     pub space_reserve: Option<String>,
     /// Seconds between checks of the sized volumes' space; 0: none.
     pub space_check_interval: u64,
+    /// `etcd://HOST:PORT[,...]`: the cluster's shared store; the embedded
+    /// SQLite store if unset.
+    pub store: Option<String>,
+    pub etcd_ca: Option<PathBuf>,
+    pub etcd_cert: Option<PathBuf>,
+    pub etcd_key: Option<PathBuf>,
+    /// Where other nodes reach this one.
+    pub advertise: Option<String>,
+    /// Seconds the node's lease lasts without renewal.
+    pub node_ttl: u64,
 }
+
+/// Where Stowage's keys live in etcd.
+const ETCD_PREFIX: &str = "/stowage/";
+/// The deadline of every etcd request: a write that misses it is
+/// reported as indeterminate, never as failed.
+const ETCD_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The plugin socket's file name; Docker names the driver after it.
 pub const PLUGIN_SOCKET: &str = "stowage.sock";
@@ -63,6 +80,12 @@ impl Default for Config {
             overcommit_ratio: 1.0,
             space_reserve: None,
             space_check_interval: 30,
+            store: None,
+            etcd_ca: None,
+            etcd_cert: None,
+            etcd_key: None,
+            advertise: None,
+            node_ttl: 10,
         }
     }
 }
@@ -108,6 +131,33 @@ impl Config {
         if let Some(s) = args.space_check_interval {
             config.space_check_interval = s;
         }
+        for (flag, value) in [
+            (&args.store, &mut config.store),
+            (&args.advertise, &mut config.advertise),
+        ] {
+            if let Some(v) = flag {
+                *value = Some(v.clone());
+            }
+        }
+        for (flag, value) in [
+            (&args.etcd_ca, &mut config.etcd_ca),
+            (&args.etcd_cert, &mut config.etcd_cert),
+            (&args.etcd_key, &mut config.etcd_key),
+        ] {
+            if let Some(v) = flag {
+                *value = Some(v.clone());
+            }
+        }
+        if let Some(t) = args.node_ttl {
+            config.node_ttl = t;
+        }
+        if !(2..=3600).contains(&config.node_ttl) {
+            bail!(
+                "the node TTL must be between 2 and 3600 seconds, got {}",
+                config.node_ttl
+            );
+        }
+        config.etcd()?;
         if !(config.overcommit_ratio >= 1.0 && config.overcommit_ratio.is_finite()) {
             bail!(
                 "the overcommit ratio must be a number of at least 1, got {}",
@@ -132,6 +182,38 @@ impl Config {
 }
 
 impl Config {
+    /// How to reach etcd, when the cluster's store is etcd.
+    pub fn etcd(&self) -> Result<Option<EtcdConfig>> {
+        let Some(url) = &self.store else {
+            if self.etcd_ca.is_some() || self.etcd_cert.is_some() {
+                bail!("etcd certificates are given, but no etcd store (--store etcd://...)");
+            }
+            return Ok(None);
+        };
+        let tls = match (&self.etcd_ca, &self.etcd_cert, &self.etcd_key) {
+            (Some(ca), cert, key) => {
+                if cert.is_some() != key.is_some() {
+                    bail!("an etcd client certificate needs its key, and a key its certificate");
+                }
+                Some(EtcdTls {
+                    ca: ca.clone(),
+                    cert: cert.clone(),
+                    key: key.clone(),
+                })
+            }
+            (None, None, None) => None,
+            (None, _, _) => bail!("an etcd client certificate needs the CA (--etcd-ca) too"),
+        };
+        let endpoints =
+            EtcdConfig::parse_endpoints(url, tls.is_some()).map_err(|e| anyhow::anyhow!(e))?;
+        Ok(Some(EtcdConfig {
+            endpoints,
+            tls,
+            prefix: ETCD_PREFIX.into(),
+            timeout: ETCD_TIMEOUT,
+        }))
+    }
+
     /// How far the data root may be promised.
     pub fn space_policy(&self) -> Result<SpacePolicy> {
         let reserve_bytes = match &self.space_reserve {
@@ -295,8 +377,22 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     info!(data_root = %layout.data_root.display(), run_root = %layout.run_root.display(),
           plugin_dir = %config.plugin_dir.display(), "starting stowage");
 
-    let store = SqliteStore::open(&layout.database())
-        .with_context(|| format!("opening the store {}", layout.database().display()))?;
+    let local: Arc<dyn Store> = Arc::new(
+        SqliteStore::open(&layout.database())
+            .with_context(|| format!("opening the store {}", layout.database().display()))?,
+    );
+    let store: Arc<dyn Store> = match config.etcd()? {
+        None => local.clone(),
+        Some(etcd) => {
+            let endpoints = etcd.endpoints.join(",");
+            // The etcd client runs on a runtime of its own, started here.
+            let connected = tokio::task::spawn_blocking(move || EtcdStore::connect(&etcd))
+                .await?
+                .with_context(|| format!("connecting to etcd at {endpoints}"))?;
+            info!(endpoints = %endpoints, "the cluster's store is etcd");
+            Arc::new(connected)
+        }
+    };
     let sys = Arc::new(LinuxSys);
     let drivers = stowage_drivers::builtin(sys.clone(), &layout);
     let node_id = match &config.node_id {
@@ -314,7 +410,8 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         caller_paths = caller_paths.protecting(dir.to_path_buf());
     }
     let service = Arc::new(
-        VolumeService::new(Arc::new(store), drivers, sys, layout.clone())
+        VolumeService::new(store, drivers, sys, layout.clone())
+            .with_local_store(local)
             .with_node_id(node_id)
             .with_caller_paths(caller_paths)
             .with_space_policy(config.space_policy()?),

@@ -30,6 +30,7 @@ impl VolumeService {
                 node: node.to_string(),
             });
         }
+        loaded.record.refuse_away_from_home(node)?;
         let attachments = &loaded.record.attachments;
         match attachments.get(node) {
             Some(existing) if *existing == how => return Ok(()),

@@ -18,7 +18,7 @@ impl VolumeService {
     fn resize_inner(&self, name: &str, size: u64) -> Result<Volume> {
         let name = VolumeName::parse(name)?;
         let _guard = self.locks.lock(name.as_str());
-        let mut loaded = self.load_ready(&name)?;
+        let mut loaded = self.load_here(&name)?;
         let driver = self.drivers.get(&loaded.record.driver)?.clone();
         // A volume without a size gets one where its driver can enforce
         // it (a subvolume's limit); other drivers refuse.

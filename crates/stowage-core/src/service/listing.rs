@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use super::VolumeService;
 use crate::error::Result;
 use crate::store::{Collection, Revision};
-use crate::volume::{RecordHead, VolumeFilter, VolumeState, VolumeSummary};
+use crate::volume::{FactsHead, RecordHead, VolumeFilter, VolumeState, VolumeSummary};
 
 /// Past this many changed records, one list of the whole collection is
 /// cheaper than reading them one by one.
@@ -43,31 +43,34 @@ impl VolumeService {
         f: impl FnOnce(&[VolumeSummary<'_>]) -> T,
     ) -> Result<T> {
         let mounted = self.stacked_mounts(&self.mount_table()?);
+        let facts = self.facts_heads()?;
         let mut cache = self.heads.lock().unwrap_or_else(|e| e.into_inner());
         self.refresh_heads(&mut cache)?;
         let mut out = Vec::new();
         for c in cache.iter() {
-            match &c.head {
-                Some(h) if filter.matches_parts(&h.driver, &h.labels, h.in_use()) => {
+            let Some(h) = &c.head else {
+                if filter.matches_unknown() {
                     out.push(VolumeSummary {
-                        name: Cow::Borrowed(&h.name),
-                        driver: Cow::Borrowed(&h.driver),
-                        status: h.state,
-                        consumers: h.consumers.len(),
-                        mounted: mounted.contains_key(&h.id),
-                        created_at: Cow::Borrowed(&h.created_at),
-                    })
+                        name: Cow::Borrowed(&c.key),
+                        driver: Cow::Borrowed(""),
+                        status: VolumeState::Corrupt,
+                        consumers: 0,
+                        mounted: false,
+                        created_at: Cow::Borrowed(UNKNOWN_TIME),
+                    });
                 }
-                Some(_) => {}
-                None if filter.matches_unknown() => out.push(VolumeSummary {
-                    name: Cow::Borrowed(&c.key),
-                    driver: Cow::Borrowed(""),
-                    status: VolumeState::Corrupt,
-                    consumers: 0,
-                    mounted: false,
-                    created_at: Cow::Borrowed(UNKNOWN_TIME),
-                }),
-                None => {}
+                continue;
+            };
+            let (consumers, in_use) = h.use_here(facts.get(h.name.as_str()));
+            if filter.matches_parts(&h.driver, &h.labels, in_use) {
+                out.push(VolumeSummary {
+                    name: Cow::Borrowed(&h.name),
+                    driver: Cow::Borrowed(&h.driver),
+                    status: h.state,
+                    consumers,
+                    mounted: mounted.contains_key(&h.id),
+                    created_at: Cow::Borrowed(&h.created_at),
+                })
             }
         }
         // Already in order when keys are names, as they are: a check then.
@@ -80,6 +83,16 @@ impl VolumeService {
         self.with_summaries(filter, |s| {
             s.iter().cloned().map(VolumeSummary::into_owned).collect()
         })
+    }
+
+    /// The heads of this node's facts, by volume name: few, as only the
+    /// volumes in use here have any.
+    fn facts_heads(&self) -> Result<std::collections::HashMap<String, FactsHead>> {
+        Ok(
+            (self.local.list(Collection::NodeVolumes)?.items.into_iter())
+                .filter_map(|v| Some((v.key, FactsHead::from_json(&v.value).ok()?)))
+                .collect(),
+        )
     }
 
     /// The names of volumes with a size, from the heads.

@@ -67,7 +67,7 @@ impl VolumeService {
         logged("stage", name, || {
             let (name, consumer) = staging_call(&self.caller_paths, name, staging)?;
             let _guard = self.locks.lock(name.as_str());
-            let mut loaded = self.load_ready(&name)?;
+            let mut loaded = self.load_here(&name)?;
             let volume = self.shown(&loaded.record)?;
             match self.mount_at(staging)? {
                 Some(m) if volume.is_some_and(|v| v.at(&m)) => {
@@ -98,7 +98,7 @@ impl VolumeService {
             let name = VolumeName::parse(name)?;
             self.caller_paths.check("staging path", staging)?;
             let _guard = self.locks.lock(name.as_str());
-            let mut loaded = self.load_ready(&name)?;
+            let mut loaded = self.load_here(&name)?;
             let precondition = |reason: String| Error::Precondition {
                 name: name.to_string(),
                 reason,
@@ -193,7 +193,7 @@ impl VolumeService {
         logged("unstage", name, || {
             let (name, consumer) = staging_call(&self.caller_paths, name, staging)?;
             let _guard = self.locks.lock(name.as_str());
-            let mut loaded = self.load_ready(&name)?;
+            let mut loaded = self.load_here(&name)?;
             let device_staged =
                 (loaded.record.device.as_ref()).is_some_and(|d| d.stagings.contains(staging));
             if device_staged {

@@ -9,7 +9,7 @@ use tracing::{info, warn};
 use super::{Loaded, VolumeService};
 use crate::error::{Error, Result};
 use crate::snapshot::SnapshotRecord;
-use crate::volume::VolumeState;
+use crate::volume::{VolumeState, SCHEMA};
 
 /// What reconciliation found and did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -24,6 +24,8 @@ pub struct ReconcileReport {
     /// Raw device stagings whose device node binding was gone (detached
     /// by a reboot, or interrupted), forgotten.
     pub device_stagings_dropped: usize,
+    /// Records of an older version rewritten in the current one.
+    pub records_upgraded: usize,
     /// Snapshots whose creation was rolled back or removal finished.
     pub snapshots_finished: usize,
     /// Volumes that could not be brought in line, with the reason. They are
@@ -71,6 +73,10 @@ impl VolumeService {
             }
         }
         for loaded in listing.records {
+            // Another node's volume: that node reconciles it.
+            if !loaded.record.is_home(&self.node_id) {
+                continue;
+            }
             report.volumes += 1;
             let name = loaded.record.name.to_string();
             let _guard = self.locks.lock(&name);
@@ -186,6 +192,13 @@ impl VolumeService {
                     reason: "its state says corrupt".into(),
                 })
             }
+        }
+        if loaded.record.schema < SCHEMA {
+            // Written before specs and node facts were stored apart:
+            // rewritten as both, in one transaction on one store.
+            self.save(&mut loaded)?;
+            loaded.record.schema = SCHEMA;
+            report.records_upgraded += 1;
         }
         self.reconcile_device(&mut loaded, report)?;
         let have = stacked.get(&loaded.record.id).copied().unwrap_or(0);

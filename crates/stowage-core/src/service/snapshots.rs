@@ -47,7 +47,7 @@ impl VolumeService {
             }
             return Ok(Snapshot::from(r));
         }
-        let source = self.load_ready(&volume)?.record;
+        let source = self.load_here(&volume)?.record;
         let driver = self.drivers.get(&source.driver)?.clone();
         // A snapshot may diverge from its volume all the way: it is a
         // promise of the volume's whole size.

@@ -107,10 +107,11 @@ fn mounts(sys: &RecordingSys) -> Vec<PathBuf> {
 }
 
 fn record(store: &MemoryStore, name: &str) -> Option<VolumeRecord> {
+    let facts = store.get(Collection::NodeVolumes, name).unwrap();
     store
         .get(Collection::Volumes, name)
         .unwrap()
-        .map(|v| VolumeRecord::from_json(&v.value).unwrap())
+        .map(|v| VolumeRecord::from_parts(&v.value, facts.as_ref().map(|f| &f.value[..])).unwrap())
 }
 
 #[test]
@@ -265,16 +266,25 @@ fn prune_removes_only_unused_volumes() {
 /// Rewrites a stored record as a crash would have left it.
 fn crash_state(store: &MemoryStore, name: &str, edit: impl FnOnce(&mut VolumeRecord)) {
     let v = store.get(Collection::Volumes, name).unwrap().unwrap();
-    let mut r = VolumeRecord::from_json(&v.value).unwrap();
+    let facts = store.get(Collection::NodeVolumes, name).unwrap();
+    let mut r = VolumeRecord::from_parts(&v.value, facts.as_ref().map(|f| &f.value[..])).unwrap();
     edit(&mut r);
-    store
-        .put(
-            Collection::Volumes,
-            name,
-            &r.to_json(),
-            Precondition::Revision(v.revision),
-        )
-        .unwrap();
+    let mut ops = vec![Op::put(
+        Collection::Volumes,
+        name,
+        r.spec_json(),
+        Precondition::Revision(v.revision),
+    )];
+    let expect = facts.map_or(Precondition::Absent, |f| Precondition::Revision(f.revision));
+    match r.facts_json() {
+        Some(new) => ops.push(Op::put(Collection::NodeVolumes, name, new, expect)),
+        None => {
+            if let Precondition::Revision(rev) = expect {
+                ops.push(Op::delete(Collection::NodeVolumes, name, rev));
+            }
+        }
+    }
+    store.commit(ops, Durability::Host).unwrap();
 }
 
 #[test]
@@ -342,6 +352,7 @@ fn reconcile_finishes_or_rolls_back_each_half_done_operation() {
             mounts_restored: 1,
             stale_mounts_removed: 4,
             device_stagings_dropped: 0,
+            records_upgraded: 0,
             snapshots_finished: 0,
             failures: vec![],
             orphans: vec![],
@@ -654,4 +665,83 @@ fn summaries_follow_every_change() {
         f.svc.remove(&format!("v{i:03}"), false).unwrap();
     }
     agree(&f.svc);
+}
+
+#[test]
+fn a_version_1_record_is_rewritten_as_spec_and_facts_and_keeps_its_mount() {
+    let f = fixture();
+    f.svc.create(req("old")).unwrap();
+    let path = f.svc.mount("old", "c1").unwrap();
+    // As version 1 stored it: the consumers in the record, no facts apart.
+    let spec = f.store.get(Collection::Volumes, "old").unwrap().unwrap();
+    let facts = f
+        .store
+        .get(Collection::NodeVolumes, "old")
+        .unwrap()
+        .unwrap();
+    let mut v1: serde_json::Value = serde_json::from_slice(&spec.value).unwrap();
+    v1.as_object_mut().unwrap().remove("schema");
+    v1["consumers"] = serde_json::json!(["c1"]);
+    f.store
+        .commit(
+            vec![
+                Op::put(
+                    Collection::Volumes,
+                    "old",
+                    serde_json::to_vec(&v1).unwrap(),
+                    Precondition::Revision(spec.revision),
+                ),
+                Op::delete(Collection::NodeVolumes, "old", facts.revision),
+            ],
+            Durability::Host,
+        )
+        .unwrap();
+
+    let svc = service(&f.sys, &f.store);
+    let report = svc.reconcile().unwrap();
+    assert_eq!(report.records_upgraded, 1);
+    assert_eq!(report.stale_mounts_removed, 0, "{report:?}");
+    assert!(mounts(&f.sys).contains(&path));
+    let spec = f.store.get(Collection::Volumes, "old").unwrap().unwrap();
+    let spec = String::from_utf8(spec.value).unwrap();
+    assert!(
+        spec.contains("\"schema\":2") && !spec.contains("c1"),
+        "{spec}"
+    );
+    assert!(f
+        .store
+        .get(Collection::NodeVolumes, "old")
+        .unwrap()
+        .is_some());
+    assert_eq!(svc.inspect("old").unwrap().consumers, ["c1"]);
+}
+
+#[test]
+fn a_nodes_facts_live_in_its_own_store() {
+    let sys = Arc::new(RecordingSys::new());
+    let (cluster, local) = (Arc::new(MemoryStore::new()), Arc::new(MemoryStore::new()));
+    let svc = service(&sys, &cluster).with_local_store(local.clone());
+    svc.reconcile().unwrap();
+    svc.create(req("v")).unwrap();
+    svc.mount("v", "c1").unwrap();
+    let spec = cluster.get(Collection::Volumes, "v").unwrap().unwrap();
+    assert!(!String::from_utf8(spec.value).unwrap().contains("c1"));
+    assert!(cluster.get(Collection::NodeVolumes, "v").unwrap().is_none());
+    assert!(local.get(Collection::NodeVolumes, "v").unwrap().is_some());
+    assert!(local.get(Collection::Volumes, "v").unwrap().is_none());
+    assert_eq!(svc.inspect("v").unwrap().consumers, ["c1"]);
+    let listed = svc.list_summaries(&VolumeFilter::default()).unwrap();
+    assert_eq!(listed[0].consumers, 1);
+
+    // A restart finds its consumers in its own store, and keeps the mount.
+    let again = service(&sys, &cluster).with_local_store(local.clone());
+    assert_eq!(again.reconcile().unwrap().stale_mounts_removed, 0);
+    again.unmount("v", "c1").unwrap();
+    again.remove("v", false).unwrap();
+    assert!(cluster.list(Collection::Volumes).unwrap().items.is_empty());
+    assert!(local
+        .list(Collection::NodeVolumes)
+        .unwrap()
+        .items
+        .is_empty());
 }

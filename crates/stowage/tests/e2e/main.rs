@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod block;
+mod cluster;
 mod corrupt;
 mod crash;
 mod escape;
