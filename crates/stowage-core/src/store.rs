@@ -30,13 +30,16 @@ pub enum Collection {
     /// One node's facts about its use of volumes, by volume name: kept in
     /// that node's own store.
     NodeVolumes,
+    /// What a node's own store says of the node itself.
+    Node,
 }
 
 impl Collection {
-    pub const ALL: [Collection; 3] = [
+    pub const ALL: [Collection; 4] = [
         Collection::Volumes,
         Collection::Snapshots,
         Collection::NodeVolumes,
+        Collection::Node,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -44,6 +47,7 @@ impl Collection {
             Collection::Volumes => "volumes",
             Collection::Snapshots => "snapshots",
             Collection::NodeVolumes => "node-volumes",
+            Collection::Node => "node",
         }
     }
 

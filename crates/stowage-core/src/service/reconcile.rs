@@ -7,6 +7,10 @@ use stowage_sys::exists_ok;
 use tracing::{info, warn};
 
 use super::{Loaded, VolumeService};
+use crate::store::{Collection, Precondition};
+
+/// The key of the node's own name in its own store.
+const IDENTITY: &str = "identity";
 use crate::error::{Error, Result};
 use crate::snapshot::SnapshotRecord;
 use crate::volume::{VolumeState, SCHEMA};
@@ -51,6 +55,7 @@ impl VolumeService {
                 .map_err(Error::io("create directory", &dir))?;
         }
         self.refuse_lost_store()?;
+        self.claim_data_root()?;
         // Read once: each step below changes only its own volume's mounts.
         let stacked = self.stacked_mounts(&self.mount_table()?);
         let mut presented = HashSet::new();
@@ -127,7 +132,7 @@ impl VolumeService {
     /// database. Starting on it would forget every volume and tear down
     /// mounts in use as stale.
     fn refuse_lost_store(&self) -> Result<()> {
-        if self.store.revision()? != 0 {
+        if self.local.revision()? != 0 {
             return Ok(());
         }
         let found = self.data_entries()?;
@@ -138,6 +143,30 @@ impl VolumeService {
                 entries: found.len(),
                 example: first.clone(),
             }),
+        }
+    }
+
+    /// Records in this node's own store which node its data root belongs
+    /// to, and refuses to start under another name: the volumes there
+    /// are homed on that node, and another would take them for foreign.
+    /// The record also means the node's store has been written, for
+    /// [`Self::refuse_lost_store`] at the next start.
+    fn claim_data_root(&self) -> Result<()> {
+        let c = Collection::Node;
+        match self.local.get(c, IDENTITY)? {
+            Some(v) if v.value == self.node_id.as_bytes() => Ok(()),
+            Some(v) => Err(Error::InvalidRequest(format!(
+                "the data root {} belongs to node {:?}, not {:?}: start it with --node-id {}",
+                self.layout.data_root.display(),
+                String::from_utf8_lossy(&v.value),
+                self.node_id,
+                String::from_utf8_lossy(&v.value),
+            ))),
+            None => {
+                let id = self.node_id.as_bytes();
+                self.local.put(c, IDENTITY, id, Precondition::Absent)?;
+                Ok(())
+            }
         }
     }
 

@@ -121,3 +121,24 @@ fn an_etcd_that_cannot_be_reached_stops_the_start_with_a_reason() {
     // Nothing listens: no socket was bound before the store answered.
     assert!(!dir.path().join("run/stowage.sock").exists());
 }
+
+#[test]
+fn a_data_root_starts_only_under_the_node_name_it_was_first_given() {
+    let mut d = Daemon::start_with(BIN, &["--node-id", "first"]);
+    d.ok(&["volume", "create", "homed"]);
+    d.stop();
+    let out = std::process::Command::new(BIN)
+        .arg("serve")
+        .arg("--data-root")
+        .arg(&d.data)
+        .arg("--run-root")
+        .arg(&d.run)
+        .args(["--node-id", "second"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = stderr_of(&out);
+    assert!(err.contains("belongs to node \"first\""), "{err}");
+    d.spawn();
+    assert_eq!(d.inspect("homed")["node"], "first");
+}
