@@ -214,6 +214,7 @@ async fn create(State(svc): State<Svc>, PluginBody(req): PluginBody<CreateBody>)
         labels: BTreeMap::new(),
         from_snapshot,
         clone_of,
+        ..Default::default()
     };
     call(svc, move |s| s.create(request), |_| json!({ "Err": "" })).await
 }

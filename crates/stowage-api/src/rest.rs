@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use stowage_core::options::parse_size;
 use stowage_core::{
-    CreateRequest, Error, Snapshot, SnapshotRequest, Volume, VolumeFilter, VolumeService,
+    CreateRequest, Error, Node, Snapshot, SnapshotRequest, Volume, VolumeFilter, VolumeService,
 };
 
 use crate::DoorError;
@@ -60,6 +60,15 @@ pub fn routes() -> Vec<Route> {
             Method::DELETE,
             "/v1/snapshots/{name}",
             delete(remove_snapshot),
+        ),
+        route(Method::GET, "/v1/nodes", get(list_nodes)),
+        route(Method::GET, "/v1/nodes/{name}", get(inspect_node)),
+        route(Method::DELETE, "/v1/nodes/{name}", delete(remove_node)),
+        route(Method::POST, "/v1/nodes/{name}/cordon", post(cordon_node)),
+        route(
+            Method::POST,
+            "/v1/nodes/{name}/uncordon",
+            post(uncordon_node),
         ),
     ]
 }
@@ -268,6 +277,13 @@ async fn remove(
     Name(name): Name,
     QueryPairs(params): QueryPairs,
 ) -> Result<StatusCode, ApiError> {
+    let force = force_flag(params)?;
+    blocking(move || svc.remove(&name, force)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The `force` query parameter, the only one a removal takes.
+fn force_flag(params: Vec<(String, String)>) -> Result<bool, ApiError> {
     let mut force = false;
     for (key, value) in params {
         match (key.as_str(), value.as_str()) {
@@ -280,8 +296,39 @@ async fn remove(
             }
         }
     }
-    blocking(move || svc.remove(&name, force)).await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(force)
+}
+
+async fn list_nodes(State(svc): State<Svc>) -> Result<Json<Vec<Node>>, ApiError> {
+    Ok(Json(blocking(move || svc.nodes()).await?))
+}
+
+async fn inspect_node(State(svc): State<Svc>, Name(id): Name) -> Result<Json<Node>, ApiError> {
+    Ok(Json(blocking(move || svc.node(&id)).await?))
+}
+
+async fn cordon_node(State(svc): State<Svc>, Name(id): Name) -> Result<Json<Node>, ApiError> {
+    Ok(Json(blocking(move || svc.cordon(&id, true)).await?))
+}
+
+async fn uncordon_node(State(svc): State<Svc>, Name(id): Name) -> Result<Json<Node>, ApiError> {
+    Ok(Json(blocking(move || svc.cordon(&id, false)).await?))
+}
+
+#[derive(Serialize)]
+struct NodeRemoved {
+    /// Volumes homed on the node, forgotten with it.
+    forgotten: Vec<String>,
+}
+
+async fn remove_node(
+    State(svc): State<Svc>,
+    Name(id): Name,
+    QueryPairs(params): QueryPairs,
+) -> Result<Json<NodeRemoved>, ApiError> {
+    let force = force_flag(params)?;
+    let forgotten = blocking(move || svc.remove_node(&id, force)).await?;
+    Ok(Json(NodeRemoved { forgotten }))
 }
 
 #[derive(Deserialize)]

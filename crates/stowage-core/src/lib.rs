@@ -10,6 +10,7 @@ pub mod error;
 pub mod layout;
 mod locks;
 pub mod name;
+pub mod node;
 pub mod options;
 pub mod ownership;
 pub mod service;
@@ -22,6 +23,7 @@ pub use error::{Error, ErrorKind, Result};
 pub use layout::Layout;
 pub use locks::{KeyGuard, KeyedLocks};
 pub use name::VolumeName;
+pub use node::{Node, NodeInfo, NodeState};
 pub use service::{
     CallerPaths, PathUsage, ReconcileReport, SpaceAccount, SpacePolicy, VolumeService,
 };

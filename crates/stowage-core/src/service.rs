@@ -14,6 +14,8 @@ mod attachments;
 mod capacity;
 mod confine;
 mod listing;
+mod nodes;
+mod placement;
 mod present;
 mod publish;
 mod reconcile;
@@ -80,6 +82,8 @@ pub struct VolumeService {
     /// The heads of volume records parsed so far, by key, with their
     /// revision: a list parses only what changed since.
     heads: listing::HeadCache,
+    /// This node's lease and what it publishes under it, once joined.
+    membership: Mutex<Option<nodes::Membership>>,
     /// Volumes last found at risk of running out of space: the log says
     /// when one becomes so and when it stops, not at every look.
     at_risk: Mutex<std::collections::BTreeSet<String>>,
@@ -169,6 +173,7 @@ impl VolumeService {
             caller_paths: CallerPaths::new(&layout),
             space: SpacePolicy::default(),
             heads: Default::default(),
+            membership: Mutex::default(),
             at_risk: Default::default(),
             layout,
         }
@@ -218,7 +223,7 @@ impl VolumeService {
         // consistent, and the source cannot vanish halfway.
         let mut keys = vec![name.to_string()];
         keys.extend(source_key);
-        let _guards = self.locks.lock_all(keys);
+        let guards = self.locks.lock_all(keys);
         let source = self.load_source(&req)?;
 
         let mut options = source
@@ -260,9 +265,6 @@ impl VolumeService {
         }
         if let Some(existing) = existing {
             let r = &existing.record;
-            if r.state != VolumeState::Ready {
-                return Err(busy(r));
-            }
             let what = if r.driver != driver.name() {
                 "driver"
             } else if r.options != options {
@@ -270,7 +272,16 @@ impl VolumeService {
             } else if r.labels != req.labels {
                 "labels"
             } else {
-                return self.view(r);
+                match r.state {
+                    VolumeState::Ready => return self.view(r),
+                    VolumeState::Pending => {
+                        // Asked of its home node before: wait with the
+                        // first caller, without the lock its maker takes.
+                        drop(guards);
+                        return self.wait_made(&name, &r.id, existing.revision);
+                    }
+                    _ => return Err(busy(r)),
+                }
             };
             return Err(Error::Conflict {
                 name: name.to_string(),
@@ -284,7 +295,8 @@ impl VolumeService {
                 )));
             }
         }
-        if let Some(size) = size {
+        let home = self.place(req.node.as_deref(), &req.node_selector)?;
+        if let Some(size) = size.filter(|_| home == self.node_id) {
             let now = driver.preallocated_bytes(&own, size)?;
             self.check_space(driver.as_ref(), size, now)?;
         }
@@ -293,7 +305,7 @@ impl VolumeService {
             id: uuid::Uuid::new_v4().simple().to_string(),
             name,
             driver: driver.name().to_string(),
-            node: Some(self.node_id.clone()),
+            node: Some(home.clone()),
             options,
             labels: req.labels,
             schema: crate::volume::SCHEMA,
@@ -305,6 +317,19 @@ impl VolumeService {
             attachments: Default::default(),
             device: None,
         };
+        if home != self.node_id {
+            if source.is_some() {
+                return Err(Error::InvalidRequest(format!(
+                    "a copy is made where its source's data is: create it on node {}",
+                    self.node_id
+                )));
+            }
+            drop(guards);
+            return self.request_remote(VolumeRecord {
+                state: VolumeState::Pending,
+                ..record
+            });
+        }
         if !driver.provisions_storage() {
             if source.is_some() {
                 return Err(driver.unsupported("clones and restores"));
@@ -317,20 +342,41 @@ impl VolumeService {
             return Ok(self.view_new(&self.insert(record)?.record));
         }
         let mut loaded = self.insert(record)?;
-        let made = match &source {
+        self.make_storage(&mut loaded, driver.as_ref(), source.as_ref())?;
+        Ok(self.view_new(&loaded.record))
+    }
+
+    /// Makes the storage of a volume recorded as being created (or as
+    /// pending, which is recorded as being created first), from `source`
+    /// if given, and records it ready; on failure, removes what was made
+    /// and the record.
+    fn make_storage(
+        &self,
+        loaded: &mut Loaded,
+        driver: &dyn Driver,
+        source: Option<&Copied>,
+    ) -> Result<()> {
+        if !driver.provisions_storage() {
+            loaded.record.state = VolumeState::Ready;
+            return self.save(loaded);
+        }
+        if loaded.record.state == VolumeState::Pending {
+            loaded.record.state = VolumeState::Creating;
+            self.save(loaded)?;
+        }
+        let made = match source {
             None => driver.create(&loaded.record),
-            Some(s) => self.copy_into(driver.as_ref(), &loaded.record, s),
+            Some(s) => self.copy_into(driver, &loaded.record, s),
         };
         if let Err(e) = made {
             if let Err(cleanup) = driver.remove(&loaded.record) {
                 warn!(volume = %loaded.record.name, error = %cleanup, "cleanup after failed create");
             }
-            self.erase_journaled(&loaded)?;
+            self.erase_journaled(loaded)?;
             return Err(e);
         }
         loaded.record.state = VolumeState::Ready;
-        self.save(&mut loaded)?;
-        Ok(self.view_new(&loaded.record))
+        self.save(loaded)
     }
 
     /// Loads the snapshot or volume a create copies from; it must be ready.
@@ -531,6 +577,10 @@ impl VolumeService {
         let name = VolumeName::parse(name)?;
         let _guard = self.locks.lock(name.as_str());
         let mut loaded = self.load(&name)?.ok_or_else(|| not_found(&name))?;
+        if loaded.record.state == VolumeState::Pending {
+            // Not made yet: withdrawing the request is the whole removal.
+            return self.erase(&loaded);
+        }
         loaded.record.refuse_away_from_home(&self.node_id)?;
         if loaded.record.state == VolumeState::Creating {
             // A create that failed and could not roll back: removing it is
@@ -1029,7 +1079,7 @@ impl VolumeService {
 }
 
 /// The current time, to the second: what `inspect` shows and RFC 3339 keeps.
-fn now_seconds() -> OffsetDateTime {
+pub(crate) fn now_seconds() -> OffsetDateTime {
     let now = OffsetDateTime::now_utc();
     now.replace_nanosecond(0).unwrap_or(now)
 }
@@ -1044,6 +1094,7 @@ fn busy(r: &VolumeRecord) -> Error {
     Error::Busy {
         name: r.name.to_string(),
         state: match r.state {
+            VolumeState::Pending => "waiting for its home node to make it",
             VolumeState::Creating => "still being created",
             VolumeState::Removing => "being removed",
             VolumeState::Ready => "busy",

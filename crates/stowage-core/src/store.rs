@@ -32,14 +32,24 @@ pub enum Collection {
     NodeVolumes,
     /// What a node's own store says of the node itself.
     Node,
+    /// Every node's durable record, by node id.
+    Nodes,
+    /// Every live node's proof of life, bound to its lease.
+    Liveness,
+    /// Why a node could not make a volume another node asked of it, by
+    /// volume name, for the asking node to report.
+    Failures,
 }
 
 impl Collection {
-    pub const ALL: [Collection; 4] = [
+    pub const ALL: [Collection; 7] = [
         Collection::Volumes,
         Collection::Snapshots,
         Collection::NodeVolumes,
         Collection::Node,
+        Collection::Nodes,
+        Collection::Liveness,
+        Collection::Failures,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -48,6 +58,9 @@ impl Collection {
             Collection::Snapshots => "snapshots",
             Collection::NodeVolumes => "node-volumes",
             Collection::Node => "node",
+            Collection::Nodes => "nodes",
+            Collection::Liveness => "alive",
+            Collection::Failures => "failures",
         }
     }
 

@@ -18,6 +18,9 @@ use crate::ownership::Presentation;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum VolumeState {
+    /// Asked of its home node, another than the one that was asked to
+    /// create it, which has not made it yet.
+    Pending,
     Creating,
     Ready,
     Removing,
@@ -309,6 +312,13 @@ pub struct CreateRequest {
     /// it is in use.
     #[serde(default)]
     pub clone_of: Option<String>,
+    /// The node whose storage holds it, or `any`: the ready node with the
+    /// most free space among those `node_selector` matches. This node if
+    /// neither is given.
+    #[serde(default)]
+    pub node: Option<String>,
+    #[serde(default)]
+    pub node_selector: BTreeMap<String, String>,
 }
 
 /// Capacity and use of a volume with a size.
@@ -455,6 +465,9 @@ pub(crate) struct RecordHead {
     pub id: String,
     pub name: String,
     pub driver: String,
+    /// The home node; `None` in version 1, whose home is this one.
+    #[serde(default)]
+    pub node: Option<String>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
     /// Kept as the record writes it (RFC 3339), which is what a summary

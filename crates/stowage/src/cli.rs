@@ -24,13 +24,16 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the Stowage daemon in the foreground.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Create, list, inspect, mount and remove volumes.
     #[command(subcommand)]
     Volume(VolumeCommand),
     /// Manage snapshots: point-in-time copies of volumes.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
+    /// List the nodes of the cluster, cordon them and remove them.
+    #[command(subcommand)]
+    Node(NodeCommand),
     /// Show the client's and the daemon's versions.
     Version,
 }
@@ -40,7 +43,7 @@ pub struct ServeArgs {
     /// TOML file with data_root, run_root, plugin_dir, docker_spec,
     /// csi_endpoint, csi_allowed_paths, node_id, overcommit_ratio,
     /// space_reserve, space_check_interval, store, etcd_ca, etcd_cert,
-    /// etcd_key, advertise and node_ttl; flags override it.
+    /// etcd_key, advertise, node_labels and node_ttl; flags override it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Where volumes' data and the state database live [default: /var/lib/stowage].
@@ -107,6 +110,10 @@ pub struct ServeArgs {
     /// shown by `node ls`.
     #[arg(long, value_name = "ADDR")]
     pub advertise: Option<String>,
+    /// A label of this node, KEY=VALUE, repeatable: what placement's
+    /// node selectors match.
+    #[arg(long = "node-label", value_name = "KEY=VALUE", value_parser = label)]
+    pub node_labels: Vec<(String, String)>,
     /// Seconds this node's lease lasts without renewal: a node silent for
     /// longer is down, and its exclusive attachments are released [default: 10].
     #[arg(long, value_name = "SECONDS")]
@@ -187,6 +194,35 @@ pub enum SnapshotCommand {
     },
 }
 
+#[derive(Subcommand, Debug)]
+pub enum NodeCommand {
+    /// List every node: its state (ready, cordoned, down), address, last
+    /// heartbeat, version, labels, space and volume count.
+    #[command(visible_alias = "list")]
+    Ls {
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Show nodes in detail, as JSON.
+    Inspect {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Stop placing new volumes on a node; those there stay.
+    Cordon { name: String },
+    /// Place new volumes on a cordoned node again.
+    Uncordon { name: String },
+    /// Forget a node that is down.
+    #[command(visible_alias = "remove")]
+    Rm {
+        /// Also forget the volumes whose data is on it (the data stays on
+        /// its disk); they are named.
+        #[arg(short, long)]
+        force: bool,
+        name: String,
+    },
+}
+
 #[derive(Args, Debug)]
 pub struct CreateArgs {
     /// Volume name: [a-zA-Z0-9][a-zA-Z0-9_.-]*, at most 128 bytes.
@@ -217,6 +253,14 @@ pub struct CreateArgs {
     /// it is in use.
     #[arg(long, value_name = "VOLUME")]
     pub clone_of: Option<String>,
+    /// The node whose storage holds the volume (local, tmpfs, bind and
+    /// block are node-local), or `any`: the ready node with the most free
+    /// space among those --node-selector matches [default: this node].
+    #[arg(long, value_name = "NODE")]
+    pub node: Option<String>,
+    /// With --node any: only nodes with this label KEY=VALUE, repeatable.
+    #[arg(long = "node-selector", value_name = "KEY=VALUE", value_parser = key_value)]
+    pub node_selector: Vec<(String, String)>,
     /// Set owner= to the uid:gid that owns PATH in IMAGE, as the engine's
     /// API reports it (for example mongo:/data/db).
     #[arg(long, value_name = "IMAGE:PATH")]

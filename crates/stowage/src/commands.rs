@@ -9,15 +9,17 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use hyper::Method;
 use serde_json::json;
-use stowage_core::{CopyProgress, Snapshot, Volume, VolumeState, VolumeSummary};
+use stowage_core::{CopyProgress, Node, NodeState, Snapshot, Volume, VolumeState, VolumeSummary};
 
-use crate::cli::{Cli, Command, CreateArgs, Format, ListArgs, SnapshotCommand, VolumeCommand};
+use crate::cli::{
+    Cli, Command, CreateArgs, Format, ListArgs, NodeCommand, SnapshotCommand, VolumeCommand,
+};
 use crate::client::{encode, Client};
 
 pub async fn run(cli: Cli) -> Result<ExitCode> {
     if let Command::Serve(args) = cli.command {
         init_logging();
-        crate::daemon::serve(args).await?;
+        crate::daemon::serve(*args).await?;
         return Ok(ExitCode::SUCCESS);
     }
     let client = Client::new(&cli.host)?;
@@ -26,6 +28,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Version => version(&client).await,
         Command::Volume(cmd) => volume(&client, cmd).await,
         Command::Snapshot(cmd) => snapshot(&client, cmd).await,
+        Command::Node(cmd) => node(&client, cmd).await,
     }
 }
 
@@ -36,6 +39,9 @@ fn init_logging() {
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
+        // A log that cannot be written (its disk full) must not stop an
+        // operation: reporting that failure on stderr again would panic.
+        .log_internal_errors(false)
         .init();
 }
 
@@ -103,6 +109,7 @@ async fn create(client: &Client, args: CreateArgs) -> Result<ExitCode> {
         options.insert("owner".to_string(), format!("{uid}:{gid}"));
     }
     let labels = unique("label", args.labels)?;
+    let node_selector = unique("node selector", args.node_selector)?;
     let body = json!({
         "name": args.name,
         "driver": args.driver,
@@ -110,6 +117,8 @@ async fn create(client: &Client, args: CreateArgs) -> Result<ExitCode> {
         "labels": labels,
         "from_snapshot": args.from_snapshot,
         "clone_of": args.clone_of,
+        "node": args.node,
+        "node_selector": node_selector,
     });
     let copying = args.from_snapshot.is_some() || args.clone_of.is_some();
     let made = format!("/v1/volumes/{}", encode(&args.name));
@@ -208,6 +217,7 @@ fn volume_table(volumes: &[VolumeSummary]) -> String {
 
 fn status_word(status: VolumeState) -> &'static str {
     match status {
+        VolumeState::Pending => "pending",
         VolumeState::Creating => "creating",
         VolumeState::Ready => "ready",
         VolumeState::Removing => "removing",
@@ -353,6 +363,82 @@ async fn snapshot(client: &Client, cmd: SnapshotCommand) -> Result<ExitCode> {
         }
         SnapshotCommand::Inspect { names } => inspect_each(client, "/v1/snapshots", names).await,
         SnapshotCommand::Rm { names } => remove_each(client, "/v1/snapshots", "", names).await,
+    }
+}
+
+async fn node(client: &Client, cmd: NodeCommand) -> Result<ExitCode> {
+    match cmd {
+        NodeCommand::Ls { format } => {
+            let nodes: Vec<Node> = client.call(Method::GET, "/v1/nodes", None).await?;
+            if format == Format::Json {
+                println!("{}", serde_json::to_string_pretty(&nodes)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let size = |b: Option<u64>| {
+                b.map(stowage_core::options::format_size)
+                    .unwrap_or("-".into())
+            };
+            let rows: Vec<[String; 8]> = nodes
+                .iter()
+                .map(|n| {
+                    let labels: Vec<String> =
+                        n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    [
+                        n.id.clone(),
+                        node_state_word(n.state).to_string(),
+                        n.address.clone().unwrap_or_else(|| "-".into()),
+                        rfc3339(n.last_heartbeat),
+                        n.version.clone(),
+                        format!("{}/{}", size(n.free_bytes), size(n.capacity_bytes)),
+                        n.volumes.to_string(),
+                        labels.join(","),
+                    ]
+                })
+                .collect();
+            let header = [
+                "NODE",
+                "STATE",
+                "ADDRESS",
+                "LAST HEARTBEAT",
+                "VERSION",
+                "FREE/SIZE",
+                "VOLUMES",
+                "LABELS",
+            ];
+            print!("{}", table(&header, &rows));
+            Ok(ExitCode::SUCCESS)
+        }
+        NodeCommand::Inspect { names } => inspect_each(client, "/v1/nodes", names).await,
+        NodeCommand::Cordon { name } => set_cordon(client, &name, "cordon").await,
+        NodeCommand::Uncordon { name } => set_cordon(client, &name, "uncordon").await,
+        NodeCommand::Rm { force, name } => {
+            let path = format!("/v1/nodes/{}?force={force}", encode(&name));
+            let removed: serde_json::Value = client.call(Method::DELETE, &path, None).await?;
+            let forgotten = removed["forgotten"].as_array().cloned().unwrap_or_default();
+            for v in &forgotten {
+                eprintln!(
+                    "forgot volume {} (its data stays on {name}'s disk)",
+                    v.as_str().unwrap_or("?")
+                );
+            }
+            println!("{name}");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn set_cordon(client: &Client, name: &str, action: &str) -> Result<ExitCode> {
+    let path = format!("/v1/nodes/{}/{action}", encode(name));
+    let node: Node = client.call(Method::POST, &path, None).await?;
+    println!("{} {}", node.id, node_state_word(node.state));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn node_state_word(state: NodeState) -> &'static str {
+    match state {
+        NodeState::Ready => "ready",
+        NodeState::Cordoned => "cordoned",
+        NodeState::Down => "down",
     }
 }
 

@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use rustix::fs::{flock, FlockOperation};
 use serde::Deserialize;
 use stowage_core::store::Store;
-use stowage_core::{CallerPaths, Layout, SpacePolicy, VolumeService};
+use stowage_core::{CallerPaths, Layout, NodeInfo, SpacePolicy, VolumeService};
 use stowage_store::{EtcdConfig, EtcdStore, EtcdTls, SqliteStore};
 use stowage_sys::LinuxSys;
 use tokio::net::UnixListener;
@@ -52,6 +52,8 @@ pub struct Config {
     pub etcd_key: Option<PathBuf>,
     /// Where other nodes reach this one.
     pub advertise: Option<String>,
+    /// What placement's node selectors match.
+    pub node_labels: std::collections::BTreeMap<String, String>,
     /// Seconds the node's lease lasts without renewal.
     pub node_ttl: u64,
 }
@@ -85,6 +87,7 @@ impl Default for Config {
             etcd_cert: None,
             etcd_key: None,
             advertise: None,
+            node_labels: Default::default(),
             node_ttl: 10,
         }
     }
@@ -148,6 +151,12 @@ impl Config {
                 *value = Some(v.clone());
             }
         }
+        config.node_labels.extend(args.node_labels.iter().cloned());
+        stowage_core::options::check_map_limits(
+            stowage_core::options::MapKind::Labels,
+            &config.node_labels,
+        )
+        .map_err(|e| anyhow::anyhow!("node labels: {e}"))?;
         if let Some(t) = args.node_ttl {
             config.node_ttl = t;
         }
@@ -444,6 +453,25 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     info!(rest = %layout.socket().display(), docker_plugin = %plugin_socket.display(),
           csi = %csi_socket.display(), node = service.node_id(), "listening");
 
+    // Joined before the doors open: a node that answers is listed.
+    let ttl = Duration::from_secs(config.node_ttl);
+    let info = NodeInfo {
+        address: config.advertise.clone(),
+        labels: config.node_labels.clone(),
+    };
+    let joining = service.clone();
+    tokio::task::spawn_blocking(move || joining.join(info, ttl))
+        .await?
+        .context("joining the cluster")?;
+    tokio::spawn(keep_membership(service.clone(), ttl));
+    // Makes the volumes other nodes place here, for the life of the daemon.
+    let agent_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (agent, stop_agent) = (service.clone(), agent_stop.clone());
+    std::thread::Builder::new()
+        .name("placement-agent".into())
+        .spawn(move || agent.run_agent(&stop_agent))
+        .context("starting the placement agent")?;
+
     if config.space_check_interval > 0 {
         tokio::spawn(watch_space(
             service.clone(),
@@ -471,10 +499,32 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             stowage_api::docker::router(service.clone()),
             until_stopped(stopped.clone())
         ),
-        stowage_api::csi::serve(csi, service, until_stopped(stopped)),
+        stowage_api::csi::serve(csi, service.clone(), until_stopped(stopped)),
     )?;
+    agent_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    // The others see this node down now, not when its lease would end.
+    if let Err(e) = tokio::task::spawn_blocking(move || service.leave()).await? {
+        tracing::warn!(error = %e, "leaving the cluster failed; the node's lease ends by itself");
+    }
     info!("stopped; volumes stay mounted for their consumers");
     Ok(())
+}
+
+/// Renews the node's lease three times per TTL, so that one lost renewal
+/// does not make the node look down.
+async fn keep_membership(service: Arc<VolumeService>, ttl: Duration) {
+    let mut ticks = tokio::time::interval(ttl / 3);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        let service = service.clone();
+        match tokio::task::spawn_blocking(move || service.heartbeat()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "renewing this node's lease failed"),
+            Err(e) => tracing::warn!(error = %e, "renewing this node's lease panicked"),
+        }
+    }
 }
 
 /// Checks the sized volumes' space every `interval`, for the log.

@@ -92,6 +92,7 @@ impl Controller for Csi {
             labels,
             from_snapshot,
             clone_of,
+            ..Default::default()
         };
         let volume = self.exclusive(&name, move |s| s.create(create)).await?;
         if let Some(size) = volume.size_bytes {

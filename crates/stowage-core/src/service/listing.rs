@@ -95,6 +95,21 @@ impl VolumeService {
         )
     }
 
+    /// The names of the volumes each node holds the data of.
+    pub(super) fn volumes_by_home(&self) -> Result<std::collections::HashMap<String, Vec<String>>> {
+        let mut cache = self.heads.lock().unwrap_or_else(|e| e.into_inner());
+        self.refresh_heads(&mut cache)?;
+        let mut homed: std::collections::HashMap<String, Vec<String>> = Default::default();
+        for h in cache.iter().filter_map(|c| c.head.as_ref()) {
+            if h.state == VolumeState::Corrupt {
+                continue;
+            }
+            let home = h.node.clone().unwrap_or_else(|| self.node_id.clone());
+            homed.entry(home).or_default().push(h.name.clone());
+        }
+        Ok(homed)
+    }
+
     /// The names of volumes with a size, from the heads.
     pub(super) fn sized_volume_names(&self) -> Result<std::collections::BTreeSet<String>> {
         let mut cache = self.heads.lock().unwrap_or_else(|e| e.into_inner());

@@ -213,6 +213,8 @@ impl VolumeService {
                 return Ok(None);
             }
             VolumeState::Ready => {}
+            // Made by the agent, which goes through the pending ones.
+            VolumeState::Pending => return Ok(None),
             // Never stored by Stowage: a record that says so was written
             // by someone else.
             VolumeState::Corrupt => {

@@ -745,3 +745,59 @@ fn a_nodes_facts_live_in_its_own_store() {
         .items
         .is_empty());
 }
+
+#[test]
+fn nodes_join_with_a_lease_and_are_listed_cordoned_down_and_removed() {
+    use crate::node::{NodeInfo, NodeState};
+    let sys = Arc::new(RecordingSys::new());
+    let cluster = Arc::new(MemoryStore::new());
+    let node = |id: &str| {
+        let svc = service(&sys, &cluster)
+            .with_node_id(id)
+            .with_local_store(Arc::new(MemoryStore::new()));
+        svc.join(NodeInfo::default(), std::time::Duration::from_secs(60))
+            .unwrap();
+        svc
+    };
+    let (a, b) = (node("a"), node("b"));
+    b.create(req("on-b")).unwrap();
+    let states = |svc: &VolumeService| -> Vec<(String, NodeState, usize)> {
+        (svc.nodes().unwrap().into_iter())
+            .map(|n| (n.id, n.state, n.volumes))
+            .collect()
+    };
+    assert_eq!(
+        states(&a),
+        [
+            ("a".into(), NodeState::Ready, 0),
+            ("b".into(), NodeState::Ready, 1)
+        ]
+    );
+    assert_eq!(a.cordon("b", true).unwrap().state, NodeState::Cordoned);
+    // A heartbeat keeps what the operator set.
+    b.heartbeat().unwrap();
+    assert_eq!(a.node("b").unwrap().state, NodeState::Cordoned);
+    assert!(matches!(
+        a.cordon("nobody", true),
+        Err(Error::UnknownNode { .. })
+    ));
+
+    // An up node cannot be removed; a down one that holds data only with
+    // force, which says what it forgets.
+    assert!(a.remove_node("b", false).is_err());
+    b.leave().unwrap();
+    assert_eq!(a.node("b").unwrap().state, NodeState::Down);
+    let refused = a.remove_node("b", false).unwrap_err().to_string();
+    assert!(refused.contains("on-b"), "{refused}");
+    assert_eq!(a.remove_node("b", true).unwrap(), ["on-b"]);
+    assert_eq!(states(&a), [("a".into(), NodeState::Ready, 0)]);
+    assert!(a.list(&VolumeFilter::default()).unwrap().is_empty());
+
+    // A node whose lease ended while it was cut off takes a new one.
+    let old = a.lease().unwrap();
+    cluster.revoke_lease(old).unwrap();
+    assert_eq!(a.node("a").unwrap().state, NodeState::Down);
+    a.heartbeat().unwrap();
+    assert_ne!(a.lease().unwrap(), old);
+    assert_eq!(a.node("a").unwrap().state, NodeState::Ready);
+}

@@ -142,3 +142,194 @@ fn a_data_root_starts_only_under_the_node_name_it_was_first_given() {
     d.spawn();
     assert_eq!(d.inspect("homed")["node"], "first");
 }
+
+fn states(d: &Daemon) -> Vec<(String, String)> {
+    let nodes: Vec<serde_json::Value> =
+        serde_json::from_str(&d.ok(&["node", "ls", "--format", "json"])).unwrap();
+    nodes
+        .iter()
+        .map(|n| {
+            (
+                n["id"].as_str().unwrap().into(),
+                n["state"].as_str().unwrap().into(),
+            )
+        })
+        .collect()
+}
+
+fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+}
+
+#[test]
+fn nodes_are_ready_cordoned_or_down_as_their_leases_say() {
+    let etcd = Etcd::start();
+    let store = format!("etcd://{}", etcd.endpoint);
+    let args = |id: &'static str| {
+        vec![
+            "--store".to_string(),
+            store.clone(),
+            "--node-id".into(),
+            id.into(),
+            "--node-ttl".into(),
+            "2".into(),
+            "--advertise".into(),
+            format!("{id}.test:7000"),
+            "--node-label".into(),
+            format!("zone={id}"),
+        ]
+    };
+    let start = |id: &'static str| {
+        let a = args(id);
+        Daemon::start_with(BIN, &a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let a = start("node-a");
+    let mut b = start("node-b");
+    let mut c = start("node-c");
+    c.ok(&["volume", "create", "on-c"]);
+    assert_eq!(
+        states(&a),
+        pairs(&[
+            ("node-a", "ready"),
+            ("node-b", "ready"),
+            ("node-c", "ready")
+        ])
+    );
+    let table = b.ok(&["node", "ls"]);
+    assert!(
+        table.contains("node-a.test:7000") && table.contains("zone=node-a"),
+        "{table}"
+    );
+
+    // Cordoned from any node, seen by every node; a heartbeat keeps it.
+    a.ok(&["node", "cordon", "node-b"]);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(states(&c)[1], pairs(&[("node-b", "cordoned")])[0]);
+    a.ok(&["node", "uncordon", "node-b"]);
+    assert_eq!(states(&c)[1], pairs(&[("node-b", "ready")])[0]);
+    assert!(a
+        .fails(&["node", "cordon", "nobody"])
+        .contains("no such node"));
+
+    // A clean stop shows at once; kill -9 once the lease (2 s) ends.
+    b.stop();
+    assert_eq!(states(&a)[1].1, "down");
+    let killed = std::time::Instant::now();
+    c.kill9();
+    stowage_testkit::wait_until(
+        "node-c down within TTL + 5 s",
+        std::time::Duration::from_secs(7),
+        || states(&a)[2].1 == "down",
+    );
+    eprintln!("node-c down {:?} after kill -9 (TTL 2 s)", killed.elapsed());
+
+    // An up node is not removed; a down one holding data only with --force.
+    assert!(a.fails(&["node", "rm", "node-a"]).contains("is up"));
+    a.ok(&["node", "rm", "node-b"]);
+    let refused = a.fails(&["node", "rm", "node-c"]);
+    assert!(
+        refused.contains("on-c") && refused.contains("--force"),
+        "{refused}"
+    );
+    a.ok(&["node", "rm", "--force", "node-c"]);
+    assert_eq!(states(&a), pairs(&[("node-a", "ready")]));
+    assert!(a.names().is_empty());
+    // A removed node that comes back joins again.
+    b.spawn();
+    assert_eq!(states(&a).len(), 2);
+}
+
+#[test]
+fn a_volume_is_placed_on_the_node_asked_made_there_and_used_there() {
+    let etcd = Etcd::start();
+    let store = format!("etcd://{}", etcd.endpoint);
+    let start = |id: &str, zone: &str| {
+        let label = format!("zone={zone}");
+        Daemon::start_with(
+            BIN,
+            &["--store", &store, "--node-id", id, "--node-label", &label],
+        )
+    };
+    let a = start("node-a", "east");
+    let mut b = start("node-b", "west");
+    let c = start("node-c", "west");
+
+    // Asked of node-a, made by node-b, which alone can mount it.
+    a.ok(&["volume", "create", "placed", "--node", "node-b"]);
+    assert_eq!(a.inspect("placed")["node"], "node-b");
+    assert_eq!(a.inspect("placed")["status"], "ready");
+    let path = b.ok(&["volume", "mount", "placed", "--consumer", "c1"]);
+    assert!(is_mounted(Path::new(path.trim())));
+    assert!(a
+        .fails(&["volume", "mount", "placed", "--consumer", "c2"])
+        .contains("node-b"));
+    // Asking again with the same spec is the same volume; another is a conflict.
+    a.ok(&["volume", "create", "placed", "--node", "node-b"]);
+    assert!(a
+        .fails(&[
+            "volume",
+            "create",
+            "placed",
+            "--node",
+            "node-b",
+            "-o",
+            "mode=0700"
+        ])
+        .contains("already exists"));
+
+    // Any ready node whose labels match.
+    a.ok(&[
+        "volume",
+        "create",
+        "in-west",
+        "--node",
+        "any",
+        "--node-selector",
+        "zone=west",
+    ]);
+    let home = a.inspect("in-west")["node"].as_str().unwrap().to_string();
+    assert!(home == "node-b" || home == "node-c", "{home}");
+    let none = a.fails(&[
+        "volume",
+        "create",
+        "nowhere",
+        "--node-selector",
+        "zone=north",
+    ]);
+    assert!(none.contains("no ready node"), "{none}");
+    assert!(a
+        .fails(&["volume", "create", "x", "--node", "nobody"])
+        .contains("no such node"));
+
+    // A home node that cannot make it says why, through the asking node.
+    let refused = a.fails(&[
+        "volume",
+        "create",
+        "too-big",
+        "--driver",
+        "block",
+        "-o",
+        "size=100T",
+        "--node",
+        "node-c",
+    ]);
+    assert!(
+        refused.contains("could not be made on node node-c"),
+        "{refused}"
+    );
+    assert!(!a.names().contains(&"too-big".to_string()));
+
+    // Nothing is placed on a cordoned or a down node.
+    a.ok(&["node", "cordon", "node-c"]);
+    assert!(a
+        .fails(&["volume", "create", "y", "--node", "node-c"])
+        .contains("cordoned"));
+    b.ok(&["volume", "unmount", "placed", "--consumer", "c1"]);
+    b.stop();
+    assert!(a
+        .fails(&["volume", "create", "z", "--node", "node-b"])
+        .contains("is down"));
+    drop(c);
+}
