@@ -467,7 +467,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     // Makes the volumes other nodes place here, for the life of the daemon.
     let agent_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (agent, stop_agent) = (service.clone(), agent_stop.clone());
-    std::thread::Builder::new()
+    let agent = std::thread::Builder::new()
         .name("placement-agent".into())
         .spawn(move || agent.run_agent(&stop_agent))
         .context("starting the placement agent")?;
@@ -501,7 +501,15 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         ),
         stowage_api::csi::serve(csi, service.clone(), until_stopped(stopped)),
     )?;
+    // Joined (it stops within a second), so that the last reference to
+    // the store goes here and the store closes cleanly.
     agent_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    if tokio::task::spawn_blocking(move || agent.join())
+        .await?
+        .is_err()
+    {
+        tracing::warn!("the placement agent panicked");
+    }
     // The others see this node down now, not when its lease would end.
     if let Err(e) = tokio::task::spawn_blocking(move || service.leave()).await? {
         tracing::warn!(error = %e, "leaving the cluster failed; the node's lease ends by itself");

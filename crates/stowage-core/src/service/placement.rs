@@ -19,6 +19,10 @@ use crate::ownership;
 use crate::store::{Change, Collection, Durability, Op, Precondition, StoreError};
 use crate::volume::{RecordHead, Volume, VolumeRecord, VolumeState};
 
+/// How often the agent looks whether it is asked to stop: a daemon's stop
+/// waits for it.
+const STOP_CHECK: Duration = Duration::from_millis(200);
+
 /// How long a create waits for the home node to make the volume.
 const MADE_WITHIN: Duration = Duration::from_secs(60);
 
@@ -148,7 +152,7 @@ impl VolumeService {
         }
         let mut changes = self.store.watch(Collection::Volumes, listed.revision)?;
         while !stop.load(Ordering::Relaxed) {
-            for change in changes.next(Duration::from_secs(1))? {
+            for change in changes.next(STOP_CHECK)? {
                 if let Change::Put(v) = change {
                     self.make_if_requested(&v.key, &v.value);
                 }
