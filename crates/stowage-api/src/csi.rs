@@ -241,6 +241,8 @@ mod tests {
         );
         assert_eq!(code_of(ErrorKind::OutOfRange), Code::OutOfRange);
         assert_eq!(code_of(ErrorKind::Internal), Code::Internal);
+        assert_eq!(code_of(ErrorKind::Aborted), Code::Aborted);
+        assert_eq!(code_of(ErrorKind::Unavailable), Code::Unavailable);
     }
 
     #[test]

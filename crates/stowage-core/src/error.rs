@@ -23,6 +23,11 @@ pub enum ErrorKind {
     ResourceExhausted,
     /// A size was asked that this volume cannot have here.
     OutOfRange,
+    /// Lost a race with a concurrent change: retrying may succeed.
+    Aborted,
+    /// The cluster store cannot be reached now, or did not say whether a
+    /// write committed: retry once it answers.
+    Unavailable,
     /// Stowage or the kernel failed.
     Internal,
 }
@@ -37,6 +42,8 @@ impl ErrorKind {
             ErrorKind::FailedPrecondition => "failed_precondition",
             ErrorKind::ResourceExhausted => "resource_exhausted",
             ErrorKind::OutOfRange => "out_of_range",
+            ErrorKind::Aborted => "aborted",
+            ErrorKind::Unavailable => "unavailable",
             ErrorKind::Internal => "internal",
         }
     }
@@ -50,6 +57,8 @@ impl ErrorKind {
             ErrorKind::FailedPrecondition => 409,
             ErrorKind::ResourceExhausted => 507,
             ErrorKind::OutOfRange => 400,
+            ErrorKind::Aborted => 409,
+            ErrorKind::Unavailable => 503,
             ErrorKind::Internal => 500,
         }
     }
@@ -64,6 +73,8 @@ impl ErrorKind {
             ErrorKind::ResourceExhausted => 8,
             ErrorKind::FailedPrecondition => 9,
             ErrorKind::OutOfRange => 11,
+            ErrorKind::Aborted => 10,
+            ErrorKind::Unavailable => 14,
             ErrorKind::Internal => 13,
         }
     }
@@ -207,7 +218,12 @@ impl Error {
             | Error::ForeignMount { .. }
             | Error::CorruptRecord { .. }
             | Error::NotStaged { .. } => ErrorKind::FailedPrecondition,
-            Error::Store(StoreError::Conflict { .. }) => ErrorKind::Conflict,
+            Error::Store(StoreError::Conflict { .. }) => ErrorKind::Aborted,
+            Error::Store(
+                StoreError::Unavailable(_)
+                | StoreError::Indeterminate(_)
+                | StoreError::LeaseExpired(_),
+            ) => ErrorKind::Unavailable,
             Error::Io { source, .. }
                 if matches!(
                     source.kind(),

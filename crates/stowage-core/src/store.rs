@@ -228,7 +228,7 @@ pub trait Watcher: Send {
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
-    #[error("store conflict on {key}: it changed concurrently")]
+    #[error("store conflict on {key}: it changed concurrently; retry")]
     Conflict { key: String },
     #[error("store data is corrupt: {0}")]
     Corrupt(String),

@@ -705,7 +705,7 @@ fn a_version_1_record_is_rewritten_as_spec_and_facts_and_keeps_its_mount() {
     let spec = f.store.get(Collection::Volumes, "old").unwrap().unwrap();
     let spec = String::from_utf8(spec.value).unwrap();
     assert!(
-        spec.contains("\"schema\":2") && !spec.contains("c1"),
+        spec.contains("\"schema\":2") && !spec.contains("\"consumers\""),
         "{spec}"
     );
     assert!(f
@@ -725,7 +725,9 @@ fn a_nodes_facts_live_in_its_own_store() {
     svc.create(req("v")).unwrap();
     svc.mount("v", "c1").unwrap();
     let spec = cluster.get(Collection::Volumes, "v").unwrap().unwrap();
-    assert!(!String::from_utf8(spec.value).unwrap().contains("c1"));
+    assert!(!String::from_utf8(spec.value)
+        .unwrap()
+        .contains("\"consumers\""));
     assert!(cluster.get(Collection::NodeVolumes, "v").unwrap().is_none());
     assert!(local.get(Collection::NodeVolumes, "v").unwrap().is_some());
     assert!(local.get(Collection::Volumes, "v").unwrap().is_none());
