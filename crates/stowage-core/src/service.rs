@@ -776,10 +776,7 @@ impl VolumeService {
         let Some(v) = self.store.get(R::COLLECTION, key)? else {
             return Ok(None);
         };
-        let facts = match R::FACTS {
-            Some(c) => self.local.get(c, key)?.map(|f| (f.value, f.revision)),
-            None => None,
-        };
+        let facts = self.load_facts::<R>(key)?;
         match R::from_json(&v.value, facts.as_ref().map(|(b, _)| b.as_slice())) {
             Ok(record) => Ok(Some(Loaded {
                 record,
@@ -792,6 +789,13 @@ impl VolumeService {
                 reason: corrupt_reason(e),
             }),
         }
+    }
+
+    /// This node's facts about the record at `key`, with their revision,
+    /// for kinds of records that have some.
+    fn load_facts<R: Record>(&self, key: &str) -> Result<Option<(Vec<u8>, Revision)>> {
+        let Some(c) = R::FACTS else { return Ok(None) };
+        Ok(self.local.get(c, key)?.map(|f| (f.value, f.revision)))
     }
 
     /// Every record of a collection: one that cannot be read is set
@@ -837,13 +841,7 @@ impl VolumeService {
                 .put(R::COLLECTION, record.key(), &stored, Precondition::Absent)?;
         // Facts left by a volume of the same name that another node
         // removed: the next save replaces them.
-        let facts = match R::FACTS {
-            Some(c) => self
-                .local
-                .get(c, record.key())?
-                .map(|f| (f.value, f.revision)),
-            None => None,
-        };
+        let facts = self.load_facts::<R>(record.key())?;
         let mut loaded = Loaded {
             record,
             revision,

@@ -101,13 +101,21 @@ enum Request {
     Write,
 }
 
+impl Request {
+    /// A request that got no clear answer: a read did nothing, a write
+    /// may have committed.
+    fn unsure(self, what: String) -> StoreError {
+        match self {
+            Request::Read => StoreError::Unavailable(what),
+            Request::Write => StoreError::Indeterminate(what),
+        }
+    }
+}
+
 fn failed(e: etcd_client::Error, request: Request) -> StoreError {
     use etcd_client::Error as E;
     use tonic::Code;
-    let unsure = |what: String| match request {
-        Request::Read => StoreError::Unavailable(what),
-        Request::Write => StoreError::Indeterminate(what),
-    };
+    let unsure = |what: String| request.unsure(what);
     match e {
         E::GRpcStatus(status) => {
             let message = status.message().to_string();
@@ -155,16 +163,17 @@ impl EtcdStore {
         }
         let endpoints = config.endpoints.clone();
         let timeout = config.timeout;
+        let silent = |_| StoreError::Unavailable("no etcd endpoint answered".into());
         let client = runtime.block_on(async move {
             let connect = Client::connect(endpoints, Some(options));
             let mut client = tokio::time::timeout(timeout, connect)
                 .await
-                .map_err(|_| StoreError::Unavailable("no etcd endpoint answered".into()))?
+                .map_err(silent)?
                 .map_err(|e| failed(e, Request::Read))?;
             // The channel connects lazily: one read proves etcd answers.
             tokio::time::timeout(timeout, client.status())
                 .await
-                .map_err(|_| StoreError::Unavailable("no etcd endpoint answered".into()))?
+                .map_err(silent)?
                 .map_err(|e| failed(e, Request::Read))?;
             Ok::<_, StoreError>(client)
         })?;
@@ -196,14 +205,7 @@ impl EtcdStore {
         self.runtime().spawn(async move {
             let out = match tokio::time::timeout(timeout, fut).await {
                 Ok(result) => result.map_err(|e| failed(e, request)),
-                Err(_) => Err(match request {
-                    Request::Read => {
-                        StoreError::Unavailable(format!("no answer within {timeout:?}"))
-                    }
-                    Request::Write => {
-                        StoreError::Indeterminate(format!("no answer within {timeout:?}"))
-                    }
-                }),
+                Err(_) => Err(request.unsure(format!("no answer within {timeout:?}"))),
             };
             let _ = tx.send(out);
         });
