@@ -22,7 +22,7 @@ use axum::Router;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use stowage_core::{CreateRequest, Volume, VolumeService};
+use stowage_core::{AccessMode, CreateRequest, Volume, VolumeService};
 
 use crate::{DoorError, MAX_BODY_BYTES};
 
@@ -31,6 +31,9 @@ pub const DRIVER_OPTION: &str = "driver";
 /// Options that create the volume as a copy of a snapshot or of a volume.
 pub const FROM_SNAPSHOT_OPTION: &str = "from-snapshot";
 pub const CLONE_OF_OPTION: &str = "clone-of";
+/// Options that place the volume (`--node`) and set its access mode.
+pub const NODE_OPTION: &str = "node";
+pub const ACCESS_OPTION: &str = "access";
 
 /// The content type of the plugin protocol.
 const CONTENT_TYPE: &str = "application/vnd.docker.plugins.v1+json";
@@ -207,16 +210,27 @@ async fn create(State(svc): State<Svc>, PluginBody(req): PluginBody<CreateBody>)
     let driver = options.remove(DRIVER_OPTION);
     let from_snapshot = options.remove(FROM_SNAPSHOT_OPTION);
     let clone_of = options.remove(CLONE_OF_OPTION);
-    let request = CreateRequest {
-        name: req.name,
-        driver,
-        options,
-        labels: BTreeMap::new(),
-        from_snapshot,
-        clone_of,
-        ..Default::default()
-    };
-    call(svc, move |s| s.create(request), |_| json!({ "Err": "" })).await
+    let node = options.remove(NODE_OPTION);
+    let access = options.remove(ACCESS_OPTION);
+    call(
+        svc,
+        move |s| {
+            let request = CreateRequest {
+                name: req.name,
+                driver,
+                options,
+                labels: BTreeMap::new(),
+                from_snapshot,
+                clone_of,
+                node,
+                access: access.as_deref().map(AccessMode::parse).transpose()?,
+                ..Default::default()
+            };
+            s.create(request)
+        },
+        |_| json!({ "Err": "" }),
+    )
+    .await
 }
 
 async fn remove(State(svc): State<Svc>, PluginBody(req): PluginBody<NameRequest>) -> Response {

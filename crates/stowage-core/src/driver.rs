@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use stowage_sys::{CopyMethod, MountEntry, Usage, UserNamespace};
 
+use crate::access::Capabilities;
 use crate::error::{Error, Result};
 use crate::options::Options;
 use crate::snapshot::SnapshotRecord;
@@ -81,6 +82,11 @@ pub trait Driver: Send + Sync + 'static {
     /// driver takes (`owner`, `label`, ...) are checked by the service and
     /// not passed here.
     fn validate(&self, options: &Options) -> Result<()>;
+    /// What volumes made with `options` (already validated) can do: where
+    /// their storage is reached from and the access modes it allows.
+    fn capabilities(&self, _options: &Options) -> Capabilities {
+        Capabilities::NODE_LOCAL
+    }
     /// Whether `create` and `remove` make or delete data on the host. A
     /// driver that provisions overrides all three; the others (storage
     /// found elsewhere, like `bind`, or made at mount time, like `tmpfs`)

@@ -145,6 +145,14 @@ pub enum Error {
     HomedElsewhere { name: String, node: String },
     #[error("volume {name} is attached to {} with exclusive access", nodes.join(", "))]
     AttachedElsewhere { name: String, nodes: Vec<String> },
+    #[error("volume {name} has access mode {}, and node {node} holds it{}", mode.explained(),
+            consumer.as_ref().map(|c| format!(" for {c}")).unwrap_or_default())]
+    HeldElsewhere {
+        name: String,
+        node: String,
+        mode: crate::access::AccessMode,
+        consumer: Option<String>,
+    },
     #[error("volume {name} is already attached to {node} with other access")]
     AttachmentConflict { name: String, node: String },
     #[error("volume {name} is not staged at {}", path.display())]
@@ -214,6 +222,7 @@ impl Error {
             | Error::InUse { .. }
             | Error::Precondition { .. }
             | Error::AttachedElsewhere { .. }
+            | Error::HeldElsewhere { .. }
             | Error::HomedElsewhere { .. }
             | Error::ForeignMount { .. }
             | Error::CorruptRecord { .. }

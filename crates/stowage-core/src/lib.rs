@@ -5,6 +5,7 @@
 //! serializes operations per volume, journals intent before touching the
 //! kernel, and reconciles the [`Store`] with the mount table on start.
 
+pub mod access;
 pub mod driver;
 pub mod error;
 pub mod layout;
@@ -18,6 +19,7 @@ pub mod snapshot;
 pub mod store;
 pub mod volume;
 
+pub use access::{AccessMode, Capabilities, Reach};
 pub use driver::{DataIdentity, Driver, DriverSet, MountSpec, Progress, Source};
 pub use error::{Error, ErrorKind, Result};
 pub use layout::Layout;

@@ -10,7 +10,7 @@
 //! unmount, and reconcile removes it. Replies go out only after the
 //! outcome is durable.
 
-mod attachments;
+mod access;
 mod capacity;
 mod confine;
 mod listing;
@@ -22,7 +22,7 @@ mod reconcile;
 mod snapshots;
 mod space;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -31,6 +31,7 @@ use stowage_sys::{exists_ok, missing_ok, IdMapping, MountEntry, Sys, UserNamespa
 use time::OffsetDateTime;
 use tracing::{info, warn};
 
+use crate::access::Reach;
 use crate::driver::{Driver, DriverSet, Source};
 use crate::error::{Error, Result};
 use crate::layout::Layout;
@@ -254,6 +255,8 @@ impl VolumeService {
         ownership::OwnershipSpec::parse(&common)?;
         ownership::Label::parse(&common)?;
         driver.validate(&own)?;
+        let capabilities = driver.capabilities(&own);
+        let access = capabilities.choose(driver.name(), req.access)?;
         let size = driver.requested_size(&own)?;
 
         let mut existing = self.load(&name)?;
@@ -271,6 +274,8 @@ impl VolumeService {
                 "options"
             } else if r.labels != req.labels {
                 "labels"
+            } else if req.access.is_some_and(|a| a != r.access) {
+                "access mode"
             } else {
                 match r.state {
                     VolumeState::Ready => return self.view(r),
@@ -295,7 +300,19 @@ impl VolumeService {
                 )));
             }
         }
-        let home = self.place(req.node.as_deref(), &req.node_selector)?;
+        let home = match capabilities.reach {
+            Reach::Node => self.place(req.node.as_deref(), &req.node_selector)?,
+            // Every node reaches it: none is its home, and any makes it.
+            Reach::Cluster if req.node.is_none() && req.node_selector.is_empty() => {
+                self.node_id.clone()
+            }
+            Reach::Cluster => {
+                return Err(Error::InvalidRequest(format!(
+                    "driver {} with these options is storage every node reaches: it has no node to place it on",
+                    driver.name()
+                )))
+            }
+        };
         if let Some(size) = size.filter(|_| home == self.node_id) {
             let now = driver.preallocated_bytes(&own, size)?;
             self.check_space(driver.as_ref(), size, now)?;
@@ -305,7 +322,8 @@ impl VolumeService {
             id: uuid::Uuid::new_v4().simple().to_string(),
             name,
             driver: driver.name().to_string(),
-            node: Some(home.clone()),
+            node: (capabilities.reach == Reach::Node).then(|| home.clone()),
+            access,
             options,
             labels: req.labels,
             schema: crate::volume::SCHEMA,
@@ -451,18 +469,21 @@ impl VolumeService {
             }
             other => other?.ok_or_else(|| not_found(&name))?,
         };
-        if loaded.record.size_bytes.is_none()
+        let mut volume = if loaded.record.size_bytes.is_none()
             || loaded.record.state != VolumeState::Ready
             || !loaded.record.is_home(&self.node_id)
         {
-            return self.view(&loaded.record);
-        }
-        // Reading usage may need the device: no mount may change meanwhile.
-        let _guard = self.locks.lock(name.as_str());
-        let loaded = self.load_ready(&name)?;
-        let mut volume = self.view(&loaded.record)?;
-        volume.usage = self.usage(&loaded.record)?;
-        volume.space = self.space_use(&loaded.record)?;
+            self.view(&loaded.record)?
+        } else {
+            // Reading usage may need the device: no mount may change meanwhile.
+            let _guard = self.locks.lock(name.as_str());
+            let loaded = self.load_ready(&name)?;
+            let mut volume = self.view(&loaded.record)?;
+            volume.usage = self.usage(&loaded.record)?;
+            volume.space = self.space_use(&loaded.record)?;
+            volume
+        };
+        (volume.consumers_by_node, volume.held_by) = self.cluster_use(&loaded.record)?;
         Ok(volume)
     }
 
@@ -513,6 +534,8 @@ impl VolumeService {
             .refuse_raw_use("unstage it before mounting its filesystem")?;
         let first = loaded.record.consumers.is_empty();
         loaded.record.consumers.insert(consumer.to_string());
+        // Refused by the access mode before the kernel is touched.
+        let ops = self.use_ops(loaded)?;
         if first {
             // The kernel goes first: after a crash, a mount that no recorded
             // consumer accounts for is an unacknowledged one, and reconcile
@@ -522,14 +545,14 @@ impl VolumeService {
             // A volume at risk is logged, for the operator to act on; the
             // mount stands either way.
             let _ = self.space_use(&loaded.record);
-            if let Err(e) = self.save_mounts(loaded) {
+            if let Err(e) = self.save_mounts_with(loaded, ops) {
                 let _ = self.withdraw(&loaded.record.id, 1);
                 return Err(e);
             }
             return Ok(target);
         }
         // Already presented: recording the consumer is the whole change.
-        self.save_mounts(loaded)?;
+        self.save_mounts_with(loaded, ops)?;
         Ok(target)
     }
 
@@ -594,6 +617,23 @@ impl VolumeService {
                 consumers: loaded.record.consumers.iter().cloned().collect(),
             });
         }
+        if !loaded.record.attachments.is_empty() && !force {
+            let nodes: Vec<&str> = loaded
+                .record
+                .attachments
+                .keys()
+                .map(String::as_str)
+                .collect();
+            return Err(Error::Precondition {
+                name: name.to_string(),
+                reason: format!(
+                    "is attached to node {}; detach it first (CSI ControllerUnpublish), or force",
+                    nodes.join(", ")
+                ),
+            });
+        }
+        // Not even with force: no node unmounts another's consumers.
+        self.refuse_use_elsewhere(&loaded.record)?;
         let driver = self.drivers.get(&loaded.record.driver)?.clone();
         if !driver.provisions_storage() {
             // Nothing on disk to release: deleting the record is the whole
@@ -602,11 +642,16 @@ impl VolumeService {
             if let Err(e) = self.withdraw_all(&loaded.record.id) {
                 warn!(volume = %name, error = %e, "removed, but its mount remains until restart");
             }
-            return Ok(());
+        } else {
+            loaded.record.state = VolumeState::Removing;
+            self.save(&mut loaded)?;
+            self.finish_remove(&loaded)?;
         }
-        loaded.record.state = VolumeState::Removing;
-        self.save(&mut loaded)?;
-        self.finish_remove(&loaded)
+        if loaded.record.in_use() || !loaded.record.attachments.is_empty() {
+            // Forced: what it held goes with it.
+            self.forget_use(&loaded.record);
+        }
+        Ok(())
     }
 
     /// Removes every volume without consumers, including any whose
@@ -644,7 +689,16 @@ impl VolumeService {
         let target = self.layout.mountpoint(&record.id);
         exists_ok(self.sys.create_dir(&target, 0o700))
             .map_err(Error::io("create mountpoint", &target))?;
-        match self.mount_presented(driver, record, &target) {
+        let presented = self.mount_presented(driver, record, &target).and_then(|p| {
+            if record.access.read_only() {
+                if let Err(e) = self.sys.make_read_only(&target) {
+                    let _ = self.sys.unmount(&target);
+                    return Err(Error::io("make read-only", &target)(e));
+                }
+            }
+            Ok(p)
+        });
+        match presented {
             Ok(presentation) => {
                 record.presentation = presentation;
                 Ok(())
@@ -728,12 +782,15 @@ impl VolumeService {
             name: r.name.to_string(),
             driver: r.driver.clone(),
             node: r.node.clone(),
+            access: r.access,
             options: r.options.clone(),
             labels: r.labels.clone(),
             created_at: r.created_at,
             mounted,
             mountpoint,
             consumers: r.consumers.iter().cloned().collect(),
+            consumers_by_node: BTreeMap::new(),
+            held_by: None,
             status: r.state,
             presentation: r.presentation.clone(),
             size_bytes: r.size_bytes,
@@ -855,7 +912,7 @@ impl VolumeService {
     }
 
     fn save<R: Record>(&self, loaded: &mut Loaded<R>) -> Result<()> {
-        self.save_with(loaded, Durability::Host)
+        self.save_with(loaded, Durability::Host, Vec::new())
     }
 
     /// Saves a change to what only mirrors the kernel: the consumers and
@@ -863,14 +920,30 @@ impl VolumeService {
     /// mounts nor loop devices outlive the host, so this record need not
     /// either; it survives a crash of the daemon, and saves the fsync that
     /// would otherwise double the cost of a mount.
+    ///
+    /// The change of this node's use goes to the cluster store with it
+    /// (see [`Self::use_ops`]).
     fn save_mounts(&self, loaded: &mut Loaded) -> Result<()> {
-        self.save_with(loaded, Durability::Process)
+        let ops = self.use_ops(loaded)?;
+        self.save_mounts_with(loaded, ops)
+    }
+
+    /// [`Self::save_mounts`] with the cluster ops of the change computed
+    /// before it was made.
+    fn save_mounts_with(&self, loaded: &mut Loaded, ops: Vec<Op>) -> Result<()> {
+        self.save_with(loaded, Durability::Process, ops)
     }
 
     /// Writes what changed of the record since it was loaded or saved:
-    /// its shared part to the cluster store, this node's facts to the
-    /// node's own store (in one transaction when they are one store).
-    fn save_with<R: Record>(&self, loaded: &mut Loaded<R>, durability: Durability) -> Result<()> {
+    /// its shared part, with `extra` ops, to the cluster store, this
+    /// node's facts to the node's own store (in one transaction when they
+    /// are one store).
+    fn save_with<R: Record>(
+        &self,
+        loaded: &mut Loaded<R>,
+        durability: Durability,
+        extra: Vec<Op>,
+    ) -> Result<()> {
         let spec = loaded.record.to_json();
         let facts = loaded.record.facts_json();
         let spec_changed = spec != loaded.stored;
@@ -889,7 +962,7 @@ impl VolumeService {
                 (None, None) => None,
             }
         });
-        if !spec_changed && facts_op.is_none() {
+        if !spec_changed && facts_op.is_none() && extra.is_empty() {
             return Ok(());
         }
         loaded.record.refuse_rewrite()?;
@@ -902,8 +975,9 @@ impl VolumeService {
             )
         });
         let wrote_facts = facts_op.is_some();
-        let (spec_rev, facts_rev) = self.commit_parts(spec_op, facts_op, durability)?;
-        if let Some(r) = spec_rev {
+        let shared: Vec<Op> = spec_op.into_iter().chain(extra).collect();
+        let (shared_rev, facts_rev) = self.commit_parts(shared, facts_op, durability)?;
+        if let Some(r) = shared_rev.filter(|_| spec_changed) {
             loaded.revision = r;
             loaded.stored = spec;
         }
@@ -918,19 +992,22 @@ impl VolumeService {
     /// first. Returns the revision each was written at.
     fn commit_parts(
         &self,
-        shared: Option<Op>,
+        shared: Vec<Op>,
         facts: Option<Op>,
         durability: Durability,
     ) -> Result<(Option<Revision>, Option<Revision>)> {
-        let (has_shared, has_facts) = (shared.is_some(), facts.is_some());
+        let (has_shared, has_facts) = (!shared.is_empty(), facts.is_some());
+        if has_shared {
+            self.refuse_lapsed_lease()?;
+        }
         if self.one_store {
             let ops: Vec<Op> = shared.into_iter().chain(facts).collect();
             let r = self.store.commit(ops, durability)?;
             return Ok((has_shared.then_some(r), has_facts.then_some(r)));
         }
-        let shared_rev = match shared {
-            Some(op) => Some(self.store.commit(vec![op], durability)?),
-            None => None,
+        let shared_rev = match has_shared {
+            true => Some(self.store.commit(shared, durability)?),
+            false => None,
         };
         let facts_rev = match facts {
             Some(op) => Some(self.local.commit(vec![op], durability)?),
@@ -958,7 +1035,7 @@ impl VolumeService {
         let facts = R::FACTS
             .zip(loaded.facts.as_ref())
             .map(|(c, (_, r))| Op::delete(c, key, *r));
-        self.commit_parts(Some(shared), facts, durability)?;
+        self.commit_parts(vec![shared], facts, durability)?;
         Ok(())
     }
 }

@@ -39,10 +39,16 @@ pub enum Collection {
     /// Why a node could not make a volume another node asked of it, by
     /// volume name, for the asking node to report.
     Failures,
+    /// What each node uses of each volume, by `volume/node`, bound to
+    /// that node's lease.
+    Uses,
+    /// The node that holds a volume of an exclusive access mode, by
+    /// volume name, bound to that node's lease.
+    Claims,
 }
 
 impl Collection {
-    pub const ALL: [Collection; 7] = [
+    pub const ALL: [Collection; 9] = [
         Collection::Volumes,
         Collection::Snapshots,
         Collection::NodeVolumes,
@@ -50,6 +56,8 @@ impl Collection {
         Collection::Nodes,
         Collection::Liveness,
         Collection::Failures,
+        Collection::Uses,
+        Collection::Claims,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -61,6 +69,8 @@ impl Collection {
             Collection::Nodes => "nodes",
             Collection::Liveness => "alive",
             Collection::Failures => "failures",
+            Collection::Uses => "uses",
+            Collection::Claims => "claims",
         }
     }
 
@@ -264,7 +274,15 @@ pub trait Store: Send + Sync + 'static {
     fn get(&self, collection: Collection, key: &str) -> Result<Option<Versioned>, StoreError>;
     /// Every entry of a collection, in byte order of the keys, read at
     /// one revision (however many requests the backend needs for it).
-    fn list(&self, collection: Collection) -> Result<Listed<Versioned>, StoreError>;
+    fn list(&self, collection: Collection) -> Result<Listed<Versioned>, StoreError> {
+        self.list_prefix(collection, "")
+    }
+    /// [`Self::list`] of the keys that start with `prefix`.
+    fn list_prefix(
+        &self,
+        collection: Collection,
+        prefix: &str,
+    ) -> Result<Listed<Versioned>, StoreError>;
     /// Every key of a collection with its revision, without the values, in
     /// byte order of the keys: what a cache of parsed records checks
     /// itself against.
@@ -346,4 +364,20 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(), StoreError> {
         self.delete_with(collection, key, expect, Durability::Host)
     }
+}
+
+/// The least string above every string that starts with `prefix`, for a
+/// range query; `None` for the empty prefix, which bounds nothing. Byte
+/// order and code point order agree on UTF-8, so one serves both.
+pub fn prefix_end(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        // The next code point, skipping the surrogates no char can be.
+        let next = (last as u32 + 1..=char::MAX as u32).find_map(char::from_u32);
+        if let Some(next) = next {
+            chars.push(next);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
 }

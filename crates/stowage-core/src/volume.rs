@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use crate::access::AccessMode;
 use crate::error::{Error, Result};
 use crate::name::VolumeName;
 use crate::options::Options;
@@ -37,7 +38,8 @@ pub enum VolumeState {
 /// 1: one record held the volume and the host's use of it.
 /// 2: what every node shares (the spec) and what one node knows of its
 ///    own use of the volume (its facts) are stored apart.
-pub const SCHEMA: u32 = 2;
+/// 3: the spec has an access mode (`rwo` where absent).
+pub const SCHEMA: u32 = 3;
 
 /// A volume as the service works on it: its spec, shared by every node
 /// (stored in the cluster store, see [`VolumeSpec`]), joined with this
@@ -55,6 +57,8 @@ pub struct VolumeRecord {
     /// node-local drivers; `None` in records of a single host's version 1,
     /// whose home is that host.
     pub node: Option<String>,
+    /// Who in the cluster may use it at once, and how.
+    pub access: AccessMode,
     pub options: Options,
     pub labels: BTreeMap<String, String>,
     pub created_at: OffsetDateTime,
@@ -83,6 +87,9 @@ struct VolumeSpec<'a> {
     driver: Cow<'a, str>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     node: Option<Cow<'a, str>>,
+    /// Absent before version 3, which knew `rwo` only.
+    #[serde(default)]
+    access: AccessMode,
     #[serde(default)]
     options: Cow<'a, Options>,
     #[serde(default)]
@@ -186,6 +193,7 @@ impl VolumeRecord {
             name: Cow::Borrowed(&self.name),
             driver: Cow::Borrowed(&self.driver),
             node: self.node.as_deref().map(Cow::Borrowed),
+            access: self.access,
             options: Cow::Borrowed(&self.options),
             labels: Cow::Borrowed(&self.labels),
             created_at: self.created_at,
@@ -249,6 +257,7 @@ impl VolumeRecord {
             name: spec.name.into_owned(),
             driver: spec.driver.into_owned(),
             node: spec.node.map(Cow::into_owned),
+            access: spec.access,
             options: spec.options.into_owned(),
             labels: spec.labels.into_owned(),
             created_at: spec.created_at,
@@ -319,6 +328,10 @@ pub struct CreateRequest {
     pub node: Option<String>,
     #[serde(default)]
     pub node_selector: BTreeMap<String, String>,
+    /// Who in the cluster may use it at once; the driver's default if
+    /// not given.
+    #[serde(default)]
+    pub access: Option<AccessMode>,
 }
 
 /// Capacity and use of a volume with a size.
@@ -358,13 +371,21 @@ pub struct Volume {
     /// The node whose storage holds its data.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+    pub access: AccessMode,
     pub options: Options,
     pub labels: BTreeMap<String, String>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     /// The stable host path where the volume is presented when mounted.
     pub mountpoint: PathBuf,
+    /// This node's consumers.
     pub consumers: Vec<String>,
+    /// Who uses it on every node that does, by node: filled by `inspect`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub consumers_by_node: BTreeMap<String, Vec<String>>,
+    /// The node that holds a volume of an exclusive mode now, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_by: Option<String>,
     /// `ready`, or `creating` / `removing` while an operation is in flight.
     pub status: VolumeState,
     /// Whether the kernel has the volume mounted at `mountpoint` now.
@@ -405,11 +426,14 @@ impl Volume {
             name: name.to_string(),
             driver: String::new(),
             node: None,
+            access: AccessMode::default(),
             options: Options::new(),
             labels: BTreeMap::new(),
             created_at: OffsetDateTime::UNIX_EPOCH,
             mountpoint: PathBuf::new(),
             consumers: Vec::new(),
+            consumers_by_node: BTreeMap::new(),
+            held_by: None,
             status: VolumeState::Corrupt,
             mounted: false,
             presentation: Presentation::default(),
@@ -618,6 +642,7 @@ mod tests {
             name: VolumeName::parse("v").unwrap(),
             driver: "local".into(),
             node: None,
+            access: AccessMode::Rwo,
             options: Options::new(),
             labels: [("env".to_string(), "prod".to_string())].into(),
             created_at: OffsetDateTime::UNIX_EPOCH,
@@ -680,7 +705,7 @@ mod tests {
         assert!(rec.consumers.contains("c1") && rec.device.is_some());
         let spec = String::from_utf8(rec.spec_json()).unwrap();
         assert!(
-            !spec.contains("\"consumers\"") && spec.contains("\"schema\":2"),
+            !spec.contains("\"consumers\"") && spec.contains("\"schema\":3"),
             "{spec}"
         );
         assert!(rec.facts_json().is_some());

@@ -10,10 +10,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use stowage_core::options::{check_known, Options};
-use stowage_core::{DataIdentity, Driver, Error, Layout, MountSpec, Result, VolumeRecord};
+use stowage_core::{
+    Capabilities, DataIdentity, Driver, Error, Layout, MountSpec, Reach, Result, VolumeRecord,
+};
 use stowage_sys::{path_in_filesystem, MountEntry, Sys};
 
-const OPTIONS: &[&str] = &["path"];
+const OPTIONS: &[&str] = &["path", "scope"];
 /// More mounts than this stacked on one mountpoint is someone mounting
 /// there as fast as they are taken off.
 const MAX_STACKED: usize = 64;
@@ -218,6 +220,20 @@ impl Bind {
     }
 }
 
+/// Where the imported path's storage is reached from: `scope=node` (the
+/// default) or `scope=cluster`.
+fn scope(opts: &Options) -> Result<Reach> {
+    match opts.get("scope").map(String::as_str) {
+        None | Some("node") => Ok(Reach::Node),
+        Some("cluster") => Ok(Reach::Cluster),
+        Some(other) => Err(Error::invalid_option(
+            "scope",
+            other,
+            "must be node (this node's own directory) or cluster (the same storage on every node)",
+        )),
+    }
+}
+
 impl Driver for Bind {
     fn name(&self) -> &'static str {
         "bind"
@@ -225,7 +241,17 @@ impl Driver for Bind {
 
     fn validate(&self, opts: &Options) -> Result<()> {
         check_known(self.name(), opts, OPTIONS)?;
+        scope(opts)?;
         self.checked_path(opts).map(drop)
+    }
+
+    /// `scope=cluster` says the path is the same storage on every node (a
+    /// cluster filesystem mounted there alike): any node may mount it.
+    fn capabilities(&self, opts: &Options) -> Capabilities {
+        match scope(opts) {
+            Ok(Reach::Cluster) => Capabilities::SHARED,
+            _ => Capabilities::NODE_LOCAL,
+        }
     }
 
     fn mount(&self, volume: &VolumeRecord, target: &Path, spec: MountSpec<'_>) -> Result<()> {

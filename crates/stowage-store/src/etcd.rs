@@ -16,8 +16,8 @@ use etcd_client::{
     GetOptions, Identity, KvClient, PutOptions, TlsOptions, Txn, TxnOp, WatchOptions,
 };
 use stowage_core::store::{
-    Action, Change, Collection, Durability, LeaseId, Listed, Op, Precondition, Revision, Store,
-    StoreError, Versioned, Watcher,
+    prefix_end, Action, Change, Collection, Durability, LeaseId, Listed, Op, Precondition,
+    Revision, Store, StoreError, Versioned, Watcher,
 };
 use tokio::runtime::Runtime;
 
@@ -244,9 +244,14 @@ impl EtcdStore {
     fn list_pages(
         &self,
         collection: Collection,
+        prefix: &str,
         keys_only: bool,
     ) -> Result<Listed<Versioned>, StoreError> {
-        let (mut from, end) = self.range(collection);
+        let (start, mut end) = self.range(collection);
+        let mut from = format!("{start}{prefix}");
+        if let Some(prefix_end) = prefix_end(prefix) {
+            end = format!("{start}{prefix_end}");
+        }
         let mut revision = 0i64;
         let mut items = Vec::new();
         loop {
@@ -336,15 +341,19 @@ impl Store for EtcdStore {
         }))
     }
 
-    fn list(&self, collection: Collection) -> Result<Listed<Versioned>, StoreError> {
-        self.list_pages(collection, false)
+    fn list_prefix(
+        &self,
+        collection: Collection,
+        prefix: &str,
+    ) -> Result<Listed<Versioned>, StoreError> {
+        self.list_pages(collection, prefix, false)
     }
 
     fn list_revisions(
         &self,
         collection: Collection,
     ) -> Result<Listed<(String, Revision)>, StoreError> {
-        let listed = self.list_pages(collection, true)?;
+        let listed = self.list_pages(collection, "", true)?;
         Ok(Listed {
             items: (listed.items.into_iter())
                 .map(|v| (v.key, v.revision))

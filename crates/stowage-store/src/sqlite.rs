@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use stowage_core::store::{
-    Action, Change, ChangeLog, Collection, Durability, LeaseId, LeaseTable, Listed, Op, Revision,
-    Store, StoreError, Versioned, Watcher,
+    prefix_end, Action, Change, ChangeLog, Collection, Durability, LeaseId, LeaseTable, Listed, Op,
+    Revision, Store, StoreError, Versioned, Watcher,
 };
 use tracing::debug;
 
@@ -515,18 +515,28 @@ impl Store for SqliteStore {
         Ok(Listed { items, revision })
     }
 
-    fn list(&self, collection: Collection) -> Result<Listed<Versioned>, StoreError> {
+    fn list_prefix(
+        &self,
+        collection: Collection,
+        prefix: &str,
+    ) -> Result<Listed<Versioned>, StoreError> {
+        // A range, not LIKE: the key index serves it, and no character of
+        // the prefix is a pattern.
         let (items, revision) = self.inner.read_at_one_revision(|c| {
             c.prepare_cached(
-                "SELECT key, revision, value FROM entries WHERE collection = ?1 ORDER BY key",
+                "SELECT key, revision, value FROM entries WHERE collection = ?1 \
+                 AND key >= ?2 AND (?3 IS NULL OR key < ?3) ORDER BY key",
             )?
-            .query_map(params![collection.as_str()], |r| {
-                Ok(Versioned {
-                    key: r.get(0)?,
-                    revision: r.get(1)?,
-                    value: r.get(2)?,
-                })
-            })?
+            .query_map(
+                params![collection.as_str(), prefix, prefix_end(prefix)],
+                |r| {
+                    Ok(Versioned {
+                        key: r.get(0)?,
+                        revision: r.get(1)?,
+                        value: r.get(2)?,
+                    })
+                },
+            )?
             .collect()
         })?;
         Ok(Listed { items, revision })

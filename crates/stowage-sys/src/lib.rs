@@ -122,6 +122,9 @@ pub trait Sys: Send + Sync + 'static {
     fn relabel_tree(&self, root: &Path, context: &str, threads: usize) -> io::Result<TreeStats>;
     /// Detaches the topmost mount at `target` (never following a symlink).
     fn unmount(&self, target: &Path) -> io::Result<()>;
+    /// Makes the topmost mount at `target`, and every mount beneath it,
+    /// read-only: no write reaches the data through it.
+    fn make_read_only(&self, target: &Path) -> io::Result<()>;
     /// Whether SELinux is enabled on this host.
     fn selinux_enabled(&self) -> bool;
     /// The current mount table of this process's mount namespace.

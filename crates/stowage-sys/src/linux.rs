@@ -107,7 +107,8 @@ fn set_attrs(mount: &OwnedFd, attrs: MountAttrs) -> io::Result<()> {
     mount_setattr(mount, &attr, false)
 }
 
-/// mount_setattr(2) on a detached mount; rustix has no wrapper for it.
+/// mount_setattr(2) on a mount (detached, or the one a path's descriptor
+/// is the root of); rustix has no wrapper for it.
 fn mount_setattr(mount: &OwnedFd, attr: &libc::mount_attr, recursive: bool) -> io::Result<()> {
     let mut flags = libc::AT_EMPTY_PATH;
     if recursive {
@@ -268,6 +269,17 @@ impl Sys for LinuxSys {
             set_idmap(&mount, userns, false)?;
         }
         attach(&mount, target)
+    }
+
+    fn make_read_only(&self, target: &Path) -> io::Result<()> {
+        let mount = open_nofollow(target, OFlags::PATH | OFlags::DIRECTORY)?;
+        let attr = libc::mount_attr {
+            attr_set: libc::MOUNT_ATTR_RDONLY,
+            attr_clr: 0,
+            propagation: 0,
+            userns_fd: 0,
+        };
+        mount_setattr(&mount, &attr, true)
     }
 
     fn unmount(&self, target: &Path) -> io::Result<()> {

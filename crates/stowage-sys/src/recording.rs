@@ -36,6 +36,7 @@ pub enum Call {
         idmap: Option<IdMapping>,
     },
     Unmount(PathBuf),
+    MakeReadOnly(PathBuf),
     UserNamespace(IdMapping),
     ChownTree(PathBuf, IdMapping),
     RelabelTree(PathBuf, String),
@@ -319,6 +320,14 @@ impl Sys for RecordingSys {
             .or_default()
             .push(source_name.to_string());
         Ok(())
+    }
+
+    fn make_read_only(&self, target: &Path) -> io::Result<()> {
+        let s = self.record(Call::MakeReadOnly(target.into()))?;
+        match s.mounts.get(target).is_some_and(|m| !m.is_empty()) {
+            true => Ok(()),
+            false => Err(errno(libc::EINVAL)),
+        }
     }
 
     fn unmount(&self, target: &Path) -> io::Result<()> {

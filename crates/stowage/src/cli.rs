@@ -123,7 +123,7 @@ pub struct ServeArgs {
 #[derive(Subcommand, Debug)]
 pub enum VolumeCommand {
     /// Create a volume; creating it again with the same options succeeds.
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     /// List volumes.
     #[command(visible_alias = "list")]
     Ls(ListArgs),
@@ -261,6 +261,12 @@ pub struct CreateArgs {
     /// With --node any: only nodes with this label KEY=VALUE, repeatable.
     #[arg(long = "node-selector", value_name = "KEY=VALUE", value_parser = key_value)]
     pub node_selector: Vec<(String, String)>,
+    /// Who in the cluster may use it at once: rwo (one node; the default
+    /// for node-local drivers), rwop (one consumer in the cluster), rox
+    /// (many nodes, read-only), rwx (many nodes read-write: only storage
+    /// every node reaches, such as bind with scope=cluster, its default).
+    #[arg(long, value_name = "MODE", value_parser = ["rwo", "rwop", "rox", "rwx"])]
+    pub access: Option<String>,
     /// Set owner= to the uid:gid that owns PATH in IMAGE, as the engine's
     /// API reports it (for example mongo:/data/db).
     #[arg(long, value_name = "IMAGE:PATH")]

@@ -58,7 +58,7 @@ async fn version(client: &Client) -> Result<ExitCode> {
 
 async fn volume(client: &Client, cmd: VolumeCommand) -> Result<ExitCode> {
     match cmd {
-        VolumeCommand::Create(args) => create(client, args).await,
+        VolumeCommand::Create(args) => create(client, *args).await,
         VolumeCommand::Ls(args) => list(client, args).await,
         VolumeCommand::Inspect { names } => inspect(client, names).await,
         VolumeCommand::Mount(a) => {
@@ -119,6 +119,7 @@ async fn create(client: &Client, args: CreateArgs) -> Result<ExitCode> {
         "clone_of": args.clone_of,
         "node": args.node,
         "node_selector": node_selector,
+        "access": args.access,
     });
     let copying = args.from_snapshot.is_some() || args.clone_of.is_some();
     let made = format!("/v1/volumes/{}", encode(&args.name));

@@ -1,7 +1,7 @@
 //! Volume capabilities and capacity ranges: what a CO asks for, checked
 //! against what Stowage can give.
 
-use stowage_core::MountAttrs;
+use stowage_core::{AccessMode, MountAttrs};
 use tonic::Status;
 
 use super::proto::volume_capability::access_mode::Mode;
@@ -16,6 +16,8 @@ pub const DEFAULT_SIZE: u64 = 1 << 30;
 /// A capability Stowage can serve, parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Access {
+    /// The Stowage mode that serves the CSI mode.
+    pub mode: AccessMode,
     /// Only one node may use the volume at a time.
     pub exclusive: bool,
     /// The mode lets no one write.
@@ -36,19 +38,20 @@ pub fn parse(cap: &VolumeCapability) -> Result<Access, String> {
         .as_ref()
         .map(|m| m.mode())
         .unwrap_or(Mode::Unknown);
-    let (exclusive, read_only) = match mode {
+    let (mode, read_only) = match mode {
         Mode::Unknown => return Err("access mode is required".into()),
-        Mode::SingleNodeWriter | Mode::SingleNodeSingleWriter | Mode::SingleNodeMultiWriter => {
-            (true, false)
-        }
-        Mode::SingleNodeReaderOnly => (true, true),
-        Mode::MultiNodeReaderOnly => (false, true),
-        Mode::MultiNodeSingleWriter | Mode::MultiNodeMultiWriter => (false, false),
+        Mode::SingleNodeWriter | Mode::SingleNodeMultiWriter => (AccessMode::Rwo, false),
+        Mode::SingleNodeSingleWriter => (AccessMode::Rwop, false),
+        Mode::SingleNodeReaderOnly => (AccessMode::Rwo, true),
+        Mode::MultiNodeReaderOnly => (AccessMode::Rox, true),
+        Mode::MultiNodeSingleWriter | Mode::MultiNodeMultiWriter => (AccessMode::Rwx, false),
     };
+    let exclusive = mode.exclusive();
     let mount = match &cap.access_type {
         Some(AccessType::Mount(m)) => m,
         Some(AccessType::Block(_)) => {
             return Ok(Access {
+                mode,
                 exclusive,
                 read_only,
                 block: true,
@@ -74,12 +77,48 @@ pub fn parse(cap: &VolumeCapability) -> Result<Access, String> {
     let mut attrs = mount_attrs(&mount.mount_flags)?;
     attrs.read_only |= read_only;
     Ok(Access {
+        mode,
         exclusive,
         read_only,
         block: false,
         fs_type: (!mount.fs_type.is_empty()).then(|| mount.fs_type.clone()),
         attrs,
         mount_group,
+    })
+}
+
+/// The mode of a volume made to serve every one of `access`: many nodes
+/// if any asks for many, read-only if none writes, one consumer if every
+/// one asks for one.
+pub fn mode_for(access: &[Access]) -> AccessMode {
+    let many = access.iter().any(|a| !a.exclusive);
+    let writes = access.iter().any(|a| !a.read_only);
+    match (many, writes) {
+        (true, true) => AccessMode::Rwx,
+        (true, false) => AccessMode::Rox,
+        _ if access.iter().all(|a| a.mode == AccessMode::Rwop) => AccessMode::Rwop,
+        _ => AccessMode::Rwo,
+    }
+}
+
+/// Why a volume of mode `volume` cannot serve `a`, if it cannot.
+pub fn refusal(volume: AccessMode, a: &Access) -> Option<String> {
+    let served = match volume {
+        AccessMode::Rwx => true,
+        AccessMode::Rox => a.read_only,
+        AccessMode::Rwo | AccessMode::Rwop => a.exclusive,
+    };
+    (!served).then(|| {
+        format!(
+            "the volume has access mode {}, which cannot serve {} (Stowage {})",
+            volume.explained(),
+            if a.read_only {
+                "read-only use"
+            } else {
+                "writes"
+            },
+            a.mode
+        )
     })
 }
 

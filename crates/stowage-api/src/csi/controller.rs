@@ -92,6 +92,7 @@ impl Controller for Csi {
             labels,
             from_snapshot,
             clone_of,
+            access: Some(capability::mode_for(&access)),
             ..Default::default()
         };
         let volume = self.exclusive(&name, move |s| s.create(create)).await?;
@@ -132,8 +133,11 @@ impl Controller for Csi {
             read_only: req.readonly || access.read_only,
             exclusive: access.exclusive,
         };
-        self.exclusive(&id.clone(), move |s| s.attach(&id, &node, how))
-            .await?;
+        self.exclusive(&id.clone(), move |s| {
+            check_mode(s, &id, &access)?;
+            s.attach(&id, &node, how)
+        })
+        .await?;
         Ok(Response::new(ControllerPublishVolumeResponse {
             publish_context: HashMap::new(),
         }))
@@ -173,7 +177,7 @@ impl Controller for Csi {
                     "driver {} has no block device for raw block access",
                     volume.driver
                 )),
-                Ok(_) => None,
+                Ok(a) => capability::refusal(volume.access, &a),
                 Err(e) => Some(e),
             })
             .collect();
@@ -504,6 +508,21 @@ fn split_parameters(params: &HashMap<String, String>) -> Result<Parameters, Stat
         options,
         labels,
     })
+}
+
+/// Refuses a capability the volume's access mode cannot serve.
+pub(super) fn check_mode(
+    s: &stowage_core::VolumeService,
+    id: &str,
+    access: &capability::Access,
+) -> stowage_core::Result<()> {
+    match capability::refusal(s.access_mode(id)?, access) {
+        Some(why) => Err(stowage_core::Error::Precondition {
+            name: id.to_string(),
+            reason: why,
+        }),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]

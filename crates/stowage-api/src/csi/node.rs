@@ -26,9 +26,12 @@ impl Node for Csi {
         let id = required("volume_id", &req.volume_id)?.to_string();
         let staging = path("staging_target_path", &req.staging_target_path)?;
         let access = capability::parse_one(req.volume_capability.as_ref())?;
-        self.exclusive(&id.clone(), move |s| match access.block {
-            true => s.stage_device(&id, &staging, access.read_only),
-            false => s.stage(&id, &staging),
+        self.exclusive(&id.clone(), move |s| {
+            super::controller::check_mode(s, &id, &access)?;
+            match access.block {
+                true => s.stage_device(&id, &staging, access.read_only),
+                false => s.stage(&id, &staging),
+            }
         })
         .await?;
         Ok(Response::new(NodeStageVolumeResponse {}))

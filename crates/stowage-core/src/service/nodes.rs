@@ -5,7 +5,7 @@
 //! is down is still listed, with when it was last heard from.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
@@ -23,6 +23,10 @@ pub(super) struct Membership {
     lease: LeaseId,
     info: NodeInfo,
     ttl: Duration,
+    /// When the lease was last known to hold: granted or renewed.
+    renewed: Instant,
+    /// Whether its uses are published under this lease.
+    uses_published: bool,
 }
 
 /// A node id follows the rules of volume names (a hostname does).
@@ -37,35 +41,61 @@ impl VolumeService {
     /// records under it.
     pub fn join(&self, info: NodeInfo, ttl: Duration) -> Result<()> {
         node_id(&self.node_id)?;
+        let renewed = Instant::now();
         let lease = self.store.grant_lease(ttl)?;
         self.publish_node(lease, &info)?;
         info!(node = %self.node_id, lease = format!("{lease:x}"), ?ttl, "joined the cluster");
-        *self.membership.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some(Membership { lease, info, ttl });
+        *self.membership.lock().unwrap_or_else(|e| e.into_inner()) = Some(Membership {
+            lease,
+            info,
+            ttl,
+            renewed,
+            uses_published: false,
+        });
+        self.publish_uses()?;
+        self.uses_published(true);
         Ok(())
+    }
+
+    fn uses_published(&self, done: bool) {
+        let mut m = self.membership.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(m) = m.as_mut() {
+            m.uses_published = done;
+        }
     }
 
     /// Renews this node's lease and its heartbeat. A lease that ended
     /// meanwhile (the node was cut off for longer than its TTL, and the
     /// others took it for down) is replaced by a new one.
     pub fn heartbeat(&self) -> Result<()> {
-        let (mut lease, info, ttl) = {
+        let (mut lease, info, ttl, published) = {
             let m = self.membership.lock().unwrap_or_else(|e| e.into_inner());
             let Some(m) = m.as_ref() else { return Ok(()) };
-            (m.lease, m.info.clone(), m.ttl)
+            (m.lease, m.info.clone(), m.ttl, m.uses_published)
         };
-        match self.store.keep_alive(lease) {
-            Ok(_) => {}
+        let asked = Instant::now();
+        let rejoined = match self.store.keep_alive(lease) {
+            Ok(_) => false,
             Err(StoreError::LeaseExpired(_)) => {
                 warn!(node = %self.node_id, "this node's lease ended: the cluster took it for down; rejoining");
                 lease = self.store.grant_lease(ttl)?;
+                true
             }
             Err(e) => return Err(e.into()),
+        };
+        {
+            let mut m = self.membership.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(m) = m.as_mut() {
+                m.lease = lease;
+                m.renewed = asked;
+                // Its uses and claims ended with the old lease.
+                m.uses_published &= !rejoined;
+            }
         }
         self.publish_node(lease, &info)?;
-        let mut m = self.membership.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(m) = m.as_mut() {
-            m.lease = lease;
+        if rejoined || !published {
+            self.publish_uses()?;
+            self.uses_published(true);
         }
         Ok(())
     }
@@ -82,6 +112,25 @@ impl VolumeService {
             self.store.revoke_lease(m.lease)?;
         }
         Ok(())
+    }
+
+    /// Refuses a change to cluster state while this node's lease may have
+    /// ended: past its TTL since last renewed, the others may take the
+    /// node for down and act on what it holds, so it must not act too.
+    pub(super) fn refuse_lapsed_lease(&self) -> Result<()> {
+        let m = self.membership.lock().unwrap_or_else(|e| e.into_inner());
+        match m.as_ref() {
+            Some(m) if m.renewed.elapsed() >= m.ttl => {
+                Err(Error::Store(StoreError::Unavailable(format!(
+                    "node {} has not renewed its cluster lease for {:.1} s (its TTL is {} s): \
+                     it changes nothing in the cluster until it has",
+                    self.node_id,
+                    m.renewed.elapsed().as_secs_f64(),
+                    m.ttl.as_secs()
+                ))))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The lease this node holds now, if it has joined.

@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use stowage_sys::{exists_ok, missing_ok, MountAttrs, MountEntry};
 use tracing::warn;
 
+use super::access::refused_write;
 use super::confine::CallerPaths;
 use super::{logged, not_found, Loaded, VolumeService, MAX_STACKED_MOUNTS};
 use crate::driver::DataIdentity;
@@ -28,6 +29,8 @@ use crate::error::{Error, Result};
 use crate::name::VolumeName;
 use crate::volume::{DeviceUse, Usage, VolumeRecord};
 
+/// What a staging path's consumer name starts with.
+const STAGING_CONSUMER: &str = "csi-stage:";
 /// The file in a staging directory where a raw device's node is bound.
 pub(super) const DEVICE_NODE: &str = "device";
 
@@ -103,6 +106,9 @@ impl VolumeService {
                 name: name.to_string(),
                 reason,
             };
+            if loaded.record.access.read_only() && !read_only {
+                return Err(refused_write(&name, loaded.record.access));
+            }
             if !loaded.record.consumers.is_empty() {
                 return Err(precondition(format!(
                     "is mounted as a filesystem (by {}); raw block access needs it unmounted",
@@ -284,6 +290,12 @@ impl VolumeService {
                 }
                 return Ok(());
             }
+            if loaded.record.access.read_only() && !attrs.read_only {
+                return Err(refused_write(&name, loaded.record.access));
+            }
+            if loaded.record.access.single_consumer() {
+                self.refuse_second_publication(&loaded.record, &volume, &source, target)?;
+            }
             // A device node is bound on a file, a filesystem on a directory.
             let made = match device {
                 Some(_) => self.sys.create_file(target, 0o600),
@@ -311,6 +323,36 @@ impl VolumeService {
             }
             Ok(())
         })
+    }
+
+    /// Refuses to publish a volume of one consumer (`rwop`) at `target`
+    /// while the kernel shows it published at another path: each
+    /// publication is a consumer (a pod), whichever staging it binds.
+    fn refuse_second_publication(
+        &self,
+        record: &VolumeRecord,
+        volume: &Shown,
+        source: &Path,
+        target: &Path,
+    ) -> Result<()> {
+        let mountpoint = self.layout.mountpoint(&record.id);
+        let table = self.mount_table()?;
+        let other = table.iter().find(|m| {
+            volume.at(m)
+                && m.mount_point != mountpoint
+                && m.mount_point != source
+                && m.mount_point != target
+                && !is_staging(record, &m.mount_point)
+        });
+        match other {
+            Some(m) => Err(Error::HeldElsewhere {
+                name: record.name.to_string(),
+                node: self.node_id.clone(),
+                mode: record.access,
+                consumer: Some(format!("the publication at {}", m.mount_point.display())),
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Undoes [`Self::publish`], removing the target; unpublishing what is
@@ -432,7 +474,7 @@ impl VolumeService {
 fn staging_call(paths: &CallerPaths, name: &str, staging: &Path) -> Result<(VolumeName, String)> {
     let name = VolumeName::parse(name)?;
     paths.check("staging path", staging)?;
-    let consumer = format!("csi-stage:{}", staging.display());
+    let consumer = format!("{STAGING_CONSUMER}{}", staging.display());
     crate::name::validate_consumer(&consumer)?;
     Ok((name, consumer))
 }
@@ -472,4 +514,16 @@ fn taken(path: &Path, m: &MountEntry) -> Error {
         path: path.to_path_buf(),
         what: format!("another mount ({} {})", m.fs_type, m.source),
     }
+}
+
+/// Whether `path` is where the volume is staged: as a filesystem (its
+/// staging consumer) or as a device (its device node there).
+fn is_staging(record: &VolumeRecord, path: &Path) -> bool {
+    let staged_fs = (record.consumers.iter())
+        .filter_map(|c| c.strip_prefix(STAGING_CONSUMER))
+        .any(|s| Path::new(s) == path);
+    let staged_device = (record.device.iter())
+        .flat_map(|d| &d.stagings)
+        .any(|s| s.join(DEVICE_NODE) == path);
+    staged_fs || staged_device
 }

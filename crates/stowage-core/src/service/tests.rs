@@ -6,6 +6,7 @@ use stowage_sys::{Call, RecordingSys};
 use super::*;
 use crate::options::{check_known, Options};
 use crate::store::MemoryStore;
+use crate::volume::Attachment;
 
 /// A driver that keeps each volume in `/data/<id>` and bind-mounts it.
 struct DirDriver {
@@ -17,7 +18,14 @@ impl Driver for DirDriver {
         "dir"
     }
     fn validate(&self, options: &Options) -> Result<()> {
-        check_known("dir", options, &["colour"])
+        check_known("dir", options, &["colour", "reach"])
+    }
+    /// `reach=cluster`: the test stands for storage every node reaches.
+    fn capabilities(&self, options: &Options) -> crate::Capabilities {
+        match options.get("reach").map(String::as_str) {
+            Some("cluster") => crate::Capabilities::SHARED,
+            _ => crate::Capabilities::NODE_LOCAL,
+        }
     }
     fn provisions_storage(&self) -> bool {
         true
@@ -705,7 +713,7 @@ fn a_version_1_record_is_rewritten_as_spec_and_facts_and_keeps_its_mount() {
     let spec = f.store.get(Collection::Volumes, "old").unwrap().unwrap();
     let spec = String::from_utf8(spec.value).unwrap();
     assert!(
-        spec.contains("\"schema\":2") && !spec.contains("\"consumers\""),
+        spec.contains("\"schema\":3") && !spec.contains("\"consumers\""),
         "{spec}"
     );
     assert!(f
@@ -802,4 +810,185 @@ fn nodes_join_with_a_lease_and_are_listed_cordoned_down_and_removed() {
     a.heartbeat().unwrap();
     assert_ne!(a.lease().unwrap(), old);
     assert_eq!(a.node("a").unwrap().state, NodeState::Ready);
+}
+
+/// A node of a cluster over `cluster`, with its own kernel and store,
+/// joined with a lease of `ttl`.
+fn cluster_node(
+    cluster: &Arc<MemoryStore>,
+    id: &str,
+    ttl: std::time::Duration,
+) -> (VolumeService, Arc<RecordingSys>) {
+    let sys = Arc::new(RecordingSys::new());
+    let svc = service(&sys, cluster)
+        .with_node_id(id)
+        .with_local_store(Arc::new(MemoryStore::new()));
+    svc.reconcile().unwrap();
+    svc.join(crate::node::NodeInfo::default(), ttl).unwrap();
+    (svc, sys)
+}
+
+/// Creates on `maker` a volume of storage every node reaches, in `mode`,
+/// and makes its data appear on each of `others` too.
+fn shared_volume(
+    maker: &VolumeService,
+    others: &[&RecordingSys],
+    name: &str,
+    mode: crate::AccessMode,
+) {
+    let mut r = req(name);
+    r.options.insert("reach".into(), "cluster".into());
+    r.access = Some(mode);
+    maker.create(r).unwrap();
+    let id = maker
+        .load(&VolumeName::parse(name).unwrap())
+        .unwrap()
+        .unwrap()
+        .record
+        .id;
+    for sys in others {
+        let _ = sys.create_dir(Path::new("/data"), 0o755);
+        sys.create_dir(&Path::new("/data").join(id.as_str()), 0o755)
+            .unwrap();
+    }
+}
+
+fn held_elsewhere(r: Result<PathBuf>) -> String {
+    match r {
+        Err(e @ Error::HeldElsewhere { .. }) => e.to_string(),
+        other => panic!("expected the volume held elsewhere, got {other:?}"),
+    }
+}
+
+#[test]
+fn access_modes_hold_across_nodes() {
+    use crate::AccessMode::{Rox, Rwo, Rwop, Rwx};
+    let cluster = Arc::new(MemoryStore::new());
+    let ttl = std::time::Duration::from_secs(60);
+    let ((a, sys_a), (b, sys_b)) = (
+        cluster_node(&cluster, "a", ttl),
+        cluster_node(&cluster, "b", ttl),
+    );
+
+    // rwo: one node at a time, any number of consumers there.
+    shared_volume(&a, &[&sys_b], "one-node", Rwo);
+    a.mount("one-node", "c1").unwrap();
+    a.mount("one-node", "c2").unwrap();
+    let refused = held_elsewhere(b.mount("one-node", "c3"));
+    assert!(
+        refused.contains("node a") && refused.contains("rwo"),
+        "{refused}"
+    );
+    let seen = b.inspect("one-node").unwrap();
+    assert_eq!(seen.consumers_by_node["a"], ["c1", "c2"]);
+    assert_eq!(seen.held_by.as_deref(), Some("a"));
+    assert!(seen.consumers.is_empty(), "b's own consumers");
+    a.unmount("one-node", "c1").unwrap();
+    a.unmount("one-node", "c2").unwrap();
+    assert_eq!(a.inspect("one-node").unwrap().held_by, None);
+    b.mount("one-node", "c3").unwrap();
+    let refused = a.remove("one-node", true).unwrap_err().to_string();
+    assert!(refused.contains("c3 on node b"), "{refused}");
+
+    // rwop: one consumer in the cluster.
+    shared_volume(&a, &[&sys_b], "one-consumer", Rwop);
+    a.mount("one-consumer", "c1").unwrap();
+    a.mount("one-consumer", "c1").unwrap();
+    held_elsewhere(a.mount("one-consumer", "c2"));
+    held_elsewhere(b.mount("one-consumer", "c2"));
+    assert_eq!(a.inspect("one-consumer").unwrap().consumers, ["c1"]);
+
+    // rox: every node, read-only.
+    shared_volume(&a, &[&sys_b], "readers", Rox);
+    let pa = a.mount("readers", "r1").unwrap();
+    b.mount("readers", "r2").unwrap();
+    assert!(sys_a.calls().contains(&Call::MakeReadOnly(pa)));
+    let write = Attachment {
+        read_only: false,
+        exclusive: false,
+    };
+    assert!(a.attach("readers", "b", write).is_err());
+    assert_eq!(b.inspect("readers").unwrap().consumers_by_node.len(), 2);
+
+    // rwx: every node, read-write, no claim.
+    shared_volume(&a, &[&sys_b], "everyone", Rwx);
+    a.mount("everyone", "w1").unwrap();
+    b.mount("everyone", "w2").unwrap();
+    assert_eq!(a.inspect("everyone").unwrap().held_by, None);
+
+    // A CSI attachment claims the volume for its node: no other node
+    // mounts it until it is detached.
+    shared_volume(&a, &[&sys_b], "attached", Rwo);
+    a.attach("attached", "a", write).unwrap();
+    held_elsewhere(b.mount("attached", "c"));
+    assert!(matches!(
+        b.attach("attached", "b", write),
+        Err(Error::HeldElsewhere { .. })
+    ));
+    a.detach("attached", Some("a")).unwrap();
+    b.mount("attached", "c").unwrap();
+    b.unmount("attached", "c").unwrap();
+
+    // Node-local storage takes no mode its storage cannot give.
+    let mut r = req("local-many");
+    r.access = Some(Rwx);
+    let refused = a.create(r).unwrap_err().to_string();
+    assert!(refused.contains("rwo, rwop, rox"), "{refused}");
+    assert_eq!(a.create(req("local-default")).unwrap().access, Rwo);
+}
+
+#[test]
+fn a_down_nodes_exclusive_attachment_is_released_with_its_lease() {
+    let cluster = Arc::new(MemoryStore::new());
+    let ttl = std::time::Duration::from_secs(60);
+    let ((a, _), (b, sys_b)) = (
+        cluster_node(&cluster, "a", ttl),
+        cluster_node(&cluster, "b", ttl),
+    );
+    shared_volume(&a, &[&sys_b], "v", crate::AccessMode::Rwo);
+    let how = Attachment {
+        read_only: false,
+        exclusive: true,
+    };
+    a.attach("v", "b", how).unwrap();
+    b.mount("v", "c").unwrap();
+    assert!(matches!(
+        a.attach("v", "a", how),
+        Err(Error::HeldElsewhere { .. })
+    ));
+    // b is cut off: its lease ends, and its claim with it.
+    cluster.revoke_lease(b.lease().unwrap()).unwrap();
+    a.attach("v", "a", how).unwrap();
+    let v = a.inspect("v").unwrap();
+    assert_eq!(v.attachments.keys().collect::<Vec<_>>(), ["a"]);
+    assert_eq!(v.held_by.as_deref(), Some("a"));
+    assert!(
+        v.consumers_by_node.is_empty(),
+        "b's use ended with its lease"
+    );
+    // b comes back: it rejoins, finds the volume taken, and claims nothing.
+    b.heartbeat().unwrap();
+    let v = a.inspect("v").unwrap();
+    assert_eq!(v.held_by.as_deref(), Some("a"));
+    assert_eq!(v.consumers_by_node["b"], ["c"], "b still has its consumer");
+}
+
+#[test]
+fn a_node_whose_lease_lapsed_changes_nothing_until_it_renews() {
+    let cluster = Arc::new(MemoryStore::new());
+    let short = std::time::Duration::from_secs(2);
+    let (a, _) = cluster_node(&cluster, "a", short);
+    a.create(req("v")).unwrap();
+    a.mount("v", "c1").unwrap();
+    std::thread::sleep(short + std::time::Duration::from_millis(200));
+    let refused = a.mount("v", "c2").unwrap_err();
+    assert_eq!(refused.kind(), crate::ErrorKind::Unavailable, "{refused}");
+    assert!(refused.to_string().contains("lease"), "{refused}");
+    assert_eq!(a.inspect("v").unwrap().consumers, ["c1"], "nothing changed");
+    // The lease ended meanwhile: the node rejoins and publishes its use.
+    a.heartbeat().unwrap();
+    a.mount("v", "c2").unwrap();
+    let v = a.inspect("v").unwrap();
+    assert_eq!(v.consumers_by_node["a"], ["c1", "c2"]);
+    assert_eq!(v.held_by.as_deref(), Some("a"));
 }

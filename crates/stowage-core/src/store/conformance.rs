@@ -179,6 +179,22 @@ fn lists_and_pages(store: &dyn Store) {
     assert!(store.list(Collection::Snapshots).unwrap().items.is_empty());
     clear(store);
 
+    // A prefix lists its own keys only: not a key that merely sorts near
+    // it, nor one of another collection.
+    for key in ["v/a", "v/b", "v", "v0", "w/a", "u/z", "v/é"] {
+        store.put(c, key, b"x", Precondition::Absent).unwrap();
+    }
+    store
+        .put(Collection::Snapshots, "v/c", b"x", Precondition::Absent)
+        .unwrap();
+    let under = store.list_prefix(c, "v/").unwrap();
+    let keys: Vec<&str> = under.items.iter().map(|v| v.key.as_str()).collect();
+    assert_eq!(keys, ["v/a", "v/b", "v/é"]);
+    assert_eq!(under.revision, store.revision().unwrap());
+    assert!(store.list_prefix(c, "x").unwrap().items.is_empty());
+    assert_eq!(store.list_prefix(c, "").unwrap().items.len(), 7);
+    clear(store);
+
     // More than one request can carry (etcd takes 1.5 MiB in a request,
     // and a gRPC client 4 MiB in an answer) comes back whole.
     let value = vec![b'x'; 64 * 1024];

@@ -79,11 +79,15 @@ impl Store for MemoryStore {
             .map(|(v, _)| v.clone()))
     }
 
-    fn list(&self, collection: Collection) -> Result<Listed<Versioned>, StoreError> {
+    fn list_prefix(
+        &self,
+        collection: Collection,
+        prefix: &str,
+    ) -> Result<Listed<Versioned>, StoreError> {
         let state = self.lock();
         Ok(Listed {
             items: (state.entries.iter())
-                .filter(|((c, _), _)| *c == collection)
+                .filter(|((c, k), _)| *c == collection && k.starts_with(prefix))
                 .map(|(_, (v, _))| v.clone())
                 .collect(),
             revision: state.revision,

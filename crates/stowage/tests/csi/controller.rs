@@ -316,12 +316,23 @@ async fn validate_confirms_what_stowage_serves_and_only_that() {
     let ok = c
         .validate_volume_capabilities(validate(vec![
             mount_cap(Mode::SingleNodeWriter),
-            mount_cap(Mode::MultiNodeReaderOnly),
+            mount_cap(Mode::SingleNodeReaderOnly),
         ]))
         .await
         .unwrap()
         .into_inner();
     assert_eq!(ok.confirmed.unwrap().volume_capabilities.len(), 2);
+    // Made for one node (rwo): not for many.
+    let many = c
+        .validate_volume_capabilities(validate(vec![mount_cap(Mode::MultiNodeReaderOnly)]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        many.confirmed.is_none() && many.message.contains("access mode rwo"),
+        "{}",
+        many.message
+    );
     // Raw block access: for a volume with a device, not for a directory.
     let block = block_cap(Mode::SingleNodeWriter);
     let raw = c
