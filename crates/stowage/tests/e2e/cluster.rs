@@ -333,3 +333,185 @@ fn a_volume_is_placed_on_the_node_asked_made_there_and_used_there() {
         .contains("is down"));
     drop(c);
 }
+
+/// One call to a daemon's Docker plugin socket; the answer's body.
+fn plugin_call(d: &Daemon, endpoint: &str, body: &str) -> serde_json::Value {
+    use std::io::{Read, Write};
+    let mut s =
+        std::os::unix::net::UnixStream::connect(d.base().join("plugins/stowage.sock")).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let request = format!(
+        "POST /VolumeDriver.{endpoint} HTTP/1.1\r\nhost: plugin\r\nconnection: close\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(request.as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (_, body) = out.split_once("\r\n\r\n").unwrap();
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+/// ControllerPublish of `volume` to `node` through `d`'s CSI socket.
+fn csi_attach(d: &Daemon, volume: &str, node: &str) -> Result<(), tonic::Status> {
+    use stowage_testkit::csi::proto::{self, volume_capability};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let csi = stowage_testkit::csi::CsiClient::connect(&d.csi_socket())
+            .await
+            .unwrap();
+        let cap = proto::VolumeCapability {
+            access_type: Some(volume_capability::AccessType::Mount(
+                volume_capability::MountVolume::default(),
+            )),
+            access_mode: Some(volume_capability::AccessMode {
+                mode: volume_capability::access_mode::Mode::SingleNodeWriter as i32,
+            }),
+        };
+        let req = proto::ControllerPublishVolumeRequest {
+            volume_id: volume.into(),
+            node_id: node.into(),
+            volume_capability: Some(cap),
+            ..Default::default()
+        };
+        csi.controller
+            .clone()
+            .controller_publish_volume(req)
+            .await
+            .map(drop)
+    })
+}
+
+#[test]
+fn access_modes_hold_across_nodes_at_every_door() {
+    let etcd = Etcd::start();
+    let store = format!("etcd://{}", etcd.endpoint);
+    let start = |id: &str| {
+        Daemon::start_with(
+            BIN,
+            &["--store", &store, "--node-id", id, "--node-ttl", "2"],
+        )
+    };
+    let a = start("node-a");
+    let mut b = start("node-b");
+    // A directory every node reaches alike: a cluster filesystem's stand-in.
+    let shared = tempfile::tempdir().unwrap();
+    let path = shared.path().canonicalize().unwrap();
+    let create = |name: &str, mode: &str| {
+        a.ok(&[
+            "volume",
+            "create",
+            name,
+            "--driver",
+            "bind",
+            "-o",
+            &format!("path={}", path.display()),
+            "-o",
+            "scope=cluster",
+            "--access",
+            mode,
+        ]);
+    };
+
+    // rwo: the node that uses it holds it; REST, Docker and CSI on the
+    // other node are refused, naming the holder.
+    create("one-node", "rwo");
+    assert_eq!(b.inspect("one-node")["access"], "rwo");
+    assert!(b.inspect("one-node").get("node").is_none(), "no home node");
+    a.ok(&["volume", "mount", "one-node", "--consumer", "c1"]);
+    let refused = b.fails(&["volume", "mount", "one-node", "--consumer", "c2"]);
+    assert!(refused.contains("node node-a holds it"), "{refused}");
+    let docker = plugin_call(&b, "Mount", r#"{"Name":"one-node","ID":"c3"}"#);
+    assert!(
+        docker["Err"].as_str().unwrap().contains("node-a"),
+        "{docker}"
+    );
+    let csi = csi_attach(&b, "one-node", "node-b").unwrap_err();
+    assert_eq!(csi.code(), tonic::Code::FailedPrecondition, "{csi:?}");
+    let seen = b.inspect("one-node");
+    assert_eq!(seen["held_by"], "node-a");
+    assert_eq!(
+        seen["consumers_by_node"]["node-a"],
+        serde_json::json!(["c1"])
+    );
+    a.ok(&["volume", "unmount", "one-node", "--consumer", "c1"]);
+
+    // An exclusive CSI attachment keeps Docker and REST elsewhere out:
+    // the hole where any mount ignored attachments is closed.
+    csi_attach(&a, "one-node", "node-b").unwrap();
+    let docker = plugin_call(&a, "Mount", r#"{"Name":"one-node","ID":"c4"}"#);
+    assert!(
+        docker["Err"].as_str().unwrap().contains("node-b"),
+        "{docker}"
+    );
+    let refused = a.fails(&["volume", "rm", "one-node"]);
+    assert!(refused.contains("attached to node node-b"), "{refused}");
+    // Its node dies: the attachment ends with its lease (TTL 2 s), and the
+    // volume is usable elsewhere within TTL + 5 s.
+    let killed = std::time::Instant::now();
+    b.kill9();
+    stowage_testkit::wait_until(
+        "the dead node's claim to end",
+        std::time::Duration::from_secs(7),
+        || a.inspect("one-node").get("held_by").is_none(),
+    );
+    eprintln!("released {:?} after kill -9", killed.elapsed());
+    csi_attach(&a, "one-node", "node-a").unwrap();
+    let v = a.inspect("one-node");
+    assert_eq!(v["held_by"], "node-a");
+    assert_eq!(v["attachments"].as_object().unwrap().len(), 1, "{v}");
+    b.spawn();
+
+    // rwop: one consumer in the whole cluster.
+    create("one-consumer", "rwop");
+    a.ok(&["volume", "mount", "one-consumer", "--consumer", "only"]);
+    a.fails(&["volume", "mount", "one-consumer", "--consumer", "second"]);
+    b.fails(&["volume", "mount", "one-consumer", "--consumer", "second"]);
+
+    // rox: every node mounts it, and no one writes through it.
+    create("readers", "rox");
+    let pa = a.ok(&["volume", "mount", "readers", "--consumer", "r1"]);
+    let pb = b.ok(&["volume", "mount", "readers", "--consumer", "r2"]);
+    for p in [pa.trim(), pb.trim()] {
+        let err = std::fs::write(Path::new(p).join("f"), b"x").unwrap_err();
+        assert_eq!(
+            err.kind(),
+            std::io::ErrorKind::ReadOnlyFilesystem,
+            "{p}: {err}"
+        );
+    }
+    assert_eq!(
+        a.inspect("readers")["consumers_by_node"]
+            .as_object()
+            .unwrap()
+            .len(),
+        2
+    );
+
+    // rwx: every node mounts it read-write, and sees the others' writes.
+    create("everyone", "rwx");
+    let pa = a.ok(&["volume", "mount", "everyone", "--consumer", "w1"]);
+    let pb = b.ok(&["volume", "mount", "everyone", "--consumer", "w2"]);
+    std::fs::write(Path::new(pa.trim()).join("from-a"), b"a").unwrap();
+    assert_eq!(
+        std::fs::read(Path::new(pb.trim()).join("from-a")).unwrap(),
+        b"a"
+    );
+
+    // Node-local storage takes no mode it cannot give.
+    let refused = a.fails(&["volume", "create", "local-many", "--access", "rwx"]);
+    assert!(refused.contains("allows rwo, rwop, rox"), "{refused}");
+    for (d, c, v) in [
+        (&a, "w1", "everyone"),
+        (&b, "w2", "everyone"),
+        (&a, "r1", "readers"),
+        (&b, "r2", "readers"),
+        (&a, "only", "one-consumer"),
+    ] {
+        d.ok(&["volume", "unmount", v, "--consumer", c]);
+    }
+}
