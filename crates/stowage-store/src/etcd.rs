@@ -31,6 +31,10 @@ const KEYS_PAGE: i64 = 8192;
 /// so one page of the biggest records still fits).
 const MAX_ANSWER: usize = 64 * 1024 * 1024;
 
+/// How long a request that etcd refused before proposing it waits before
+/// it is tried again.
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
+
 /// How to reach etcd.
 #[derive(Debug, Clone)]
 pub struct EtcdConfig {
@@ -153,7 +157,9 @@ impl EtcdStore {
         let mut options = ConnectOptions::new()
             .with_connect_timeout(config.timeout)
             .with_timeout(config.timeout)
-            .with_keep_alive(Duration::from_secs(2), config.timeout)
+            // A connection to a member that went silent (its host cut
+            // off) is dropped within 3 s, and its requests go elsewhere.
+            .with_keep_alive(Duration::from_secs(1), Duration::from_secs(2))
             .with_keep_alive_while_idle(true)
             // A member cut off from its quorum refuses at once, instead of
             // holding the request until the deadline.
@@ -188,24 +194,41 @@ impl EtcdStore {
 
     /// Runs `f` with a clone of `client` on the store's runtime, within
     /// the deadline, from any thread (an async one included).
+    ///
+    /// A request that etcd refused before proposing it (an endpoint that
+    /// refuses connections, a member without a leader) did nothing, so it
+    /// is tried again until the deadline: the client spreads requests over
+    /// every endpoint and sends some to a member that is down, where
+    /// etcd's own clients would go to the next one.
     fn run<C, T, F>(
         &self,
         request: Request,
         client: &C,
-        f: impl FnOnce(C) -> F,
+        f: impl Fn(C) -> F + Send + 'static,
     ) -> Result<T, StoreError>
     where
-        C: Clone,
+        C: Clone + Send + 'static,
         T: Send + 'static,
         F: std::future::Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
     {
         let (tx, rx) = mpsc::sync_channel(1);
         let timeout = self.timeout;
-        let fut = f(client.clone());
+        let client = client.clone();
         self.runtime().spawn(async move {
-            let out = match tokio::time::timeout(timeout, fut).await {
-                Ok(result) => result.map_err(|e| failed(e, request)),
-                Err(_) => Err(request.unsure(format!("no answer within {timeout:?}"))),
+            let deadline = tokio::time::Instant::now() + timeout;
+            let out = loop {
+                match tokio::time::timeout_at(deadline, f(client.clone())).await {
+                    Ok(Ok(answer)) => break Ok(answer),
+                    Ok(Err(e)) => match failed(e, request) {
+                        StoreError::Unavailable(_)
+                            if tokio::time::Instant::now() + RETRY_PAUSE < deadline =>
+                        {
+                            tokio::time::sleep(RETRY_PAUSE).await
+                        }
+                        other => break Err(other),
+                    },
+                    Err(_) => break Err(request.unsure(format!("no answer within {timeout:?}"))),
+                }
             };
             let _ = tx.send(out);
         });
@@ -265,8 +288,9 @@ impl EtcdStore {
                 options = options.with_revision(revision);
             }
             let key = from.clone();
-            let mut page = self.run(Request::Read, &self.kv, move |mut kv| async move {
-                kv.get(key, Some(options)).await
+            let mut page = self.run(Request::Read, &self.kv, move |mut kv| {
+                let (key, options) = (key.clone(), options.clone());
+                async move { kv.get(key, Some(options)).await }
             })?;
             if revision == 0 {
                 revision = page.header().map_or(0, |h| h.revision());
@@ -323,16 +347,18 @@ fn tls_options(tls: &EtcdTls) -> Result<TlsOptions, StoreError> {
 impl Store for EtcdStore {
     fn revision(&self) -> Result<Revision, StoreError> {
         let key = self.prefix.clone();
-        let got = self.run(Request::Read, &self.client, move |mut c| async move {
-            c.get(key, Some(GetOptions::new().with_count_only())).await
+        let got = self.run(Request::Read, &self.client, move |mut c| {
+            let key = key.clone();
+            async move { c.get(key, Some(GetOptions::new().with_count_only())).await }
         })?;
         Ok(revision_of(got.header()))
     }
 
     fn get(&self, collection: Collection, key: &str) -> Result<Option<Versioned>, StoreError> {
         let full = self.key(collection, key);
-        let mut got = self.run(Request::Read, &self.client, move |mut c| async move {
-            c.get(full, None).await
+        let mut got = self.run(Request::Read, &self.client, move |mut c| {
+            let full = full.clone();
+            async move { c.get(full, None).await }
         })?;
         Ok(got.take_kvs().into_iter().next().map(|kv| Versioned {
             key: key.to_string(),
@@ -400,8 +426,9 @@ impl Store for EtcdStore {
         });
         // On failure, the keys' revisions now say which precondition failed.
         let txn = Txn::new().when(compares).and_then(writes).or_else(reads);
-        let answer = self.run(Request::Write, &self.client, move |mut c| async move {
-            c.txn(txn).await
+        let answer = self.run(Request::Write, &self.client, move |mut c| {
+            let txn = txn.clone();
+            async move { c.txn(txn).await }
         });
         let answer = match lease {
             Some(lease) => lease_ended(answer, lease)?,
@@ -437,8 +464,9 @@ impl Store for EtcdStore {
         let options = WatchOptions::new()
             .with_range(end)
             .with_start_revision(after as i64 + 1);
-        let stream = self.run(Request::Read, &self.client, move |mut c| async move {
-            c.watch(start, Some(options)).await
+        let stream = self.run(Request::Read, &self.client, move |mut c| {
+            let (start, options) = (start.clone(), options.clone());
+            async move { c.watch(start, Some(options)).await }
         })?;
         let (tx, rx) = mpsc::channel();
         let prefix = self.range(collection).0;
@@ -466,8 +494,9 @@ impl Store for EtcdStore {
 
     fn compact(&self, revision: Revision) -> Result<(), StoreError> {
         let options = CompactionOptions::new().with_physical();
-        match self.run(Request::Write, &self.client, move |mut c| async move {
-            c.compact(revision as i64, Some(options)).await
+        match self.run(Request::Write, &self.client, move |mut c| {
+            let options = options.clone();
+            async move { c.compact(revision as i64, Some(options)).await }
         }) {
             Err(StoreError::Backend(m)) if m.contains("compacted") => Ok(()),
             other => other.map(drop),

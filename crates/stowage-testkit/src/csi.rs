@@ -117,3 +117,47 @@ impl CsiClient {
         })
     }
 }
+
+/// Runs `call` with a client connected to `socket`, to its end, from code
+/// that is not async.
+pub fn blocking<T, F>(socket: &Path, call: impl FnOnce(CsiClient) -> F) -> T
+where
+    F: Future<Output = T>,
+{
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let csi = CsiClient::connect(socket).await.unwrap();
+        call(csi).await
+    })
+}
+
+/// A filesystem volume with access `mode`.
+pub fn mount_cap(mode: proto::volume_capability::access_mode::Mode) -> proto::VolumeCapability {
+    use proto::volume_capability::{AccessMode, AccessType, MountVolume};
+    proto::VolumeCapability {
+        access_type: Some(AccessType::Mount(MountVolume::default())),
+        access_mode: Some(AccessMode { mode: mode as i32 }),
+    }
+}
+
+/// ControllerPublish of `volume` to `node`, single-node-writer, through
+/// the CSI socket at `socket`.
+pub fn attach(socket: &Path, volume: &str, node: &str) -> Result<(), tonic::Status> {
+    use proto::volume_capability::access_mode::Mode;
+    let req = proto::ControllerPublishVolumeRequest {
+        volume_id: volume.into(),
+        node_id: node.into(),
+        volume_capability: Some(mount_cap(Mode::SingleNodeWriter)),
+        ..Default::default()
+    };
+    blocking(socket, |csi| async move {
+        csi.controller
+            .clone()
+            .controller_publish_volume(req)
+            .await
+            .map(drop)
+    })
+}

@@ -26,6 +26,8 @@ pub struct Daemon {
     pub run: PathBuf,
     /// Extra arguments of `stowage serve`.
     extra: Vec<String>,
+    /// What the daemon runs in: empty, or `nsenter` into a test host.
+    prefix: Vec<String>,
     child: Option<Child>,
     /// The doors' sockets while this process holds them for the daemon,
     /// as a service manager does (see [`Daemon::hold_sockets`]).
@@ -61,9 +63,30 @@ impl Daemon {
         Daemon::launch(bin, dir, Some(run_dir), &[])
     }
 
+    /// Starts a daemon on a test host of [`crate::netns`]: its network is
+    /// the host's, its mounts are the machine's.
+    pub fn start_on(bin: &str, host: &crate::netns::Host, extra: &[&str]) -> Daemon {
+        require_root();
+        let mut d = Daemon::launch_stopped(bin, tempfile::tempdir().unwrap(), None, extra);
+        d.prefix = host.prefix();
+        d.spawn();
+        d
+    }
+
     /// Starts `bin serve` with its data root in `dir` and its run root in
     /// `run_dir`, or beside the data root if none is given.
     fn launch(
+        bin: &str,
+        dir: tempfile::TempDir,
+        run_dir: Option<tempfile::TempDir>,
+        extra: &[&str],
+    ) -> Daemon {
+        let mut d = Daemon::launch_stopped(bin, dir, run_dir, extra);
+        d.spawn();
+        d
+    }
+
+    fn launch_stopped(
         bin: &str,
         dir: tempfile::TempDir,
         run_dir: Option<tempfile::TempDir>,
@@ -74,18 +97,17 @@ impl Daemon {
             Some(r) => r.path().canonicalize().unwrap(),
             None => base.join("run"),
         };
-        let mut d = Daemon {
+        Daemon {
             bin: bin.into(),
             data: base.join("data"),
             run,
             _dir: dir,
             _run_dir: run_dir,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            prefix: Vec::new(),
             child: None,
             held: Vec::new(),
-        };
-        d.spawn();
-        d
+        }
     }
 
     pub fn base(&self) -> PathBuf {
@@ -159,8 +181,17 @@ impl Daemon {
     fn command_with_held_sockets(&self) -> Command {
         use command_fds::{CommandFdExt, FdMapping};
         if self.held.is_empty() {
-            return Command::new(&self.bin);
+            let Some((first, rest)) = self.prefix.split_first() else {
+                return Command::new(&self.bin);
+            };
+            let mut cmd = Command::new(first);
+            cmd.args(rest).arg(&self.bin);
+            return cmd;
         }
+        assert!(
+            self.prefix.is_empty(),
+            "sockets are held on the machine only"
+        );
         let mut cmd = Command::new("/bin/sh");
         cmd.arg("-c")
             .arg(format!(
@@ -330,6 +361,22 @@ impl Daemon {
         mounts_under(&self.run)
     }
 
+    /// One call to the Docker plugin socket; the answer's body.
+    pub fn plugin_call(&self, endpoint: &str, body: &str) -> Value {
+        let mut s = UnixStream::connect(self.base().join("plugins/stowage.sock")).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let request = format!(
+            "POST /VolumeDriver.{endpoint} HTTP/1.1\r\nhost: plugin\r\nconnection: close\r\n\
+             content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(request.as_bytes()).unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let (_, body) = out.split_once("\r\n\r\n").unwrap();
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {out}"))
+    }
+
     /// Sends raw bytes to the REST socket and returns the raw answer.
     pub fn raw(&self, request: &[u8]) -> String {
         let mut s = UnixStream::connect(self.socket()).unwrap();
@@ -345,6 +392,16 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
+        if std::thread::panicking() {
+            // The log goes with the temporary directory: show its end.
+            let log = self.log();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+            eprintln!(
+                "--- the end of {}:\n{tail}",
+                self.base().join("daemon.log").display()
+            );
+        }
         // Leave no mount behind for the temporary directories' removal.
         let apart = self._run_dir.as_ref().map(|_| self.run.clone());
         for dir in std::iter::once(self.base()).chain(apart) {

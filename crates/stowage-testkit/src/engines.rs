@@ -45,8 +45,7 @@ pub struct Env {
     stowage_host: String,
     stowage_bin: PathBuf,
     pub dockerd: Mutex<Dockerd>,
-    podman_conf: PathBuf,
-    podman_storage: PathBuf,
+    podman: Podman,
     /// Scenarios that stop a daemon take this for writing.
     pub exclusive: RwLock<()>,
 }
@@ -68,40 +67,7 @@ impl Env {
         };
         dockerd.start();
 
-        let podman = base.join("podman");
-        std::fs::create_dir_all(&podman).unwrap();
-        let podman_conf = podman.join("containers.conf");
-        std::fs::write(
-            &podman_conf,
-            format!(
-                r#"[containers]
-default_ulimits = ["nofile=10000:10000", "nproc=1000:1000"]
-
-[engine]
-runtime = "runc"
-cgroup_manager = "cgroupfs"
-events_logger = "file"
-events_logfile_path = "{p}/events.log"
-tmp_dir = "{p}/tmp"
-volume_path = "{p}/volumes"
-
-[engine.volume_plugins]
-{plugin} = "{socket}"
-"#,
-                p = podman.display(),
-                socket = plugin_socket.display(),
-            ),
-        )
-        .unwrap();
-        let podman_storage = podman.join("storage.conf");
-        std::fs::write(
-            &podman_storage,
-            format!(
-                "[storage]\ndriver = \"overlay\"\ngraphroot = \"{p}/root\"\nrunroot = \"{p}/runroot\"\n",
-                p = podman.display()
-            ),
-        )
-        .unwrap();
+        let podman = Podman::configure(&base.join("podman"), &plugin, &plugin_socket);
 
         let env = Env {
             base,
@@ -110,63 +76,14 @@ volume_path = "{p}/volumes"
             stowage_host,
             stowage_bin,
             dockerd: Mutex::new(dockerd),
-            podman_conf,
-            podman_storage,
+            podman,
             exclusive: RwLock::new(()),
         };
-        let tar = env.build_image();
+        let tar = build_image(&env.base);
         for kind in [Kind::Docker, Kind::Podman] {
             env.engine(kind, &["import", tar.to_str().unwrap(), IMAGE]);
         }
         env
-    }
-
-    /// Builds the image's root filesystem as a tar archive.
-    fn build_image(&self) -> PathBuf {
-        let root = self.base.join("image");
-        for d in ["bin", "etc", "tmp", "seed"] {
-            std::fs::create_dir_all(root.join(d)).unwrap();
-        }
-        std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-        let applets = Command::new("/bin/busybox").arg("--list").output().unwrap();
-        for applet in String::from_utf8(applets.stdout).unwrap().lines() {
-            if applet != "busybox" {
-                symlink("busybox", root.join("bin").join(applet)).unwrap();
-            }
-        }
-        std::fs::write(
-            root.join("etc/passwd"),
-            "root:x:0:0:root:/root:/bin/sh\nmongodb:x:184:998:mongodb:/var/lib/mongodb:/bin/sh\n",
-        )
-        .unwrap();
-        std::fs::write(root.join("etc/group"), "root:x:0:\nmongodb:x:998:\n").unwrap();
-        std::fs::set_permissions(root.join("tmp"), std::fs::Permissions::from_mode(0o1777))
-            .unwrap();
-        let seed = root.join("seed");
-        std::fs::write(seed.join("config.txt"), "seeded by the image\n").unwrap();
-        std::fs::create_dir(seed.join("sub")).unwrap();
-        std::fs::write(seed.join("sub/nested.txt"), "nested\n").unwrap();
-        for p in [
-            seed.join("config.txt"),
-            seed.join("sub/nested.txt"),
-            seed.join("sub"),
-            seed.clone(),
-        ] {
-            std::os::unix::fs::chown(&p, Some(184), Some(998)).unwrap();
-        }
-        std::fs::set_permissions(&seed, std::fs::Permissions::from_mode(0o750)).unwrap();
-        let tar = self.base.join("image.tar");
-        let status = Command::new("tar")
-            .arg("-C")
-            .arg(&root)
-            .arg("--numeric-owner")
-            .arg("-cf")
-            .arg(&tar)
-            .arg(".")
-            .status()
-            .unwrap();
-        assert!(status.success());
-        tar
     }
 
     /// Runs an engine command; panics with its output if it fails.
@@ -183,18 +100,13 @@ volume_path = "{p}/volumes"
     }
 
     pub fn engine_raw(&self, kind: Kind, args: &[&str]) -> Output {
-        let mut cmd = Command::new(kind.program());
-        match kind {
-            Kind::Docker => cmd.env(
-                "DOCKER_HOST",
-                self.dockerd
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .host(),
-            ),
-            Kind::Podman => cmd
-                .env("CONTAINERS_CONF", &self.podman_conf)
-                .env("CONTAINERS_STORAGE_CONF", &self.podman_storage),
+        let mut cmd = match kind {
+            Kind::Docker => {
+                let mut cmd = Command::new(kind.program());
+                cmd.env("DOCKER_HOST", self.docker_host());
+                cmd
+            }
+            Kind::Podman => self.podman.command(),
         };
         cmd.args(args).stdin(Stdio::null()).output().unwrap()
     }
@@ -245,9 +157,7 @@ volume_path = "{p}/volumes"
             .base
             .join(format!("podman-{}.sock", std::process::id()));
         let host = format!("unix://{}", socket.display());
-        let child = Command::new(Kind::Podman.program())
-            .env("CONTAINERS_CONF", &self.podman_conf)
-            .env("CONTAINERS_STORAGE_CONF", &self.podman_storage)
+        let child = (self.podman.command())
             .args(["system", "service", "--time=0", &host])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -327,6 +237,138 @@ volume_path = "{p}/volumes"
             eprintln!("cannot remove {}: {e}", self.base.display());
         }
     }
+}
+
+/// Podman with a private configuration: storage of its own under a
+/// directory, runc, and Stowage's plugin socket under a driver name.
+pub struct Podman {
+    conf: PathBuf,
+    storage: PathBuf,
+}
+
+impl Podman {
+    /// Writes the configuration under `dir`: `plugin` is the driver name
+    /// of the plugin socket at `socket`.
+    pub fn configure(dir: &Path, plugin: &str, socket: &Path) -> Podman {
+        std::fs::create_dir_all(dir).unwrap();
+        let conf = dir.join("containers.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                r#"[containers]
+default_ulimits = ["nofile=10000:10000", "nproc=1000:1000"]
+
+[engine]
+runtime = "runc"
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+events_logfile_path = "{p}/events.log"
+tmp_dir = "{p}/tmp"
+volume_path = "{p}/volumes"
+
+[engine.volume_plugins]
+{plugin} = "{socket}"
+"#,
+                p = dir.display(),
+                socket = socket.display(),
+            ),
+        )
+        .unwrap();
+        let storage = dir.join("storage.conf");
+        std::fs::write(
+            &storage,
+            format!(
+                "[storage]\ndriver = \"overlay\"\ngraphroot = \"{p}/root\"\nrunroot = \"{p}/runroot\"\n",
+                p = dir.display()
+            ),
+        )
+        .unwrap();
+        Podman { conf, storage }
+    }
+
+    /// `podman` with this configuration.
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(Kind::Podman.program());
+        cmd.env("CONTAINERS_CONF", &self.conf)
+            .env("CONTAINERS_STORAGE_CONF", &self.storage);
+        cmd
+    }
+
+    /// Runs `podman ARGS`; panics with its output if it fails.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self
+            .command()
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "podman {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Imports the test image ([`IMAGE`]), built under `dir`.
+    pub fn import_image(&self, dir: &Path) {
+        let tar = build_image(dir);
+        self.ok(&["import", tar.to_str().unwrap(), IMAGE]);
+    }
+
+    /// Removes every container and image of this configuration.
+    pub fn clean(&self) {
+        let _ = self.command().args(["rm", "-af"]).output();
+        let _ = self.command().args(["rmi", "-af"]).output();
+    }
+}
+
+/// Builds the image's root filesystem as a tar archive.
+fn build_image(base: &Path) -> PathBuf {
+    let root = base.join("image");
+    for d in ["bin", "etc", "tmp", "seed"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    let applets = Command::new("/bin/busybox").arg("--list").output().unwrap();
+    for applet in String::from_utf8(applets.stdout).unwrap().lines() {
+        if applet != "busybox" {
+            symlink("busybox", root.join("bin").join(applet)).unwrap();
+        }
+    }
+    std::fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nmongodb:x:184:998:mongodb:/var/lib/mongodb:/bin/sh\n",
+    )
+    .unwrap();
+    std::fs::write(root.join("etc/group"), "root:x:0:\nmongodb:x:998:\n").unwrap();
+    std::fs::set_permissions(root.join("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let seed = root.join("seed");
+    std::fs::write(seed.join("config.txt"), "seeded by the image\n").unwrap();
+    std::fs::create_dir(seed.join("sub")).unwrap();
+    std::fs::write(seed.join("sub/nested.txt"), "nested\n").unwrap();
+    for p in [
+        seed.join("config.txt"),
+        seed.join("sub/nested.txt"),
+        seed.join("sub"),
+        seed.clone(),
+    ] {
+        std::os::unix::fs::chown(&p, Some(184), Some(998)).unwrap();
+    }
+    std::fs::set_permissions(&seed, std::fs::Permissions::from_mode(0o750)).unwrap();
+    let tar = base.join("image.tar");
+    let status = Command::new("tar")
+        .arg("-C")
+        .arg(&root)
+        .arg("--numeric-owner")
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    tar
 }
 
 /// A private dockerd, with the flags DESIGN.md records for this machine,

@@ -110,15 +110,30 @@ impl Certs {
 pub struct Etcd {
     child: Option<Child>,
     dir: tempfile::TempDir,
-    /// `127.0.0.1:PORT`, where clients reach it.
+    /// `HOST:PORT`, where clients reach it.
     pub endpoint: String,
     tls: bool,
+    /// What the member runs in: empty, or `nsenter` into a test host.
+    prefix: Vec<String>,
+    /// Its arguments, kept to start it again after a kill.
+    args: Vec<std::ffi::OsString>,
+    /// The client certificate etcdctl checks its health with.
+    client_tls: Vec<String>,
 }
 
 /// A port free on loopback now.
 fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().port()
+}
+
+/// Where one member listens and whom it starts a cluster with.
+struct MemberPlan {
+    name: String,
+    client_url: String,
+    peer_url: String,
+    initial_cluster: String,
+    prefix: Vec<String>,
 }
 
 impl Etcd {
@@ -133,44 +148,131 @@ impl Etcd {
     }
 
     fn launch(certs: Option<&Certs>) -> Etcd {
-        let dir = tempfile::tempdir().unwrap();
         let (client, peer) = (free_port(), free_port());
         let scheme = if certs.is_some() { "https" } else { "http" };
-        let client_url = format!("{scheme}://127.0.0.1:{client}");
         let peer_url = format!("http://127.0.0.1:{peer}");
-        let mut cmd = Command::new("etcd");
-        cmd.args(["--name", "test", "--data-dir"])
-            .arg(dir.path().join("data"))
-            .args(["--listen-client-urls", &client_url])
-            .args(["--advertise-client-urls", &client_url])
-            .args(["--listen-peer-urls", &peer_url])
-            .args(["--initial-advertise-peer-urls", &peer_url])
-            .args(["--initial-cluster", &format!("test={peer_url}")])
-            .args(["--log-level", "warn"]);
-        if let Some(c) = certs {
-            cmd.arg("--cert-file")
-                .arg(&c.server_cert)
-                .arg("--key-file")
-                .arg(&c.server_key)
-                .arg("--trusted-ca-file")
-                .arg(&c.ca)
-                .arg("--client-cert-auth");
+        let etcd = Etcd::spawn_member(
+            MemberPlan {
+                name: "test".into(),
+                client_url: format!("{scheme}://127.0.0.1:{client}"),
+                initial_cluster: format!("test={peer_url}"),
+                peer_url,
+                prefix: Vec::new(),
+            },
+            certs,
+        );
+        etcd.wait_healthy();
+        etcd
+    }
+
+    /// One member on each of `hosts`, as one cluster; returns once every
+    /// member is healthy.
+    pub fn cluster(hosts: &[crate::netns::Host]) -> Vec<Etcd> {
+        let peer_url = |h: &crate::netns::Host| format!("http://{}:2380", h.addr);
+        let initial_cluster = (hosts.iter().enumerate())
+            .map(|(i, h)| format!("m{i}={}", peer_url(h)))
+            .collect::<Vec<_>>()
+            .join(",");
+        // All are started before any is waited for: none is healthy alone.
+        let members: Vec<Etcd> = (hosts.iter().enumerate())
+            .map(|(i, h)| {
+                Etcd::spawn_member(
+                    MemberPlan {
+                        name: format!("m{i}"),
+                        client_url: format!("http://{}:2379", h.addr),
+                        peer_url: peer_url(h),
+                        initial_cluster: initial_cluster.clone(),
+                        prefix: h.prefix(),
+                    },
+                    None,
+                )
+            })
+            .collect();
+        for m in &members {
+            m.wait_healthy();
         }
-        let log = std::fs::File::create(dir.path().join("etcd.log")).unwrap();
-        let child = cmd
+        members
+    }
+
+    fn spawn_member(plan: MemberPlan, certs: Option<&Certs>) -> Etcd {
+        let dir = tempfile::tempdir().unwrap();
+        let mut args: Vec<std::ffi::OsString> = vec!["--name".into(), plan.name.into()];
+        args.extend(["--data-dir".into(), dir.path().join("data").into()]);
+        for (flag, value) in [
+            ("--listen-client-urls", &plan.client_url),
+            ("--advertise-client-urls", &plan.client_url),
+            ("--listen-peer-urls", &plan.peer_url),
+            ("--initial-advertise-peer-urls", &plan.peer_url),
+            ("--initial-cluster", &plan.initial_cluster),
+        ] {
+            args.extend([flag.into(), value.into()]);
+        }
+        args.extend(["--log-level".into(), "warn".into()]);
+        let mut client_tls = Vec::new();
+        if let Some(c) = certs {
+            for (flag, path) in [
+                ("--cert-file", &c.server_cert),
+                ("--key-file", &c.server_key),
+                ("--trusted-ca-file", &c.ca),
+            ] {
+                args.extend([flag.into(), path.into()]);
+            }
+            args.push("--client-cert-auth".into());
+            client_tls = vec![
+                format!("--cacert={}", c.ca.display()),
+                format!("--cert={}", c.client_cert.display()),
+                format!("--key={}", c.client_key.display()),
+            ];
+        }
+        let endpoint = plan.client_url.split_once("://").unwrap().1.to_string();
+        let mut etcd = Etcd {
+            child: None,
+            dir,
+            endpoint,
+            tls: certs.is_some(),
+            prefix: plan.prefix,
+            args,
+            client_tls,
+        };
+        etcd.spawn();
+        etcd
+    }
+
+    /// `program` as this member runs it: on its host, if it has one.
+    fn command(&self, program: &str) -> Command {
+        match self.prefix.split_first() {
+            Some((first, rest)) => {
+                let mut cmd = Command::new(first);
+                cmd.args(rest).arg(program);
+                cmd
+            }
+            None => Command::new(program),
+        }
+    }
+
+    fn spawn(&mut self) {
+        assert!(self.child.is_none());
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("etcd.log"))
+            .unwrap();
+        let child = self
+            .command("etcd")
+            .args(&self.args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .expect("etcd (Debian etcd-server)");
-        let etcd = Etcd {
-            child: Some(child),
-            dir,
-            endpoint: format!("127.0.0.1:{client}"),
-            tls: certs.is_some(),
-        };
-        etcd.wait_healthy(certs);
-        etcd
+        self.child = Some(child);
+    }
+
+    /// Starts a killed member again on its data, and waits until it is
+    /// healthy (for a cluster's member: back in its quorum).
+    pub fn restart(&mut self) {
+        self.spawn();
+        self.wait_healthy();
     }
 
     /// The URL of its client port.
@@ -183,18 +285,14 @@ impl Etcd {
         std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()
     }
 
-    fn wait_healthy(&self, certs: Option<&Certs>) {
+    fn wait_healthy(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let mut cmd = Command::new("etcdctl");
-            cmd.env("ETCDCTL_API", "3")
-                .args(["--endpoints", &self.url(), "endpoint", "health"]);
-            if let Some(c) = certs {
-                cmd.arg(format!("--cacert={}", c.ca.display()))
-                    .arg(format!("--cert={}", c.client_cert.display()))
-                    .arg(format!("--key={}", c.client_key.display()));
-            }
-            let ok = cmd
+            let ok = self
+                .command("etcdctl")
+                .env("ETCDCTL_API", "3")
+                .args(["--endpoints", &self.url(), "endpoint", "health"])
+                .args(&self.client_tls)
                 .stdin(Stdio::null())
                 .output()
                 .expect("etcdctl (Debian etcd-client)")

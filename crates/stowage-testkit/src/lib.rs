@@ -7,11 +7,12 @@ pub mod csi;
 pub mod daemon;
 pub mod engines;
 pub mod etcd;
+pub mod netns;
 pub mod scratch;
 
 pub use daemon::{
     fs_type_at, holds_within, loop_devices_backing, mounts_under, owner, require_root, run,
     stderr_of, wait_until, Daemon,
 };
-pub use engines::{Env, Kind, IMAGE};
+pub use engines::{Env, Kind, Podman, IMAGE};
 pub use scratch::ScratchFs;

@@ -17,7 +17,8 @@ use stowage_testkit::Daemon;
 use tonic::{Code, Status};
 
 use proto::volume_capability::access_mode::Mode;
-use proto::volume_capability::{AccessMode, AccessType, BlockVolume, MountVolume};
+use proto::volume_capability::{AccessMode, AccessType, BlockVolume};
+pub use stowage_testkit::csi::mount_cap;
 
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_stowage");
@@ -201,13 +202,6 @@ impl Fixture {
 
 pub fn s(p: &Path) -> String {
     p.to_str().unwrap().to_string()
-}
-
-pub fn mount_cap(mode: Mode) -> proto::VolumeCapability {
-    proto::VolumeCapability {
-        access_type: Some(AccessType::Mount(MountVolume::default())),
-        access_mode: Some(AccessMode { mode: mode as i32 }),
-    }
 }
 
 pub fn block_cap(mode: Mode) -> proto::VolumeCapability {

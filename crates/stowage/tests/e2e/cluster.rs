@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use stowage_testkit::csi::attach;
 use stowage_testkit::etcd::{Certs, Etcd};
 use stowage_testkit::{fs_type_at, stderr_of, Daemon};
 
@@ -334,58 +335,6 @@ fn a_volume_is_placed_on_the_node_asked_made_there_and_used_there() {
     drop(c);
 }
 
-/// One call to a daemon's Docker plugin socket; the answer's body.
-fn plugin_call(d: &Daemon, endpoint: &str, body: &str) -> serde_json::Value {
-    use std::io::{Read, Write};
-    let mut s =
-        std::os::unix::net::UnixStream::connect(d.base().join("plugins/stowage.sock")).unwrap();
-    s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
-        .unwrap();
-    let request = format!(
-        "POST /VolumeDriver.{endpoint} HTTP/1.1\r\nhost: plugin\r\nconnection: close\r\n\
-         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(request.as_bytes()).unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let (_, body) = out.split_once("\r\n\r\n").unwrap();
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {out}"))
-}
-
-/// ControllerPublish of `volume` to `node` through `d`'s CSI socket.
-fn csi_attach(d: &Daemon, volume: &str, node: &str) -> Result<(), tonic::Status> {
-    use stowage_testkit::csi::proto::{self, volume_capability};
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let csi = stowage_testkit::csi::CsiClient::connect(&d.csi_socket())
-            .await
-            .unwrap();
-        let cap = proto::VolumeCapability {
-            access_type: Some(volume_capability::AccessType::Mount(
-                volume_capability::MountVolume::default(),
-            )),
-            access_mode: Some(volume_capability::AccessMode {
-                mode: volume_capability::access_mode::Mode::SingleNodeWriter as i32,
-            }),
-        };
-        let req = proto::ControllerPublishVolumeRequest {
-            volume_id: volume.into(),
-            node_id: node.into(),
-            volume_capability: Some(cap),
-            ..Default::default()
-        };
-        csi.controller
-            .clone()
-            .controller_publish_volume(req)
-            .await
-            .map(drop)
-    })
-}
-
 #[test]
 fn access_modes_hold_across_nodes_at_every_door() {
     let etcd = Etcd::start();
@@ -425,12 +374,12 @@ fn access_modes_hold_across_nodes_at_every_door() {
     a.ok(&["volume", "mount", "one-node", "--consumer", "c1"]);
     let refused = b.fails(&["volume", "mount", "one-node", "--consumer", "c2"]);
     assert!(refused.contains("node node-a holds it"), "{refused}");
-    let docker = plugin_call(&b, "Mount", r#"{"Name":"one-node","ID":"c3"}"#);
+    let docker = b.plugin_call("Mount", r#"{"Name":"one-node","ID":"c3"}"#);
     assert!(
         docker["Err"].as_str().unwrap().contains("node-a"),
         "{docker}"
     );
-    let csi = csi_attach(&b, "one-node", "node-b").unwrap_err();
+    let csi = attach(&b.csi_socket(), "one-node", "node-b").unwrap_err();
     assert_eq!(csi.code(), tonic::Code::FailedPrecondition, "{csi:?}");
     let seen = b.inspect("one-node");
     assert_eq!(seen["held_by"], "node-a");
@@ -442,8 +391,8 @@ fn access_modes_hold_across_nodes_at_every_door() {
 
     // An exclusive CSI attachment keeps Docker and REST elsewhere out:
     // the hole where any mount ignored attachments is closed.
-    csi_attach(&a, "one-node", "node-b").unwrap();
-    let docker = plugin_call(&a, "Mount", r#"{"Name":"one-node","ID":"c4"}"#);
+    attach(&a.csi_socket(), "one-node", "node-b").unwrap();
+    let docker = a.plugin_call("Mount", r#"{"Name":"one-node","ID":"c4"}"#);
     assert!(
         docker["Err"].as_str().unwrap().contains("node-b"),
         "{docker}"
@@ -460,7 +409,7 @@ fn access_modes_hold_across_nodes_at_every_door() {
         || a.inspect("one-node").get("held_by").is_none(),
     );
     eprintln!("released {:?} after kill -9", killed.elapsed());
-    csi_attach(&a, "one-node", "node-a").unwrap();
+    attach(&a.csi_socket(), "one-node", "node-a").unwrap();
     let v = a.inspect("one-node");
     assert_eq!(v["held_by"], "node-a");
     assert_eq!(v["attachments"].as_object().unwrap().len(), 1, "{v}");

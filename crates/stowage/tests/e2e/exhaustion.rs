@@ -34,14 +34,7 @@ fn idle_connections_on_one_door_starve_no_door() {
         scope.spawn(move || {
             d.ok(&["volume", "create", "v"]);
             assert!(d.ok(&["volume", "ls"]).contains("v"));
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async {
-                let csi = stowage_testkit::csi::CsiClient::connect(&d.csi_socket())
-                    .await
-                    .unwrap();
+            stowage_testkit::csi::blocking(&d.csi_socket(), |csi| async move {
                 let req = stowage_testkit::csi::proto::GetPluginInfoRequest {};
                 csi.identity.clone().get_plugin_info(req).await.unwrap();
             });

@@ -8,6 +8,7 @@ mod corrupt;
 mod crash;
 mod escape;
 mod exhaustion;
+mod hosts;
 mod lifecycle;
 mod ownership;
 mod permissions;

@@ -1,0 +1,355 @@
+//! Three hosts, each a network namespace with its own etcd member and its
+//! own Stowage daemon (own data, run and plugin roots), on one test
+//! network: the cluster as it runs on three machines, and its faults.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use stowage_testkit::csi::attach;
+use stowage_testkit::etcd::Etcd;
+use stowage_testkit::netns::TestNet;
+use stowage_testkit::{holds_within, wait_until, Daemon, Podman, IMAGE};
+
+use crate::BIN;
+
+/// The lease TTL the hosts run with, in seconds: above the time the
+/// client takes to drop a connection to a member gone silent (3 s), which
+/// one renewal may wait for.
+const TTL: u64 = 5;
+
+/// Dropped in this order: daemons, then etcd, then the network.
+struct Cluster {
+    nodes: Vec<Daemon>,
+    etcd: Vec<Etcd>,
+    net: TestNet,
+    /// A directory every host reaches alike: a cluster filesystem's
+    /// stand-in, for volumes of `scope=cluster`.
+    shared: tempfile::TempDir,
+}
+
+impl Cluster {
+    fn start() -> Cluster {
+        let net = TestNet::new(3);
+        let etcd = Etcd::cluster(&net.hosts);
+        let endpoints = (etcd.iter().map(|m| m.endpoint.as_str()))
+            .collect::<Vec<_>>()
+            .join(",");
+        let store = format!("etcd://{endpoints}");
+        let ttl = TTL.to_string();
+        let nodes = (net.hosts.iter().enumerate())
+            .map(|(i, h)| {
+                let (id, zone) = (format!("h{i}"), format!("zone=z{}", i % 2));
+                let args = [
+                    "--store",
+                    &store,
+                    "--node-id",
+                    &id,
+                    "--advertise",
+                    &h.addr,
+                    "--node-ttl",
+                    &ttl,
+                    "--node-label",
+                    &zone,
+                ];
+                Daemon::start_on(BIN, h, &args)
+            })
+            .collect::<Vec<Daemon>>();
+        // A daemon answers before it has joined.
+        wait_until("every host to join", Duration::from_secs(20), || {
+            states(&nodes[0])
+                .iter()
+                .filter(|(_, s)| s == "ready")
+                .count()
+                == 3
+        });
+        Cluster {
+            nodes,
+            etcd,
+            net,
+            shared: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// Creates a volume on the shared directory, from host 0.
+    fn create_shared(&self, name: &str, access: &str) {
+        let path = self.shared.path().canonicalize().unwrap();
+        self.nodes[0].ok(&[
+            "volume",
+            "create",
+            name,
+            "--driver",
+            "bind",
+            "-o",
+            &format!("path={}", path.display()),
+            "-o",
+            "scope=cluster",
+            "--access",
+            access,
+        ]);
+    }
+}
+
+/// `node ls` as (id, state) pairs.
+fn states(d: &Daemon) -> Vec<(String, String)> {
+    let nodes: Vec<serde_json::Value> =
+        serde_json::from_str(&d.ok(&["node", "ls", "--format", "json"])).unwrap();
+    (nodes.iter())
+        .map(|n| {
+            (
+                n["id"].as_str().unwrap().into(),
+                n["state"].as_str().unwrap().into(),
+            )
+        })
+        .collect()
+}
+
+fn state_of(d: &Daemon, id: &str) -> String {
+    let all = states(d);
+    let found = all.iter().find(|(n, _)| n == id);
+    found.map_or("absent".into(), |(_, s)| s.clone())
+}
+
+#[test]
+fn three_hosts_are_one_system_at_every_door() {
+    let c = Cluster::start();
+    let [h0, h1, h2] = &c.nodes[..] else {
+        unreachable!()
+    };
+    for d in [h0, h1, h2] {
+        assert_eq!(
+            states(d),
+            [("h0", "ready"), ("h1", "ready"), ("h2", "ready")].map(|(a, b)| (a.into(), b.into()))
+        );
+    }
+    let table = h1.ok(&["node", "ls"]);
+    assert!(table.contains(&c.net.hosts[2].addr), "{table}");
+
+    // Created on one host, seen on all; placed where asked.
+    h0.ok(&["volume", "create", "here"]);
+    h0.ok(&["volume", "create", "there", "--node", "h2"]);
+    for d in [h0, h1, h2] {
+        assert_eq!(d.names(), ["here", "there"]);
+        assert_eq!(d.inspect("there")["node"], "h2");
+    }
+    let path = h2.ok(&["volume", "mount", "there", "--consumer", "c1"]);
+    assert!(stowage_testkit::fs_type_at(Path::new(path.trim())).is_some());
+    let refused = h1.fails(&["volume", "mount", "there", "--consumer", "c2"]);
+    assert!(refused.contains("h2"), "{refused}");
+    h2.ok(&["volume", "unmount", "there", "--consumer", "c1"]);
+
+    // A cordoned host takes nothing new, asked by name or by selector.
+    h2.ok(&["node", "cordon", "h0"]);
+    assert_eq!(state_of(h1, "h0"), "cordoned");
+    assert!(h1
+        .fails(&["volume", "create", "no", "--node", "h0"])
+        .contains("cordoned"));
+    // h0 and h2 are in zone z0: with h0 cordoned, only h2 matches.
+    h1.ok(&[
+        "volume",
+        "create",
+        "in-z0",
+        "--node",
+        "any",
+        "--node-selector",
+        "zone=z0",
+    ]);
+    assert_eq!(h0.inspect("in-z0")["node"], "h2");
+    h2.ok(&["node", "uncordon", "h0"]);
+
+    // rwo: held by the host that mounts it; the other hosts' REST,
+    // Docker plugin and CSI doors are refused, naming the holder.
+    c.create_shared("one-host", "rwo");
+    h0.ok(&["volume", "mount", "one-host", "--consumer", "c1"]);
+    let refused = h1.fails(&["volume", "mount", "one-host", "--consumer", "c2"]);
+    assert!(refused.contains("node h0 holds it"), "{refused}");
+    let docker = h2.plugin_call("Mount", r#"{"Name":"one-host","ID":"c3"}"#);
+    assert!(docker["Err"].as_str().unwrap().contains("h0"), "{docker}");
+    let csi = attach(&h1.csi_socket(), "one-host", "h1").unwrap_err();
+    assert_eq!(csi.code(), tonic::Code::FailedPrecondition, "{csi:?}");
+    assert_eq!(h2.inspect("one-host")["held_by"], "h0");
+    h0.ok(&["volume", "unmount", "one-host", "--consumer", "c1"]);
+    // Released, it is anyone's: attached to h2 through h1's CSI door.
+    attach(&h1.csi_socket(), "one-host", "h2").unwrap();
+    assert_eq!(h0.inspect("one-host")["held_by"], "h2");
+
+    // rox: mounted read-only on every host.
+    c.create_shared("readers", "rox");
+    for (i, d) in [h0, h1, h2].into_iter().enumerate() {
+        let p = d.ok(&["volume", "mount", "readers", "--consumer", &format!("r{i}")]);
+        let err = std::fs::write(Path::new(p.trim()).join("f"), b"x").unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::ReadOnlyFilesystem);
+    }
+    let by_node = h1.inspect("readers")["consumers_by_node"].clone();
+    assert_eq!(by_node.as_object().unwrap().len(), 3, "{by_node}");
+    for (i, d) in [h0, h1, h2].into_iter().enumerate() {
+        d.ok(&[
+            "volume",
+            "unmount",
+            "readers",
+            "--consumer",
+            &format!("r{i}"),
+        ]);
+    }
+
+    // A container on host 0, through its plugin socket, on a volume made
+    // for host 0 from host 1's CLI.
+    h1.ok(&["volume", "create", "for-podman", "--node", "h0"]);
+    let dir = tempfile::tempdir().unwrap();
+    let plugin = format!("stowage-hosts-{}", std::process::id());
+    let podman = Podman::configure(
+        &dir.path().join("podman"),
+        &plugin,
+        &h0.base().join("plugins/stowage.sock"),
+    );
+    podman.import_image(dir.path());
+    podman.ok(&["volume", "reload"]);
+    let listed = podman.ok(&["volume", "ls", "--format", "{{.Name}} {{.Driver}}"]);
+    assert!(
+        listed.lines().any(|l| l == format!("for-podman {plugin}")),
+        "{listed}"
+    );
+    let run = |script: &str| {
+        podman.ok(&[
+            "run",
+            "--rm",
+            "--network=none",
+            "-v",
+            "for-podman:/d",
+            IMAGE,
+            "sh",
+            "-c",
+            script,
+        ])
+    };
+    run("echo from-a-container > /d/f");
+    assert_eq!(run("cat /d/f").trim(), "from-a-container");
+    // The container's data is the volume's, seen from the third host.
+    let seen = h2.inspect("for-podman");
+    assert!(seen.get("consumers_by_node").is_none(), "{seen}");
+    let path = h0.ok(&["volume", "mount", "for-podman", "--consumer", "check"]);
+    let data = std::fs::read_to_string(Path::new(path.trim()).join("f")).unwrap();
+    assert_eq!(data.trim(), "from-a-container");
+    h0.ok(&["volume", "unmount", "for-podman", "--consumer", "check"]);
+    podman.clean();
+}
+
+#[test]
+fn a_host_cut_off_goes_down_loses_its_claims_and_rejoins_with_nothing_lost() {
+    let mut c = Cluster::start();
+
+    // Losing one etcd member of three changes nothing visible, even to the
+    // host whose member it was.
+    c.etcd[1].kill();
+    c.nodes[1].ok(&["volume", "create", "while-m1-died", "--node", "h2"]);
+    assert!(c.nodes[2].names().contains(&"while-m1-died".to_string()));
+    assert_eq!(state_of(&c.nodes[0], "h1"), "ready");
+    c.etcd[1].restart();
+
+    // Host 2 uses a volume of its own and holds an exclusive attachment.
+    let local = c.nodes[2].ok(&["volume", "mount", "while-m1-died", "--consumer", "app"]);
+    c.create_shared("exclusive", "rwo");
+    attach(&c.nodes[0].csi_socket(), "exclusive", "h2").unwrap();
+    assert_eq!(c.nodes[0].inspect("exclusive")["held_by"], "h2");
+
+    let cut = Instant::now();
+    c.net.partition(2);
+    let (h0, h2) = (&c.nodes[0], &c.nodes[2]);
+    let within = Duration::from_secs(TTL + 5);
+    wait_until("h2 down on h0 within TTL + 5 s", within, || {
+        state_of(h0, "h2") == "down"
+    });
+    let down = cut.elapsed();
+    wait_until("h2's claim released within TTL + 5 s", within, || {
+        h0.inspect("exclusive").get("held_by").is_none()
+    });
+    let released = cut.elapsed();
+    eprintln!("partitioned h2: down after {down:?}, its claim released after {released:?}");
+    attach(&h0.csi_socket(), "exclusive", "h0").unwrap();
+    assert_eq!(c.nodes[1].inspect("exclusive")["held_by"], "h0");
+
+    // The cut-off host refuses cluster writes, quickly and clearly.
+    let t = Instant::now();
+    let refused = h2.fails(&["volume", "create", "from-the-island"]);
+    assert!(
+        t.elapsed() < Duration::from_secs(12),
+        "refused after {:?}",
+        t.elapsed()
+    );
+    assert!(
+        refused.contains("unavailable") || refused.contains("lease"),
+        "{refused}"
+    );
+    let refused = h2.fails(&["volume", "mount", "exclusive", "--consumer", "x"]);
+    assert!(!refused.is_empty());
+    // Meanwhile the others go on.
+    h0.ok(&["volume", "create", "during-the-cut"]);
+
+    // Healed: it rejoins, sees what was made meanwhile, and still has its
+    // own mount and consumer; its old claim stays given up.
+    c.net.heal(2);
+    wait_until("h2 ready again", Duration::from_secs(20), || {
+        state_of(h0, "h2") == "ready"
+    });
+    wait_until(
+        "h2 to republish its consumer",
+        Duration::from_secs(10),
+        || h0.inspect("while-m1-died")["consumers_by_node"]["h2"] == serde_json::json!(["app"]),
+    );
+    assert!(stowage_testkit::fs_type_at(Path::new(local.trim())).is_some());
+    assert!(h2.names().contains(&"during-the-cut".to_string()));
+    assert!(!h0.names().contains(&"from-the-island".to_string()));
+    assert_eq!(h2.inspect("exclusive")["held_by"], "h0");
+    h2.ok(&["volume", "create", "after-the-cut"]);
+    h2.ok(&["volume", "unmount", "while-m1-died", "--consumer", "app"]);
+
+    // kill -9 of a daemon: its node goes down, and on restart it
+    // reconciles its own mounts only.
+    c.nodes[1].ok(&["volume", "create", "on-h1"]);
+    let mounted = c.nodes[1].ok(&["volume", "mount", "on-h1", "--consumer", "k"]);
+    c.nodes[1].kill9();
+    wait_until("h1 down", within, || state_of(&c.nodes[0], "h1") == "down");
+    c.nodes[1].spawn();
+    wait_until("h1 to rejoin", Duration::from_secs(10), || {
+        state_of(&c.nodes[0], "h1") == "ready"
+    });
+    assert!(stowage_testkit::fs_type_at(Path::new(mounted.trim())).is_some());
+    assert_eq!(
+        c.nodes[0].inspect("on-h1")["consumers_by_node"]["h1"],
+        serde_json::json!(["k"])
+    );
+}
+
+#[test]
+fn without_quorum_writes_fail_fast_and_resume_when_it_is_back() {
+    let mut c = Cluster::start();
+    c.nodes[0].ok(&["volume", "create", "before"]);
+    c.etcd[1].kill();
+    c.etcd[2].kill();
+    // A write fails within the store's deadline, saying why.
+    let t = Instant::now();
+    let refused = c.nodes[0].fails(&["volume", "create", "no-quorum"]);
+    let took = t.elapsed();
+    eprintln!("a write without quorum failed after {took:?}: {refused}");
+    assert!(took < Duration::from_secs(12), "took {took:?}");
+    assert!(refused.contains("unavailable"), "{refused}");
+    // So does a read, within the same deadline: without a quorum etcd
+    // cannot say what is current.
+    let t = Instant::now();
+    let refused = c.nodes[1].fails(&["volume", "ls"]);
+    assert!(
+        t.elapsed() < Duration::from_secs(12),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert!(refused.contains("unavailable"), "{refused}");
+
+    c.etcd[1].restart();
+    c.etcd[2].restart();
+    assert!(holds_within(Duration::from_secs(20), || {
+        c.nodes[0]
+            .cli(&["volume", "create", "with-quorum"])
+            .status
+            .success()
+    }));
+    assert!(c.nodes[2].names().contains(&"with-quorum".to_string()));
+}
