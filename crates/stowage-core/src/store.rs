@@ -192,6 +192,15 @@ impl Op {
         }
     }
 
+    /// Binds a put to `lease` if there is one (a node outside a cluster
+    /// holds none).
+    pub fn with_lease_if(self, lease: Option<LeaseId>) -> Op {
+        match lease {
+            Some(l) => self.with_lease(l),
+            None => self,
+        }
+    }
+
     /// Binds a put to `lease`: the key vanishes when the lease ends.
     pub fn with_lease(mut self, lease: LeaseId) -> Op {
         if let Action::Put { lease: l, .. } = &mut self.action {

@@ -161,3 +161,20 @@ pub fn attach(socket: &Path, volume: &str, node: &str) -> Result<(), tonic::Stat
             .map(drop)
     })
 }
+
+/// ControllerUnpublish of `volume` from `node` through the CSI socket at
+/// `socket`.
+pub fn detach(socket: &Path, volume: &str, node: &str) -> Result<(), tonic::Status> {
+    let req = proto::ControllerUnpublishVolumeRequest {
+        volume_id: volume.into(),
+        node_id: node.into(),
+        ..Default::default()
+    };
+    blocking(socket, |csi| async move {
+        csi.controller
+            .clone()
+            .controller_unpublish_volume(req)
+            .await
+            .map(drop)
+    })
+}

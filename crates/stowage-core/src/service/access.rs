@@ -191,22 +191,14 @@ impl VolumeService {
                 consumer: c.consumer,
             });
         }
-        let expect = claim_expect(current.as_ref());
-        let claim = Claim {
-            id: record.id.clone(),
-            node: node.to_string(),
-            consumer: consumer.map(str::to_string),
-        };
-        let op = Op::put(
-            Collection::Claims,
-            record.name.as_str(),
-            claim.to_json(),
-            expect,
-        );
-        Ok(Some(match lease {
-            Some(l) => op.with_lease(l),
-            None => op,
-        }))
+        let consumer = consumer.map(str::to_string);
+        Ok(Some(claim_put(
+            record,
+            node,
+            consumer,
+            current.as_ref(),
+            lease,
+        )))
     }
 
     /// The op that releases `node`'s claim on the volume, if it holds it.
@@ -248,10 +240,7 @@ impl VolumeService {
                     .as_ref()
                     .map_or(Precondition::Absent, |p| Precondition::Revision(p.revision));
                 let op = Op::put(Collection::Uses, &key, n.clone(), expect);
-                ops.push(match lease {
-                    Some(l) => op.with_lease(l),
-                    None => op,
-                });
+                ops.push(op.with_lease_if(lease));
             }
             (None, Some(p)) => ops.push(Op::delete(Collection::Uses, &key, p.revision)),
             (None, None) => {}
@@ -384,10 +373,7 @@ impl VolumeService {
                 let expect = (mine.get(&key))
                     .map_or(Precondition::Absent, |v| Precondition::Revision(v.revision));
                 let op = Op::put(Collection::Uses, &key, u.to_json(), expect);
-                ops.push(match lease {
-                    Some(l) => op.with_lease(l),
-                    None => op,
-                });
+                ops.push(op.with_lease_if(lease));
             }
             let held = record.in_use() || record.attachments.contains_key(&self.node_id);
             let claim = claims.get(name.as_str());
@@ -401,18 +387,9 @@ impl VolumeService {
                     }
                     _ => {
                         let consumer = record.consumers.iter().next().cloned();
-                        let claim = Claim {
-                            id: record.id.clone(),
-                            node: self.node_id.clone(),
-                            consumer: consumer.filter(|_| record.access.single_consumer()),
-                        };
-                        let expect = claim_expect(claims.get(name.as_str()));
-                        let op =
-                            Op::put(Collection::Claims, name.as_str(), claim.to_json(), expect);
-                        ops.push(match lease {
-                            Some(l) => op.with_lease(l),
-                            None => op,
-                        });
+                        let consumer = consumer.filter(|_| record.access.single_consumer());
+                        let current = claims.get(name.as_str());
+                        ops.push(claim_put(record, &self.node_id, consumer, current, lease));
                     }
                 }
             } else if holder.as_deref() == Some(self.node_id.as_str()) {
@@ -430,6 +407,24 @@ impl VolumeService {
         info!(node = %self.node_id, lost, "published this node's use of its volumes");
         Ok(lost)
     }
+}
+
+/// The put that claims `record`'s volume for `node` (and `consumer`), if
+/// the claim is still as read (`current`), bound to the node's lease.
+fn claim_put(
+    record: &VolumeRecord,
+    node: &str,
+    consumer: Option<String>,
+    current: Option<&Versioned>,
+    lease: Option<LeaseId>,
+) -> Op {
+    let claim = Claim {
+        id: record.id.clone(),
+        node: node.to_string(),
+        consumer,
+    };
+    let (key, expect) = (record.name.as_str(), claim_expect(current));
+    Op::put(Collection::Claims, key, claim.to_json(), expect).with_lease_if(lease)
 }
 
 fn claim_expect(current: Option<&Versioned>) -> Precondition {

@@ -353,3 +353,150 @@ fn without_quorum_writes_fail_fast_and_resume_when_it_is_back() {
     }));
     assert!(c.nodes[2].names().contains(&"with-quorum".to_string()));
 }
+
+/// The status of a REST answer and its error code (empty on success).
+fn rest(d: &Daemon, method: &str, path: &str, body: &str) -> (u16, String) {
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let answer = d.raw(request.as_bytes());
+    let status = answer.split(' ').nth(1).and_then(|s| s.parse().ok());
+    let status = status.unwrap_or_else(|| panic!("no status in {answer:?}"));
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let error: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+    let code = error["error"]["code"].as_str().unwrap_or_default();
+    (status, code.to_string())
+}
+
+#[derive(Default)]
+struct Outcomes {
+    created: usize,
+    removed: usize,
+    /// Every answer, by operation and code, for the report.
+    seen: std::collections::BTreeMap<String, usize>,
+}
+
+#[test]
+fn three_hosts_by_eight_clients_racing_on_the_same_names_agree_with_the_model() {
+    use std::sync::Mutex;
+    let c = Cluster::start();
+    let path = c.shared.path().canonicalize().unwrap();
+    const NAMES: usize = 4;
+    const ROUNDS: u64 = 12;
+    let outcomes: Vec<Mutex<Outcomes>> = (0..NAMES).map(|_| Mutex::default()).collect();
+    std::thread::scope(|s| {
+        for (h, d) in c.nodes.iter().enumerate() {
+            for client in 0..8u64 {
+                let (outcomes, path) = (&outcomes, &path);
+                s.spawn(move || {
+                    // A fixed sequence per client (xorshift), the same every run.
+                    let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ (h as u64 * 8 + client + 1);
+                    let mut next = move || {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        x
+                    };
+                    let node = format!("h{h}");
+                    for round in 0..ROUNDS {
+                        let v = (next() % NAMES as u64) as usize;
+                        let name = format!("race-{v}");
+                        let (op, code) = match next() % 4 {
+                            0 => {
+                                // A spec of its own: this create succeeds
+                                // only if it makes the volume.
+                                let body = serde_json::json!({
+                                    "name": name, "driver": "bind", "access": "rwo",
+                                    "options": {"path": path, "scope": "cluster"},
+                                    "labels": {"op": format!("h{h}-c{client}-{round}")},
+                                });
+                                let (status, code) =
+                                    rest(d, "POST", "/v1/volumes", &body.to_string());
+                                if status < 300 {
+                                    outcomes[v].lock().unwrap().created += 1;
+                                }
+                                ("create", if status < 300 { "ok".into() } else { code })
+                            }
+                            1 => {
+                                let (status, code) =
+                                    rest(d, "DELETE", &format!("/v1/volumes/{name}"), "");
+                                if status < 300 {
+                                    outcomes[v].lock().unwrap().removed += 1;
+                                }
+                                ("remove", if status < 300 { "ok".into() } else { code })
+                            }
+                            2 => {
+                                let r = attach(&d.csi_socket(), &name, &node);
+                                (
+                                    "attach",
+                                    r.map_or_else(|e| format!("{:?}", e.code()), |_| "ok".into()),
+                                )
+                            }
+                            _ => {
+                                let r = stowage_testkit::csi::detach(&d.csi_socket(), &name, &node);
+                                (
+                                    "detach",
+                                    r.map_or_else(|e| format!("{:?}", e.code()), |_| "ok".into()),
+                                )
+                            }
+                        };
+                        assert!(
+                            !["internal", "Internal", "Unknown", "DataLoss"]
+                                .contains(&code.as_str()),
+                            "{op} {name} on {node}: {code}"
+                        );
+                        *outcomes[v]
+                            .lock()
+                            .unwrap()
+                            .seen
+                            .entry(format!("{op} {code}"))
+                            .or_default() += 1;
+                    }
+                });
+            }
+        }
+    });
+
+    // The model: a create succeeds only on an absent name (its spec is its
+    // own) and a remove only on a present one, so per name the successes
+    // alternate, and their difference is whether it exists now.
+    let mut report = std::collections::BTreeMap::<String, usize>::new();
+    for (v, o) in outcomes.iter().enumerate() {
+        let o = o.lock().unwrap();
+        let name = format!("race-{v}");
+        let exists = c.nodes[0].names().contains(&name);
+        assert_eq!(
+            o.created as i64 - o.removed as i64,
+            exists as i64,
+            "{name}: {} creates and {} removes succeeded, and it exists: {exists}",
+            o.created,
+            o.removed
+        );
+        for (k, n) in &o.seen {
+            *report.entry(k.clone()).or_default() += n;
+        }
+        if !exists {
+            continue;
+        }
+        // Every host sees the same record, attached to at most the node
+        // that holds it.
+        let seen: Vec<serde_json::Value> = c.nodes.iter().map(|d| d.inspect(&name)).collect();
+        for s in &seen[1..] {
+            assert_eq!(s["labels"], seen[0]["labels"], "{name}");
+            assert_eq!(s["attachments"], seen[0]["attachments"], "{name}");
+            assert_eq!(s["held_by"], seen[0]["held_by"], "{name}");
+        }
+        let attached: Vec<&String> = (seen[0]["attachments"].as_object())
+            .map(|a| a.keys().collect())
+            .unwrap_or_default();
+        assert!(attached.len() <= 1, "{name}: {attached:?}");
+        if let Some(node) = attached.first() {
+            assert_eq!(seen[0]["held_by"], node.as_str(), "{name}");
+        }
+    }
+    eprintln!("answers: {report:?}");
+    assert!(report.keys().any(|k| k == "create ok"), "{report:?}");
+    assert!(report.keys().any(|k| k == "attach ok"), "{report:?}");
+}
