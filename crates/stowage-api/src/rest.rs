@@ -162,6 +162,39 @@ async fn blocking<T: Send + 'static>(
     })
 }
 
+/// The warning an answer read from one store member's copy carries
+/// (RFC 7234's code 110, "Response is Stale").
+pub const STALE_WARNING: &str =
+    "110 stowage \"Response is Stale: the cluster store has no quorum; this is one member's copy\"";
+
+/// An answer, with whether the store gave any of it from a copy that may
+/// be stale.
+struct MaybeStale<T>(T, bool);
+
+impl<T: IntoResponse> IntoResponse for MaybeStale<T> {
+    fn into_response(self) -> Response {
+        let mut response = self.0.into_response();
+        if self.1 {
+            let warning = header::HeaderValue::from_static(STALE_WARNING);
+            response.headers_mut().insert(header::WARNING, warning);
+        }
+        response
+    }
+}
+
+/// [`blocking`] for a request that only reads: without a quorum, the
+/// store may answer it from its own copy, and the answer says so.
+async fn reading<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<MaybeStale<T>, ApiError> {
+    let (out, stale) = blocking(move || {
+        let (out, stale) = stowage_core::store::stale::allowing(f);
+        out.map(|o| (o, stale))
+    })
+    .await?;
+    Ok(MaybeStale(out, stale))
+}
+
 async fn no_route(method: Method, uri: axum::http::Uri) -> ApiError {
     ApiError {
         status: StatusCode::NOT_FOUND,
@@ -256,15 +289,17 @@ async fn list(
     Ok(if summary {
         // Serialised while the summaries are borrowed from the service's
         // cache: no copy of 100k names on the way.
-        let body = blocking(move || {
+        let MaybeStale(body, stale) = reading(move || {
             svc.with_summaries(&filter, |s| {
                 serde_json::to_vec(s).expect("strings, numbers and booleans always serialise")
             })
         })
         .await?;
-        ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+        let body = ([(header::CONTENT_TYPE, "application/json")], body);
+        MaybeStale(body, stale).into_response()
     } else {
-        Json(blocking(move || svc.list(&filter)).await?).into_response()
+        let MaybeStale(volumes, stale) = reading(move || svc.list(&filter)).await?;
+        MaybeStale(Json(volumes), stale).into_response()
     })
 }
 
@@ -275,8 +310,12 @@ async fn create(
     Ok(Json(blocking(move || svc.create(req)).await?))
 }
 
-async fn inspect(State(svc): State<Svc>, Name(name): Name) -> Result<Json<Volume>, ApiError> {
-    Ok(Json(blocking(move || svc.inspect(&name)).await?))
+async fn inspect(
+    State(svc): State<Svc>,
+    Name(name): Name,
+) -> Result<MaybeStale<Json<Volume>>, ApiError> {
+    let MaybeStale(volume, stale) = reading(move || svc.inspect(&name)).await?;
+    Ok(MaybeStale(Json(volume), stale))
 }
 
 async fn remove(
@@ -306,12 +345,17 @@ fn force_flag(params: Vec<(String, String)>) -> Result<bool, ApiError> {
     Ok(force)
 }
 
-async fn list_nodes(State(svc): State<Svc>) -> Result<Json<Vec<Node>>, ApiError> {
-    Ok(Json(blocking(move || svc.nodes()).await?))
+async fn list_nodes(State(svc): State<Svc>) -> Result<MaybeStale<Json<Vec<Node>>>, ApiError> {
+    let MaybeStale(nodes, stale) = reading(move || svc.nodes()).await?;
+    Ok(MaybeStale(Json(nodes), stale))
 }
 
-async fn inspect_node(State(svc): State<Svc>, Name(id): Name) -> Result<Json<Node>, ApiError> {
-    Ok(Json(blocking(move || svc.node(&id)).await?))
+async fn inspect_node(
+    State(svc): State<Svc>,
+    Name(id): Name,
+) -> Result<MaybeStale<Json<Node>>, ApiError> {
+    let MaybeStale(node, stale) = reading(move || svc.node(&id)).await?;
+    Ok(MaybeStale(Json(node), stale))
 }
 
 async fn cordon_node(State(svc): State<Svc>, Name(id): Name) -> Result<Json<Node>, ApiError> {
@@ -406,7 +450,7 @@ async fn resize(
 async fn list_snapshots(
     State(svc): State<Svc>,
     QueryPairs(params): QueryPairs,
-) -> Result<Json<Vec<Snapshot>>, ApiError> {
+) -> Result<MaybeStale<Json<Vec<Snapshot>>>, ApiError> {
     let mut volume = None;
     for (key, value) in params {
         if key != "volume" || volume.is_some() {
@@ -416,9 +460,9 @@ async fn list_snapshots(
         }
         volume = Some(value);
     }
-    Ok(Json(
-        blocking(move || svc.list_snapshots(volume.as_deref())).await?,
-    ))
+    let MaybeStale(snapshots, stale) =
+        reading(move || svc.list_snapshots(volume.as_deref())).await?;
+    Ok(MaybeStale(Json(snapshots), stale))
 }
 
 async fn create_snapshot(
@@ -431,8 +475,9 @@ async fn create_snapshot(
 async fn inspect_snapshot(
     State(svc): State<Svc>,
     Name(name): Name,
-) -> Result<Json<Snapshot>, ApiError> {
-    Ok(Json(blocking(move || svc.inspect_snapshot(&name)).await?))
+) -> Result<MaybeStale<Json<Snapshot>>, ApiError> {
+    let MaybeStale(snapshot, stale) = reading(move || svc.inspect_snapshot(&name)).await?;
+    Ok(MaybeStale(Json(snapshot), stale))
 }
 
 async fn remove_snapshot(State(svc): State<Svc>, Name(name): Name) -> Result<StatusCode, ApiError> {

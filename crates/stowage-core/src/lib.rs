@@ -31,7 +31,7 @@ pub use service::{
 };
 pub use snapshot::{Snapshot, SnapshotRecord, SnapshotRequest};
 pub use store::{
-    Collection, Durability, MemoryStore, Precondition, Revision, Store, StoreError, Versioned,
+    Collection, Durability, MemoryStore, Precondition, Read, Revision, Store, StoreError, Versioned,
 };
 pub use stowage_sys::MountAttrs;
 pub use volume::{

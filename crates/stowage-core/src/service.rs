@@ -40,7 +40,7 @@ use crate::name::{validate_consumer, VolumeName};
 use crate::options::{check_map_limits, MapKind};
 use crate::ownership;
 use crate::snapshot::SnapshotRecord;
-use crate::store::{Collection, Durability, Op, Precondition, Revision, Store};
+use crate::store::{Collection, Durability, Op, Precondition, Read, Revision, Store};
 use crate::volume::{CopyProgress, CreateRequest, Volume, VolumeFilter, VolumeRecord, VolumeState};
 
 pub use confine::CallerPaths;
@@ -100,6 +100,10 @@ struct Loaded<R = VolumeRecord> {
     /// This node's facts about it as its own store holds them, with their
     /// revision there (records with facts only).
     facts: Option<(Vec<u8>, Revision)>,
+    /// Every node's use of it and its claim, read with it in one request
+    /// (kinds with [`Record::SHARED_USE`]); `None` once it is saved, as the
+    /// save may change them, or when it was loaded without them.
+    cluster_use: Option<access::ClusterUse>,
 }
 
 /// A kind of persisted record: its collection and key, and where this
@@ -109,6 +113,9 @@ trait Record: Sized {
     /// The collection of this node's own store that holds its facts about
     /// records of this kind, for kinds that have some.
     const FACTS: Option<Collection> = None;
+    /// Whether nodes publish their uses of records of this kind, and
+    /// claim them, in the cluster store.
+    const SHARED_USE: bool = false;
     fn key(&self) -> &str;
     fn to_json(&self) -> Vec<u8>;
     fn facts_json(&self) -> Option<Vec<u8>> {
@@ -124,6 +131,7 @@ trait Record: Sized {
 impl Record for VolumeRecord {
     const COLLECTION: Collection = Collection::Volumes;
     const FACTS: Option<Collection> = Some(Collection::NodeVolumes);
+    const SHARED_USE: bool = true;
     fn key(&self) -> &str {
         self.name.as_str()
     }
@@ -483,7 +491,7 @@ impl VolumeService {
             volume.space = self.space_use(&loaded.record)?;
             volume
         };
-        (volume.consumers_by_node, volume.held_by) = self.cluster_use(&loaded.record)?;
+        (volume.consumers_by_node, volume.held_by) = self.cluster_use(&loaded)?;
         Ok(volume)
     }
 
@@ -633,7 +641,7 @@ impl VolumeService {
             });
         }
         // Not even with force: no node unmounts another's consumers.
-        self.refuse_use_elsewhere(&loaded.record)?;
+        self.refuse_use_elsewhere(&loaded)?;
         let driver = self.drivers.get(&loaded.record.driver)?.clone();
         if !driver.provisions_storage() {
             // Nothing on disk to release: deleting the record is the whole
@@ -649,7 +657,7 @@ impl VolumeService {
         }
         if loaded.record.in_use() || !loaded.record.attachments.is_empty() {
             // Forced: what it held goes with it.
-            self.forget_use(&loaded.record);
+            self.forget_use(&loaded);
         }
         Ok(())
     }
@@ -830,9 +838,22 @@ impl VolumeService {
     /// The record at `key`; one that cannot be read is an error about it
     /// alone.
     fn load_record<R: Record>(&self, key: &str) -> Result<Option<Loaded<R>>> {
-        let Some(v) = self.store.get(R::COLLECTION, key)? else {
+        let uses = format!("{key}/");
+        let mut reads = vec![Read::Key(R::COLLECTION, key)];
+        if R::SHARED_USE {
+            reads.extend([
+                Read::Key(Collection::Claims, key),
+                Read::Prefix(Collection::Uses, &uses),
+            ]);
+        }
+        let mut answers = self.store.read(&reads)?.into_iter().map(Vec::into_iter);
+        let Some(v) = answers.next().and_then(|mut a| a.next()) else {
             return Ok(None);
         };
+        let cluster_use = R::SHARED_USE.then(|| access::ClusterUse {
+            claim: answers.next().and_then(|mut a| a.next()),
+            uses: answers.next().map(Iterator::collect).unwrap_or_default(),
+        });
         let facts = self.load_facts::<R>(key)?;
         match R::from_json(&v.value, facts.as_ref().map(|(b, _)| b.as_slice())) {
             Ok(record) => Ok(Some(Loaded {
@@ -840,6 +861,7 @@ impl VolumeService {
                 revision: v.revision,
                 stored: v.value,
                 facts,
+                cluster_use,
             })),
             Err(e) => Err(Error::CorruptRecord {
                 name: key.to_string(),
@@ -880,6 +902,7 @@ impl VolumeService {
                     revision: v.revision,
                     stored: v.value,
                     facts: own,
+                    cluster_use: None,
                 }),
                 Err(e) => listing.corrupt.push(Corrupt {
                     id: record_id(&v.value),
@@ -904,6 +927,7 @@ impl VolumeService {
             revision,
             stored,
             facts,
+            cluster_use: None,
         };
         if loaded.record.facts_json().is_some() {
             self.save(&mut loaded)?;
@@ -976,7 +1000,9 @@ impl VolumeService {
         });
         let wrote_facts = facts_op.is_some();
         let shared: Vec<Op> = spec_op.into_iter().chain(extra).collect();
-        let (shared_rev, facts_rev) = self.commit_parts(shared, facts_op, durability)?;
+        let committed = self.commit_parts(shared, facts_op, durability);
+        loaded.cluster_use = None;
+        let (shared_rev, facts_rev) = committed?;
         if let Some(r) = shared_rev.filter(|_| spec_changed) {
             loaded.revision = r;
             loaded.stored = spec;

@@ -8,6 +8,7 @@
 mod changes;
 pub mod conformance;
 mod memory;
+pub mod stale;
 
 use std::time::Duration;
 
@@ -131,6 +132,15 @@ impl Precondition {
             _ => false,
         }
     }
+}
+
+/// One read of [`Store::read`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Read<'a> {
+    /// The entry at a key.
+    Key(Collection, &'a str),
+    /// Every entry whose key starts with a prefix, in byte order.
+    Prefix(Collection, &'a str),
 }
 
 /// One step of a transaction.
@@ -292,6 +302,18 @@ pub trait Store: Send + Sync + 'static {
         collection: Collection,
         prefix: &str,
     ) -> Result<Listed<Versioned>, StoreError>;
+    /// Several reads in one request where the backend can (etcd: one
+    /// read-only transaction, at one revision); elsewhere one after the
+    /// other, which the preconditions of the writes made from them keep
+    /// safe. One answer per read, in order; a key gives at most one entry.
+    fn read(&self, reads: &[Read<'_>]) -> Result<Vec<Vec<Versioned>>, StoreError> {
+        (reads.iter())
+            .map(|r| match *r {
+                Read::Key(c, key) => Ok(self.get(c, key)?.into_iter().collect()),
+                Read::Prefix(c, prefix) => Ok(self.list_prefix(c, prefix)?.items),
+            })
+            .collect()
+    }
     /// Every key of a collection with its revision, without the values, in
     /// byte order of the keys: what a cache of parsed records checks
     /// itself against.

@@ -16,15 +16,20 @@ use etcd_client::{
     GetOptions, Identity, KvClient, PutOptions, TlsOptions, Txn, TxnOp, WatchOptions,
 };
 use stowage_core::store::{
-    prefix_end, Action, Change, Collection, Durability, LeaseId, Listed, Op, Precondition,
-    Revision, Store, StoreError, Versioned, Watcher,
+    prefix_end, stale, Action, Change, Collection, Durability, LeaseId, Listed, Op, Precondition,
+    Read, Revision, Store, StoreError, Versioned, Watcher,
 };
 use tokio::runtime::Runtime;
 
-/// Keys a list asks for in one request. etcd refuses a request over
-/// 1.5 MiB and a gRPC client an answer over 4 MiB; a volume record is a
-/// few hundred bytes, so 512 of them fit with room to spare.
+/// Keys a list asks for in its first request. A volume record is a few
+/// hundred bytes, so 512 of them fit in an answer with room to spare;
+/// later pages are sized from what the earlier ones weighed.
 const PAGE: i64 = 512;
+/// What a page of values should weigh: every page is a round trip to a
+/// quorum, so small records come in few of them.
+const PAGE_BYTES: usize = 4 * 1024 * 1024;
+/// The most keys a page of values asks for.
+const MAX_PAGE: i64 = 16_384;
 /// Keys alone are small: a list of revisions asks for more at once.
 const KEYS_PAGE: i64 = 8192;
 /// Largest answer this client accepts (etcd's largest value is 1.5 MiB,
@@ -34,6 +39,10 @@ const MAX_ANSWER: usize = 64 * 1024 * 1024;
 /// How long a request that etcd refused before proposing it waits before
 /// it is tried again.
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
+/// How long a read that may be stale waits for the quorum before it is
+/// answered from a member's own copy: past a leader election, and past a
+/// first try at a member that is down.
+const STALE_AFTER: Duration = Duration::from_secs(1);
 
 /// How to reach etcd.
 #[derive(Debug, Clone)]
@@ -93,6 +102,10 @@ pub struct EtcdStore {
     client: Client,
     /// For lists: it takes answers larger than gRPC's default 4 MiB.
     kv: KvClient,
+    /// Clients that a member without a leader still answers, from its own
+    /// copy: for reads that may be stale (see [`stale`]).
+    stale: Client,
+    stale_kv: KvClient,
     prefix: String,
     timeout: Duration,
 }
@@ -170,7 +183,13 @@ impl EtcdStore {
         let endpoints = config.endpoints.clone();
         let timeout = config.timeout;
         let silent = |_| StoreError::Unavailable("no etcd endpoint answered".into());
-        let client = runtime.block_on(async move {
+        let stale_options = options.clone().with_require_leader(false);
+        let (client, stale) = runtime.block_on(async move {
+            let stale = Client::connect(endpoints.clone(), Some(stale_options));
+            let stale = tokio::time::timeout(timeout, stale)
+                .await
+                .map_err(silent)?
+                .map_err(|e| failed(e, Request::Read))?;
             let connect = Client::connect(endpoints, Some(options));
             let mut client = tokio::time::timeout(timeout, connect)
                 .await
@@ -181,12 +200,14 @@ impl EtcdStore {
                 .await
                 .map_err(silent)?
                 .map_err(|e| failed(e, Request::Read))?;
-            Ok::<_, StoreError>(client)
+            Ok::<_, StoreError>((client, stale))
         })?;
         Ok(EtcdStore {
             runtime: Some(runtime),
             kv: client.kv_client().max_decoding_message_size(MAX_ANSWER),
             client,
+            stale_kv: stale.kv_client().max_decoding_message_size(MAX_ANSWER),
+            stale,
             prefix: config.prefix.clone(),
             timeout: config.timeout,
         })
@@ -202,6 +223,7 @@ impl EtcdStore {
     /// etcd's own clients would go to the next one.
     fn run<C, T, F>(
         &self,
+        what: &'static str,
         request: Request,
         client: &C,
         f: impl Fn(C) -> F + Send + 'static,
@@ -211,9 +233,69 @@ impl EtcdStore {
         T: Send + 'static,
         F: std::future::Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
     {
+        self.run_within(what, request, client, self.timeout, f)
+    }
+
+    /// A read: linearizable, or, when the request allows reads that may
+    /// be stale ([`stale::allowed`]) and the quorum has not answered
+    /// within [`STALE_AFTER`], serializable, from a member's own copy.
+    /// `f` builds the request, serializable when its flag says so.
+    fn read_run<C, T, F>(
+        &self,
+        what: &'static str,
+        (client, stale_client): (&C, &C),
+        f: impl Fn(C, bool) -> F + Clone + Send + 'static,
+    ) -> Result<T, StoreError>
+    where
+        C: Clone + Send + 'static,
+        T: Send + 'static,
+        F: std::future::Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
+    {
+        if !stale::allowed() {
+            let f = f.clone();
+            return self.run(what, Request::Read, client, move |c| f(c, false));
+        }
+        let g = f.clone();
+        // Once a read of this request went stale, the others do at once.
+        let wait = if stale::was_served() {
+            Duration::ZERO
+        } else {
+            STALE_AFTER
+        };
+        let current = self.run_within(what, Request::Read, client, wait, move |c| g(c, false));
+        match current {
+            Err(StoreError::Unavailable(why)) => {
+                let answer = self.run(what, Request::Read, stale_client, move |c| f(c, true));
+                if answer.is_ok() {
+                    tracing::debug!(
+                        what,
+                        reason = why,
+                        "answered from an etcd member's own copy"
+                    );
+                    stale::served();
+                }
+                answer
+            }
+            other => other,
+        }
+    }
+
+    fn run_within<C, T, F>(
+        &self,
+        what: &'static str,
+        request: Request,
+        client: &C,
+        timeout: Duration,
+        f: impl Fn(C) -> F + Send + 'static,
+    ) -> Result<T, StoreError>
+    where
+        C: Clone + Send + 'static,
+        T: Send + 'static,
+        F: std::future::Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
+    {
         let (tx, rx) = mpsc::sync_channel(1);
-        let timeout = self.timeout;
         let client = client.clone();
+        let started = std::time::Instant::now();
         self.runtime().spawn(async move {
             let deadline = tokio::time::Instant::now() + timeout;
             let out = loop {
@@ -232,8 +314,11 @@ impl EtcdStore {
             };
             let _ = tx.send(out);
         });
-        rx.recv()
-            .unwrap_or_else(|_| Err(StoreError::Backend("the etcd client stopped".into())))
+        let out = rx
+            .recv()
+            .unwrap_or_else(|_| Err(StoreError::Backend("the etcd client stopped".into())));
+        tracing::trace!(what, elapsed = ?started.elapsed(), ok = out.is_ok(), "etcd request");
+        out
     }
 
     fn runtime(&self) -> &Runtime {
@@ -254,6 +339,17 @@ impl EtcdStore {
         (start, end)
     }
 
+    /// The first key under `prefix` in a collection, and the first key
+    /// after them.
+    fn prefix_range(&self, collection: Collection, prefix: &str) -> (String, String) {
+        let (start, end) = self.range(collection);
+        let end = match prefix_end(prefix) {
+            Some(prefix_end) => format!("{start}{prefix_end}"),
+            None => end,
+        };
+        (format!("{start}{prefix}"), end)
+    }
+
     fn strip(&self, collection: Collection, key: &[u8]) -> Result<String, StoreError> {
         let (start, _) = self.range(collection);
         std::str::from_utf8(key)
@@ -270,17 +366,12 @@ impl EtcdStore {
         prefix: &str,
         keys_only: bool,
     ) -> Result<Listed<Versioned>, StoreError> {
-        let (start, mut end) = self.range(collection);
-        let mut from = format!("{start}{prefix}");
-        if let Some(prefix_end) = prefix_end(prefix) {
-            end = format!("{start}{prefix_end}");
-        }
+        let (mut from, end) = self.prefix_range(collection, prefix);
         let mut revision = 0i64;
         let mut items = Vec::new();
+        let (mut limit, mut weighed) = (if keys_only { KEYS_PAGE } else { PAGE }, 0usize);
         loop {
-            let mut options = GetOptions::new()
-                .with_range(end.clone())
-                .with_limit(if keys_only { KEYS_PAGE } else { PAGE });
+            let mut options = GetOptions::new().with_range(end.clone()).with_limit(limit);
             if keys_only {
                 options = options.with_keys_only();
             }
@@ -288,15 +379,29 @@ impl EtcdStore {
                 options = options.with_revision(revision);
             }
             let key = from.clone();
-            let mut page = self.run(Request::Read, &self.kv, move |mut kv| {
-                let (key, options) = (key.clone(), options.clone());
+            let clients = (&self.kv, &self.stale_kv);
+            let mut page = self.read_run("range", clients, move |mut kv, stale| {
+                let key = key.clone();
+                let options = match stale {
+                    true => options.clone().with_serializable(),
+                    false => options.clone(),
+                };
                 async move { kv.get(key, Some(options)).await }
             })?;
             if revision == 0 {
                 revision = page.header().map_or(0, |h| h.revision());
             }
             let more = page.more();
-            for kv in page.take_kvs() {
+            let kvs = page.take_kvs();
+            if !keys_only && !kvs.is_empty() {
+                weighed += kvs
+                    .iter()
+                    .map(|kv| kv.key().len() + kv.value().len())
+                    .sum::<usize>();
+                let per_key = weighed.div_ceil(items.len() + kvs.len()).max(1);
+                limit = ((PAGE_BYTES / per_key) as i64).clamp(1, MAX_PAGE);
+            }
+            for kv in kvs {
                 items.push(Versioned {
                     key: self.strip(collection, kv.key())?,
                     revision: kv.mod_revision() as Revision,
@@ -347,18 +452,27 @@ fn tls_options(tls: &EtcdTls) -> Result<TlsOptions, StoreError> {
 impl Store for EtcdStore {
     fn revision(&self) -> Result<Revision, StoreError> {
         let key = self.prefix.clone();
-        let got = self.run(Request::Read, &self.client, move |mut c| {
+        let clients = (&self.client, &self.stale);
+        let got = self.read_run("revision", clients, move |mut c, stale| {
             let key = key.clone();
-            async move { c.get(key, Some(GetOptions::new().with_count_only())).await }
+            let options = GetOptions::new().with_count_only();
+            let options = if stale {
+                options.with_serializable()
+            } else {
+                options
+            };
+            async move { c.get(key, Some(options)).await }
         })?;
         Ok(revision_of(got.header()))
     }
 
     fn get(&self, collection: Collection, key: &str) -> Result<Option<Versioned>, StoreError> {
         let full = self.key(collection, key);
-        let mut got = self.run(Request::Read, &self.client, move |mut c| {
+        let clients = (&self.client, &self.stale);
+        let mut got = self.read_run("get", clients, move |mut c, stale| {
             let full = full.clone();
-            async move { c.get(full, None).await }
+            let options = stale.then(|| GetOptions::new().with_serializable());
+            async move { c.get(full, options).await }
         })?;
         Ok(got.take_kvs().into_iter().next().map(|kv| Versioned {
             key: key.to_string(),
@@ -373,6 +487,61 @@ impl Store for EtcdStore {
         prefix: &str,
     ) -> Result<Listed<Versioned>, StoreError> {
         self.list_pages(collection, prefix, false)
+    }
+
+    /// One read-only transaction: etcd answers it at one revision. A
+    /// prefix is read in one answer, without pages: for the few keys of
+    /// one volume.
+    fn read(&self, reads: &[Read<'_>]) -> Result<Vec<Vec<Versioned>>, StoreError> {
+        let ranges: Vec<(String, GetOptions)> = (reads.iter())
+            .map(|r| match *r {
+                Read::Key(c, key) => (self.key(c, key), GetOptions::new()),
+                Read::Prefix(c, prefix) => {
+                    let (from, end) = self.prefix_range(c, prefix);
+                    (from, GetOptions::new().with_range(end))
+                }
+            })
+            .collect();
+        let clients = (&self.client, &self.stale);
+        let answer = self.read_run("read", clients, move |mut c, stale| {
+            // etcd answers a transaction of serializable reads alone as
+            // serializable.
+            let ops = (ranges.iter()).map(|(key, options)| {
+                let options = options.clone();
+                let options = if stale {
+                    options.with_serializable()
+                } else {
+                    options
+                };
+                TxnOp::get(key.clone(), Some(options))
+            });
+            let txn = Txn::new().and_then(ops.collect::<Vec<_>>());
+            async move { c.txn(txn).await }
+        })?;
+        let mut out = Vec::with_capacity(reads.len());
+        for (r, response) in reads.iter().zip(answer.op_responses()) {
+            let (Read::Key(c, _) | Read::Prefix(c, _)) = *r;
+            let etcd_client::TxnOpResponse::Get(got) = response else {
+                return Err(StoreError::Backend("a read answered as a write".into()));
+            };
+            out.push(
+                (got.kvs().iter())
+                    .map(|kv| {
+                        Ok(Versioned {
+                            key: self.strip(c, kv.key())?,
+                            revision: kv.mod_revision() as Revision,
+                            value: kv.value().to_vec(),
+                        })
+                    })
+                    .collect::<Result<_, StoreError>>()?,
+            );
+        }
+        if out.len() != reads.len() {
+            return Err(StoreError::Backend(
+                "etcd answered fewer reads than asked".into(),
+            ));
+        }
+        Ok(out)
     }
 
     fn list_revisions(
@@ -426,7 +595,7 @@ impl Store for EtcdStore {
         });
         // On failure, the keys' revisions now say which precondition failed.
         let txn = Txn::new().when(compares).and_then(writes).or_else(reads);
-        let answer = self.run(Request::Write, &self.client, move |mut c| {
+        let answer = self.run("txn", Request::Write, &self.client, move |mut c| {
             let txn = txn.clone();
             async move { c.txn(txn).await }
         });
@@ -464,7 +633,7 @@ impl Store for EtcdStore {
         let options = WatchOptions::new()
             .with_range(end)
             .with_start_revision(after as i64 + 1);
-        let stream = self.run(Request::Read, &self.client, move |mut c| {
+        let stream = self.run("watch", Request::Read, &self.client, move |mut c| {
             let (start, options) = (start.clone(), options.clone());
             async move { c.watch(start, Some(options)).await }
         })?;
@@ -494,7 +663,7 @@ impl Store for EtcdStore {
 
     fn compact(&self, revision: Revision) -> Result<(), StoreError> {
         let options = CompactionOptions::new().with_physical();
-        match self.run(Request::Write, &self.client, move |mut c| {
+        match self.run("compact", Request::Write, &self.client, move |mut c| {
             let options = options.clone();
             async move { c.compact(revision as i64, Some(options)).await }
         }) {
@@ -505,18 +674,26 @@ impl Store for EtcdStore {
 
     fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
         let seconds = ttl.as_secs_f64().ceil().max(1.0) as i64;
-        let granted = self.run(Request::Write, &self.client, move |mut c| async move {
-            c.lease_grant(seconds, None).await
-        })?;
+        let granted = self.run(
+            "grant",
+            Request::Write,
+            &self.client,
+            move |mut c| async move { c.lease_grant(seconds, None).await },
+        )?;
         Ok(granted.id())
     }
 
     fn keep_alive(&self, lease: LeaseId) -> Result<Duration, StoreError> {
-        let answer = self.run(Request::Write, &self.client, move |mut c| async move {
-            let (mut keeper, mut answers) = c.lease_keep_alive(lease).await?;
-            keeper.keep_alive().await?;
-            answers.message().await
-        });
+        let answer = self.run(
+            "keep-alive",
+            Request::Write,
+            &self.client,
+            move |mut c| async move {
+                let (mut keeper, mut answers) = c.lease_keep_alive(lease).await?;
+                keeper.keep_alive().await?;
+                answers.message().await
+            },
+        );
         match lease_ended(answer, lease)? {
             Some(a) if a.ttl() > 0 => Ok(Duration::from_secs(a.ttl() as u64)),
             _ => Err(StoreError::LeaseExpired(lease)),
@@ -524,9 +701,12 @@ impl Store for EtcdStore {
     }
 
     fn revoke_lease(&self, lease: LeaseId) -> Result<(), StoreError> {
-        let revoked = self.run(Request::Write, &self.client, move |mut c| async move {
-            c.lease_revoke(lease).await
-        });
+        let revoked = self.run(
+            "revoke",
+            Request::Write,
+            &self.client,
+            move |mut c| async move { c.lease_revoke(lease).await },
+        );
         match lease_ended(revoked, lease) {
             Err(StoreError::LeaseExpired(_)) => Ok(()),
             other => other.map(drop),

@@ -68,7 +68,13 @@ impl Client {
             }
             None => Bytes::new(),
         };
-        Ok(sender.send_request(req.body(Full::new(bytes))?).await?)
+        let resp = sender.send_request(req.body(Full::new(bytes))?).await?;
+        if resp.headers().contains_key(hyper::header::WARNING) {
+            eprintln!(
+                "warning: the cluster store has no quorum: this answer is one etcd member's copy, and may be stale"
+            );
+        }
+        Ok(resp)
     }
 
     /// Sends one request and decodes a successful JSON answer; an error

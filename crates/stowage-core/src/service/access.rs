@@ -44,6 +44,13 @@ fn own_use(record: &VolumeRecord) -> Option<NodeUse> {
     })
 }
 
+/// What the cluster store held of a volume's use when its record was
+/// read: every node's published use, and the claim.
+pub(super) struct ClusterUse {
+    pub(super) claim: Option<Versioned>,
+    pub(super) uses: Vec<Versioned>,
+}
+
 /// The claim stored for a volume, if it is of this volume (not of one
 /// removed earlier under its name) and can be read.
 fn claim_of(record: &VolumeRecord, stored: &Versioned) -> Option<Claim> {
@@ -56,6 +63,37 @@ impl VolumeService {
     /// The node this service runs on.
     pub fn node_id(&self) -> &str {
         &self.node_id
+    }
+
+    /// The volume's stored claim: as read with its record, else read now.
+    fn stored_claim(&self, loaded: &Loaded) -> Result<Option<Versioned>> {
+        Ok(match &loaded.cluster_use {
+            Some(u) => u.claim.clone(),
+            None => self
+                .store
+                .get(Collection::Claims, loaded.record.name.as_str())?,
+        })
+    }
+
+    /// Every node's published use of the volume: as read with its record,
+    /// else read now.
+    fn stored_uses(&self, loaded: &Loaded) -> Result<Vec<Versioned>> {
+        Ok(match &loaded.cluster_use {
+            Some(u) => u.uses.clone(),
+            None => {
+                let prefix = format!("{}/", loaded.record.name);
+                self.store.list_prefix(Collection::Uses, &prefix)?.items
+            }
+        })
+    }
+
+    /// `node`'s published use of the volume.
+    fn stored_use(&self, loaded: &Loaded, node: &str) -> Result<Option<Versioned>> {
+        let key = use_key(loaded.record.name.as_str(), node);
+        Ok(match &loaded.cluster_use {
+            Some(u) => u.uses.iter().find(|v| v.key == key).cloned(),
+            None => self.store.get(Collection::Uses, &key)?,
+        })
     }
 
     /// The volume's access mode.
@@ -100,7 +138,7 @@ impl VolumeService {
         }
         let mut ops = Vec::new();
         if access.exclusive() {
-            ops.extend(self.claim_op(&loaded.record, node, None, lease)?);
+            ops.extend(self.claim_op(&loaded, node, None, lease)?);
             let stale: Vec<String> = (loaded.record.attachments.keys())
                 .filter(|n| *n != node)
                 .cloned()
@@ -136,12 +174,11 @@ impl VolumeService {
                 if !loaded.record.access.exclusive() {
                     continue;
                 }
-                let key = use_key(name.as_str(), n);
-                let used = self.store.get(Collection::Uses, &key)?;
-                if used.is_none() {
+                if self.stored_use(&loaded, n)?.is_none() {
                     // Released only while that node still does not use it.
+                    let key = use_key(name.as_str(), n);
                     ops.push(Op::check(Collection::Uses, key, Precondition::Absent));
-                    ops.extend(self.release_op(&loaded.record, n)?);
+                    ops.extend(self.release_op(&loaded, n)?);
                 }
             }
             self.save_with(&mut loaded, Durability::Host, ops)
@@ -174,12 +211,13 @@ impl VolumeService {
     /// `lease`: refused if another node holds it.
     fn claim_op(
         &self,
-        record: &VolumeRecord,
+        loaded: &Loaded,
         node: &str,
         consumer: Option<&str>,
         lease: Option<LeaseId>,
     ) -> Result<Option<Op>> {
-        let current = self.store.get(Collection::Claims, record.name.as_str())?;
+        let record = &loaded.record;
+        let current = self.stored_claim(loaded)?;
         if let Some(c) = (current.as_ref())
             .and_then(|v| claim_of(record, v))
             .filter(|c| c.node != node)
@@ -202,9 +240,9 @@ impl VolumeService {
     }
 
     /// The op that releases `node`'s claim on the volume, if it holds it.
-    fn release_op(&self, record: &VolumeRecord, node: &str) -> Result<Option<Op>> {
-        let current = self.store.get(Collection::Claims, record.name.as_str())?;
-        Ok(current
+    fn release_op(&self, loaded: &Loaded, node: &str) -> Result<Option<Op>> {
+        let record = &loaded.record;
+        Ok((self.stored_claim(loaded)?)
             .filter(|v| claim_of(record, v).is_some_and(|c| c.node == node))
             .map(|v| Op::delete(Collection::Claims, record.name.as_str(), v.revision)))
     }
@@ -229,7 +267,7 @@ impl VolumeService {
             }
         }
         let key = use_key(name, &self.node_id);
-        let published = self.store.get(Collection::Uses, &key)?;
+        let published = self.stored_use(loaded, &self.node_id)?;
         let now = own_use(record).map(|u| u.to_json());
         let lease = self.lease();
         let mut ops = Vec::new();
@@ -252,9 +290,9 @@ impl VolumeService {
             if held_after && !held_before {
                 let consumer = record.consumers.iter().next().map(String::as_str);
                 let consumer = consumer.filter(|_| record.access.single_consumer());
-                ops.extend(self.claim_op(record, &self.node_id, consumer, lease)?);
+                ops.extend(self.claim_op(loaded, &self.node_id, consumer, lease)?);
             } else if held_before && !held_after {
-                ops.extend(self.release_op(record, &self.node_id)?);
+                ops.extend(self.release_op(loaded, &self.node_id)?);
             }
         }
         if !ops.is_empty() {
@@ -268,14 +306,15 @@ impl VolumeService {
     }
 
     /// Forgets this node's use of a volume just removed, and its claim.
-    pub(super) fn forget_use(&self, record: &VolumeRecord) {
+    pub(super) fn forget_use(&self, loaded: &Loaded) {
+        let record = &loaded.record;
         let key = use_key(record.name.as_str(), &self.node_id);
         let forget = || -> Result<()> {
-            let mut ops: Vec<Op> = (self.store.get(Collection::Uses, &key)?)
+            let mut ops: Vec<Op> = (self.stored_use(loaded, &self.node_id)?)
                 .map(|v| Op::delete(Collection::Uses, &key, v.revision))
                 .into_iter()
                 .collect();
-            let claim = self.store.get(Collection::Claims, record.name.as_str())?;
+            let claim = self.stored_claim(loaded)?;
             ops.extend(
                 claim
                     .filter(|v| claim_of(record, v).is_some())
@@ -293,13 +332,10 @@ impl VolumeService {
 
     /// Who uses the volume on each node, and the node that holds its
     /// claim, as the cluster store says now.
-    pub(super) fn cluster_use(
-        &self,
-        record: &VolumeRecord,
-    ) -> Result<(UsersByNode, Option<String>)> {
-        let prefix = format!("{}/", record.name);
+    pub(super) fn cluster_use(&self, loaded: &Loaded) -> Result<(UsersByNode, Option<String>)> {
+        let record = &loaded.record;
         let mut by_node = BTreeMap::new();
-        for v in self.store.list_prefix(Collection::Uses, &prefix)?.items {
+        for v in self.stored_uses(loaded)? {
             if let Ok(u) = serde_json::from_slice::<NodeUse>(&v.value) {
                 if u.id == record.id {
                     let mut users: Vec<String> = u.consumers.into_iter().collect();
@@ -311,7 +347,7 @@ impl VolumeService {
             }
         }
         let held_by = match record.access.exclusive() {
-            true => (self.store.get(Collection::Claims, record.name.as_str())?)
+            true => (self.stored_claim(loaded)?)
                 .and_then(|v| claim_of(record, &v))
                 .map(|c| c.node),
             false => None,
@@ -320,8 +356,9 @@ impl VolumeService {
     }
 
     /// Refuses to remove a volume that another node uses.
-    pub(super) fn refuse_use_elsewhere(&self, record: &VolumeRecord) -> Result<()> {
-        let (by_node, _) = self.cluster_use(record)?;
+    pub(super) fn refuse_use_elsewhere(&self, loaded: &Loaded) -> Result<()> {
+        let record = &loaded.record;
+        let (by_node, _) = self.cluster_use(loaded)?;
         let elsewhere: Vec<String> = by_node
             .into_iter()
             .filter(|(node, _)| *node != self.node_id)
@@ -359,7 +396,19 @@ impl VolumeService {
             .collect();
         let mut lost = 0;
         let mut kept = std::collections::BTreeSet::new();
-        for listed in self.list_records()?.records {
+        let owed = |r: &VolumeRecord| {
+            r.in_use()
+                || r.attachments.contains_key(&self.node_id)
+                || (claims.get(r.name.as_str()))
+                    .and_then(|c| claim_of(r, c))
+                    .is_some_and(|c| c.node == self.node_id)
+        };
+        // Only the volumes this node uses, is attached, or holds: a node
+        // of 10,000 volumes using none publishes nothing, in no time.
+        for listed in (self.list_records()?.records)
+            .into_iter()
+            .filter(|l| owed(&l.record))
+        {
             let name = listed.record.name.clone();
             let _guard = self.locks.lock(name.as_str());
             let Some(loaded) = self.load(&name)? else {

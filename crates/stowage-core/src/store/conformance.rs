@@ -193,6 +193,25 @@ fn lists_and_pages(store: &dyn Store) {
     assert_eq!(under.revision, store.revision().unwrap());
     assert!(store.list_prefix(c, "x").unwrap().items.is_empty());
     assert_eq!(store.list_prefix(c, "").unwrap().items.len(), 7);
+
+    // Several reads at once answer each as alone, in the order asked.
+    let s = Collection::Snapshots;
+    let reads = [
+        Read::Key(c, "v"),
+        Read::Prefix(c, "v/"),
+        Read::Key(c, "v/z"),
+        Read::Key(s, "v/c"),
+        Read::Prefix(s, "w"),
+    ];
+    let answers = store.read(&reads).unwrap();
+    let keys: Vec<Vec<&str>> = (answers.iter())
+        .map(|a| a.iter().map(|v| v.key.as_str()).collect())
+        .collect();
+    let expected: [&[&str]; 5] = [&["v"], &["v/a", "v/b", "v/é"], &[], &["v/c"], &[]];
+    assert_eq!(keys, expected);
+    assert_eq!(answers[0][0], store.get(c, "v").unwrap().unwrap());
+    assert_eq!(answers[3][0], store.get(s, "v/c").unwrap().unwrap());
+    assert!(store.read(&[]).unwrap().is_empty());
     clear(store);
 
     // More than one request can carry (etcd takes 1.5 MiB in a request,
