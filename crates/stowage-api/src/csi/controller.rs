@@ -33,7 +33,14 @@ impl Controller for Csi {
         let name = required("name", &req.name)?.to_string();
         VolumeName::parse(&name).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let access = capability::parse_all(&req.volume_capabilities)?;
-        self.check_topology(req.accessibility_requirements.as_ref())?;
+        let node = match req.accessibility_requirements.clone() {
+            Some(wanted) => {
+                let nodes = self.run(|s| s.nodes()).await?;
+                let here = self.service.node_id().to_string();
+                place(&wanted, &nodes, &here).map_err(Status::resource_exhausted)?
+            }
+            None => None,
+        };
         let Parameters {
             driver,
             mut options,
@@ -93,6 +100,7 @@ impl Controller for Csi {
             from_snapshot,
             clone_of,
             access: Some(capability::mode_for(&access)),
+            node,
             ..Default::default()
         };
         let volume = self.exclusive(&name, move |s| s.create(create)).await?;
@@ -234,14 +242,18 @@ impl Controller for Csi {
                 return Err(Status::invalid_argument(reason));
             }
         }
-        let here = req
-            .accessible_topology
-            .as_ref()
-            .is_none_or(|t| self.is_here(t));
-        let free = if here {
-            self.run(|s| s.free_space()).await?
-        } else {
-            0
+        let named = (req.accessible_topology.as_ref())
+            .and_then(|t| t.segments.get(TOPOLOGY_KEY))
+            .filter(|n| *n != self.service.node_id())
+            .cloned();
+        let free = match named {
+            None => self.run(|s| s.free_space()).await?,
+            // Another node's free space, as it last published it; none
+            // on a node that is not ready, or unknown.
+            Some(n) => (self.run(|s| s.nodes()).await?.into_iter())
+                .find(|x| x.id == n && x.state == stowage_core::NodeState::Ready)
+                .and_then(|x| x.free_bytes)
+                .unwrap_or(0),
         };
         Ok(Response::new(GetCapacityResponse {
             available_capacity: bytes_i64(free),
@@ -393,33 +405,9 @@ impl Csi {
         Ok(capacity)
     }
 
-    /// Refuses a volume whose required topology excludes this host.
-    fn check_topology(&self, req: Option<&TopologyRequirement>) -> Result<(), Status> {
-        let Some(req) = req else { return Ok(()) };
-        if req.requisite.is_empty() || req.requisite.iter().any(|t| self.is_here(t)) {
-            return Ok(());
-        }
-        Err(Status::resource_exhausted(format!(
-            "volumes live on the host that creates them ({}), which the requisite topology excludes",
-            self.service.node_id()
-        )))
-    }
-
-    /// Whether a topology segment set names this host (or no host).
-    fn is_here(&self, t: &Topology) -> bool {
-        t.segments
-            .get(TOPOLOGY_KEY)
-            .is_none_or(|n| n == self.service.node_id())
-    }
-
-    /// The topology of volumes on this host.
+    /// The topology of this host.
     pub(super) fn topology(&self) -> Topology {
-        Topology {
-            segments: HashMap::from([(
-                TOPOLOGY_KEY.to_string(),
-                self.service.node_id().to_string(),
-            )]),
-        }
+        node_topology(self.service.node_id())
     }
 
     fn csi_volume(
@@ -432,9 +420,49 @@ impl Csi {
             volume_id: v.name.clone(),
             volume_context: volume_context(v),
             content_source,
-            accessible_topology: vec![self.topology()],
+            // Node-local storage is reached from its home node; storage
+            // every node reaches has no topology.
+            accessible_topology: v.node.as_deref().map(node_topology).into_iter().collect(),
         }
     }
+}
+
+fn node_topology(node: &str) -> Topology {
+    Topology {
+        segments: HashMap::from([(TOPOLOGY_KEY.to_string(), node.to_string())]),
+    }
+}
+
+/// The node a volume with topology requirement `wanted` goes on: the
+/// first node it prefers, else the first it requires, that is ready
+/// (`None`: the node that received the call, also when a segment names
+/// no node, which any node satisfies). A requisite that no ready node
+/// meets is refused; a preference alone is only a preference.
+fn place(
+    wanted: &TopologyRequirement,
+    nodes: &[stowage_core::Node],
+    here: &str,
+) -> Result<Option<String>, String> {
+    let ready = |n: &str| {
+        (nodes.iter()).any(|x| x.id == n && x.state == stowage_core::NodeState::Ready)
+            || (nodes.is_empty() && n == here)
+    };
+    let mut named = Vec::new();
+    for t in wanted.preferred.iter().chain(&wanted.requisite) {
+        match t.segments.get(TOPOLOGY_KEY) {
+            None => return Ok(None),
+            Some(n) if ready(n) => return Ok((n != here).then(|| n.clone())),
+            Some(n) => named.push(n.as_str()),
+        }
+    }
+    if wanted.requisite.is_empty() {
+        return Ok(None);
+    }
+    named.dedup();
+    Err(format!(
+        "none of the nodes the requisite topology names ({}) is ready: each is down, cordoned or unknown",
+        named.join(", ")
+    ))
 }
 
 fn volume_context(v: &stowage_core::Volume) -> HashMap<String, String> {
@@ -528,6 +556,62 @@ pub(super) fn check_mode(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn node(id: &str, state: stowage_core::NodeState) -> stowage_core::Node {
+        stowage_core::Node {
+            id: id.into(),
+            state,
+            cordoned: state == stowage_core::NodeState::Cordoned,
+            address: None,
+            version: String::new(),
+            labels: Default::default(),
+            last_heartbeat: time::OffsetDateTime::UNIX_EPOCH,
+            capacity_bytes: None,
+            free_bytes: None,
+            volumes: 0,
+        }
+    }
+
+    #[test]
+    fn topology_places_on_the_first_ready_node_preferred_then_required() {
+        use stowage_core::NodeState::{Cordoned, Down, Ready};
+        let nodes = [
+            node("h0", Ready),
+            node("h1", Down),
+            node("h2", Cordoned),
+            node("h3", Ready),
+        ];
+        let wanted = |preferred: &[&str], requisite: &[&str]| TopologyRequirement {
+            preferred: preferred.iter().map(|n| node_topology(n)).collect(),
+            requisite: requisite.iter().map(|n| node_topology(n)).collect(),
+        };
+        let place = |w: &TopologyRequirement| place(w, &nodes, "h0");
+        assert_eq!(
+            place(&wanted(&["h3"], &["h0", "h3"])),
+            Ok(Some("h3".into()))
+        );
+        assert_eq!(
+            place(&wanted(&["h1", "h0"], &["h1", "h0"])),
+            Ok(None),
+            "here"
+        );
+        assert_eq!(
+            place(&wanted(&[], &["h1", "h2", "h3"])),
+            Ok(Some("h3".into()))
+        );
+        let refused = place(&wanted(&[], &["h1", "h2", "h9"])).unwrap_err();
+        assert!(refused.contains("h1, h2, h9"), "{refused}");
+        // A preference alone falls back to the node called.
+        assert_eq!(place(&wanted(&["h1"], &[])), Ok(None));
+        // A segment without the node key is met by any node.
+        let any = TopologyRequirement {
+            requisite: vec![Topology::default()],
+            preferred: vec![],
+        };
+        assert_eq!(place(&any), Ok(None));
+        // Alone on its host, the node called is the one ready node.
+        assert_eq!(super::place(&wanted(&[], &["h0"]), &[], "h0"), Ok(None));
+    }
 
     #[test]
     fn parameters_split_into_driver_options_and_labels() {

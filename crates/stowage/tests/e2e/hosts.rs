@@ -5,7 +5,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use stowage_testkit::csi::attach;
+use stowage_api::csi::TOPOLOGY_KEY as TOPOLOGY;
+use stowage_testkit::csi::{attach, mount_cap, proto};
 use stowage_testkit::etcd::Etcd;
 use stowage_testkit::netns::TestNet;
 use stowage_testkit::{holds_within, wait_until, Daemon, Podman, IMAGE};
@@ -155,6 +156,24 @@ fn three_hosts_are_one_system_at_every_door() {
     ]);
     assert_eq!(h0.inspect("in-z0")["node"], "h2");
     h2.ok(&["node", "uncordon", "h0"]);
+
+    // CSI topology: placed on the first ready node preferred, reported
+    // as reachable from there; a requisite no ready node meets is refused.
+    let (placed, capacity) = csi_topology(h1, "by-topology", &["h2"], &["h0", "h2"]);
+    let placed = placed.unwrap();
+    assert_eq!(placed.accessible_topology[0].segments[TOPOLOGY], "h2");
+    assert_eq!(h0.inspect("by-topology")["node"], "h2");
+    assert!(capacity > 0, "h2's free bytes, seen from h1: {capacity}");
+    let (refused, capacity) = csi_topology(h1, "nowhere", &[], &["h9"]);
+    let refused = refused.unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    assert!(refused.message().contains("h9"), "{refused:?}");
+    assert_eq!(capacity, 0, "an unknown node has no capacity");
+    assert!(!h0.names().contains(&"nowhere".to_string()));
 
     // rwo: held by the host that mounts it; the other hosts' REST,
     // Docker plugin and CSI doors are refused, naming the holder.
@@ -370,6 +389,43 @@ fn without_quorum_writes_fail_fast_reads_say_they_may_be_stale_and_both_resume()
     let out = c.nodes[1].cli(&["volume", "ls"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains(stale), "with a quorum: {stderr}");
+}
+
+/// CSI CreateVolume of a local volume `name` through `d`, preferring and
+/// requiring the nodes given, and GetCapacity at the first required one.
+fn csi_topology(
+    d: &Daemon,
+    name: &str,
+    preferred: &[&str],
+    requisite: &[&str],
+) -> (Result<proto::Volume, tonic::Status>, i64) {
+    use proto::volume_capability::access_mode::Mode;
+    let segments = |n: &&str| proto::Topology {
+        segments: [(TOPOLOGY.to_string(), n.to_string())].into(),
+    };
+    let req = proto::CreateVolumeRequest {
+        name: name.into(),
+        volume_capabilities: vec![mount_cap(Mode::SingleNodeWriter)],
+        parameters: [("driver".to_string(), "local".to_string())].into(),
+        accessibility_requirements: Some(proto::TopologyRequirement {
+            requisite: requisite.iter().map(segments).collect(),
+            preferred: preferred.iter().map(segments).collect(),
+        }),
+        ..Default::default()
+    };
+    let capacity = proto::GetCapacityRequest {
+        accessible_topology: requisite.first().map(segments),
+        ..Default::default()
+    };
+    stowage_testkit::csi::blocking(&d.csi_socket(), |csi| async move {
+        let mut c = csi.controller.clone();
+        let created = c
+            .create_volume(req)
+            .await
+            .map(|r| r.into_inner().volume.unwrap());
+        let free = c.get_capacity(capacity).await.unwrap().into_inner();
+        (created, free.available_capacity)
+    })
 }
 
 /// The status of a REST answer and its error code (empty on success).
