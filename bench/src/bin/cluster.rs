@@ -6,6 +6,10 @@
 //! - `GET /v1/volumes` with 10,000 volumes;
 //! - how long after a host is cut off the others show it `down`, and
 //!   until a volume it held exclusively is attached elsewhere.
+//!
+//! Beside the cycles it measures the etcd cluster alone making the
+//! requests a cycle makes (see `store_alone`): the most cycles per second
+//! this machine's etcd allows, whatever the daemon does.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -14,7 +18,7 @@ use anyhow::{Context, Result};
 use hyper::Method;
 use stowage_bench::{daemon_on_root_fs, median, median_f64, rest_cycle, stowage_bin, Conn};
 use stowage_testkit::etcd::Etcd;
-use stowage_testkit::netns::TestNet;
+use stowage_testkit::netns::{Host, TestNet};
 use stowage_testkit::{holds_within, Daemon};
 
 const TARGET_CYCLES_PER_SEC: f64 = 150.0;
@@ -50,7 +54,7 @@ fn settings() -> Result<Settings> {
 /// first, then etcd, then the network.
 struct Cluster {
     nodes: Vec<Daemon>,
-    _etcd: Vec<Etcd>,
+    etcd: Vec<Etcd>,
     net: TestNet,
 }
 
@@ -84,11 +88,7 @@ fn cluster() -> Result<Cluster> {
             == 3
     });
     anyhow::ensure!(joined, "the three nodes did not join");
-    Ok(Cluster {
-        nodes,
-        _etcd: etcd,
-        net,
-    })
+    Ok(Cluster { nodes, etcd, net })
 }
 
 fn node_states(d: &Daemon) -> Vec<String> {
@@ -120,11 +120,7 @@ async fn cycles(sockets: &[PathBuf], clients: usize, seconds: f64, round: usize)
             anyhow::Ok(done)
         }));
     }
-    let mut total = 0;
-    for t in tasks {
-        total += t.await??;
-    }
-    Ok(total as f64 / start.elapsed().as_secs_f64())
+    per_second(tasks, start).await
 }
 
 /// Creates `count` volumes with 8 clients spread over `sockets`.
@@ -197,7 +193,100 @@ fn partition(c: &Cluster) -> Result<(Duration, Duration)> {
     Ok((down_after, attached_after))
 }
 
+/// Cycles per second since `start` of the clients `tasks`, each of which
+/// returns how many cycles it made.
+async fn per_second(
+    tasks: Vec<tokio::task::JoinHandle<Result<usize>>>,
+    start: Instant,
+) -> Result<f64> {
+    let mut total = 0;
+    for t in tasks {
+        total += t.await??;
+    }
+    Ok(total as f64 / start.elapsed().as_secs_f64())
+}
+
+/// The etcd requests of one cycle, as the daemon makes them, with values
+/// of a record's size: create (read, put if absent, put), mount (put
+/// record and use), unmount (put record, delete use) and remove (read,
+/// put, delete), every write a transaction comparing the record's
+/// revision. Mount and unmount read nothing: the daemon changes the
+/// volume as it last saved it. Returns cycles per second of `clients`
+/// clients.
+async fn store_alone(endpoints: Vec<String>, clients: usize, seconds: f64) -> Result<f64> {
+    use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
+    let value = "x".repeat(600);
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let (endpoints, value) = (endpoints.clone(), value.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut kv = Client::connect(endpoints, None).await?.kv_client();
+            let mut done = 0usize;
+            while Instant::now() < deadline {
+                let key = format!("/bench/volumes/c{c}-{done}");
+                let uses = format!("/bench/uses/c{c}-{done}/");
+                let read = Txn::new().and_then([
+                    TxnOp::get(key.as_str(), None),
+                    TxnOp::get(uses.as_str(), Some(GetOptions::new().with_prefix())),
+                ]);
+                let revision =
+                    |r: &etcd_client::TxnResponse| r.header().map_or(0, |h| h.revision());
+                let write = |rev: i64, ops: Vec<TxnOp>| {
+                    Txn::new()
+                        .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, rev)])
+                        .and_then(ops)
+                };
+                let put = || TxnOp::put(key.as_str(), value.as_str(), None);
+                let use_key = format!("{uses}h0");
+                kv.txn(read.clone()).await?;
+                let mut rev = revision(&kv.txn(write(0, vec![put()])).await?);
+                rev = revision(&kv.txn(write(rev, vec![put()])).await?);
+                let mount = vec![put(), TxnOp::put(use_key.as_str(), "c", None)];
+                rev = revision(&kv.txn(write(rev, mount)).await?);
+                let unmount = vec![put(), TxnOp::delete(use_key.as_str(), None)];
+                rev = revision(&kv.txn(write(rev, unmount)).await?);
+                rev = revision(&kv.txn(write(rev, vec![put()])).await?);
+                kv.txn(write(rev, vec![TxnOp::delete(key.as_str(), None)]))
+                    .await?;
+                done += 1;
+            }
+            anyhow::Ok(done)
+        }));
+    }
+    per_second(tasks, start).await
+}
+
+/// `store_alone` run on `host` (its network is the test network's), by
+/// this program started again there with `--store-alone`.
+fn store_alone_on(host: &Host, endpoints: &[&str], clients: usize, seconds: f64) -> Result<f64> {
+    let me = std::env::current_exe()?;
+    let out = host
+        .command(&me.to_string_lossy())
+        .args(["--store-alone", &endpoints.join(","), &clients.to_string()])
+        .arg(seconds.to_string())
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "store alone: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?.trim().parse()?)
+}
+
 fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    if let [_, flag, endpoints, clients, seconds] = &args[..] {
+        if flag == "--store-alone" {
+            let endpoints = endpoints.split(',').map(str::to_string).collect();
+            let runtime = tokio::runtime::Runtime::new()?;
+            let rate =
+                runtime.block_on(store_alone(endpoints, clients.parse()?, seconds.parse()?))?;
+            println!("{rate}");
+            return Ok(());
+        }
+    }
     let s = settings()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -213,22 +302,35 @@ fn main() -> Result<()> {
          beside one daemon on SQLite; median of {} runs of {}s",
         s.runs, s.seconds
     );
-    println!("cycle: create+mount+unmount+remove over REST, local driver; cluster clients spread over the three hosts\n");
+    println!("cycle: create+mount+unmount+remove over REST, local driver; cluster clients spread over the three hosts");
+    println!(
+        "etcd alone: the cluster's etcd making a cycle's 8 requests (2 reads, 6 \
+         compare-and-put transactions) from clients with no daemon: this machine's ceiling\n"
+    );
     println!(
         "{:<28} | {:>12} | {:>12} | {:>6}",
         "", "etcd cluster", "SQLite", "ratio"
     );
     println!("{}", "-".repeat(68));
+    let endpoints: Vec<&str> = c.etcd.iter().map(|m| m.endpoint.as_str()).collect();
     let mut round = 0;
     let mut eight = 0.0;
+    let mut alone = Vec::new();
     for clients in [1, 8] {
-        let (mut e, mut q) = (Vec::new(), Vec::new());
+        let (mut e, mut q, mut a) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..s.runs {
             round += 1;
             e.push(runtime.block_on(cycles(&ours, clients, s.seconds, round))?);
             q.push(runtime.block_on(cycles(&theirs, clients, s.seconds, round))?);
+            a.push(store_alone_on(
+                &c.net.hosts[0],
+                &endpoints,
+                clients,
+                s.seconds,
+            )?);
         }
         let (e, q) = (median_f64(&e), median_f64(&q));
+        alone.push((clients, e, median_f64(&a)));
         println!(
             "{:<28} | {:>12.0} | {:>12.0} | {:>5.2}x",
             format!("cycles/s, {clients} client(s)"),
@@ -239,6 +341,16 @@ fn main() -> Result<()> {
         if clients == 8 {
             eight = e;
         }
+    }
+
+    for (clients, e, a) in alone {
+        println!(
+            "{:<28} | {:>12.0} | {:>12} | {:>5.2}x  (Stowage / etcd alone)",
+            format!("  etcd alone, {clients} client(s)"),
+            a,
+            "-",
+            e / a
+        );
     }
 
     runtime.block_on(populate(&ours, VOLUMES))?;

@@ -18,6 +18,7 @@ mod nodes;
 mod placement;
 mod present;
 mod publish;
+mod recent;
 mod reconcile;
 mod snapshots;
 mod space;
@@ -83,6 +84,8 @@ pub struct VolumeService {
     /// The heads of volume records parsed so far, by key, with their
     /// revision: a list parses only what changed since.
     heads: listing::HeadCache,
+    /// Volumes this node saved last, for the mount or unmount that follows.
+    recent: recent::RecentSaves,
     /// This node's lease and what it publishes under it, once joined.
     membership: Mutex<Option<nodes::Membership>>,
     /// Volumes last found at risk of running out of space: the log says
@@ -101,8 +104,9 @@ struct Loaded<R = VolumeRecord> {
     /// revision there (records with facts only).
     facts: Option<(Vec<u8>, Revision)>,
     /// Every node's use of it and its claim, read with it in one request
-    /// (kinds with [`Record::SHARED_USE`]); `None` once it is saved, as the
-    /// save may change them, or when it was loaded without them.
+    /// (kinds with [`Record::SHARED_USE`]), with what this node's saves
+    /// changed of them since; `None` when it was loaded without them, or
+    /// after a save that failed.
     cluster_use: Option<access::ClusterUse>,
 }
 
@@ -182,6 +186,7 @@ impl VolumeService {
             caller_paths: CallerPaths::new(&layout),
             space: SpacePolicy::default(),
             heads: Default::default(),
+            recent: Default::default(),
             membership: Mutex::default(),
             at_risk: Default::default(),
             layout,
@@ -365,11 +370,16 @@ impl VolumeService {
                 state: VolumeState::Ready,
                 ..record
             };
-            return Ok(self.view_new(&self.insert(record)?.record));
+            let loaded = self.insert(record)?;
+            let view = self.view_new(&loaded.record);
+            self.keep_recent(loaded);
+            return Ok(view);
         }
         let mut loaded = self.insert(record)?;
         self.make_storage(&mut loaded, driver.as_ref(), source.as_ref())?;
-        Ok(self.view_new(&loaded.record))
+        let view = self.view_new(&loaded.record);
+        self.keep_recent(loaded);
+        Ok(view)
     }
 
     /// Makes the storage of a volume recorded as being created (or as
@@ -527,7 +537,10 @@ impl VolumeService {
         let name = VolumeName::parse(name)?;
         validate_consumer(consumer)?;
         let _guard = self.locks.lock(name.as_str());
-        self.mount_loaded(&mut self.load_here(&name)?, consumer)
+        let unmounted = |r: &VolumeRecord| !r.consumers.contains(consumer);
+        self.change_recent(&name, Self::load_here, unmounted, |loaded| {
+            self.mount_loaded(loaded, consumer)
+        })
     }
 
     /// [`Self::mount`] of a ready volume the caller loaded under its lock;
@@ -574,7 +587,10 @@ impl VolumeService {
         let name = VolumeName::parse(name)?;
         validate_consumer(consumer)?;
         let _guard = self.locks.lock(name.as_str());
-        self.unmount_loaded(&mut self.load_ready(&name)?, consumer)
+        let mounted = |r: &VolumeRecord| r.consumers.contains(consumer);
+        self.change_recent(&name, Self::load_ready, mounted, |loaded| {
+            self.unmount_loaded(loaded, consumer)
+        })
     }
 
     /// [`Self::unmount`] of a ready volume the caller loaded under its
@@ -927,12 +943,23 @@ impl VolumeService {
             revision,
             stored,
             facts,
-            cluster_use: None,
+            // A volume just made is used and claimed by no one; a use or a
+            // claim left under its name by one removed before fails the
+            // compare-and-swap of the first change that meets it.
+            cluster_use: R::SHARED_USE.then(Default::default),
         };
         if loaded.record.facts_json().is_some() {
             self.save(&mut loaded)?;
         }
         Ok(loaded)
+    }
+
+    /// Drops what [`recent`] keeps of the record at `key`, before a change
+    /// to it.
+    fn forget_recent<R: Record>(&self, key: &str) {
+        if R::SHARED_USE {
+            self.recent.forget(key);
+        }
     }
 
     fn save<R: Record>(&self, loaded: &mut Loaded<R>) -> Result<()> {
@@ -1000,9 +1027,13 @@ impl VolumeService {
         });
         let wrote_facts = facts_op.is_some();
         let shared: Vec<Op> = spec_op.into_iter().chain(extra).collect();
-        let committed = self.commit_parts(shared, facts_op, durability);
-        loaded.cluster_use = None;
-        let (shared_rev, facts_rev) = committed?;
+        self.forget_recent::<R>(loaded.record.key());
+        let mut uses = loaded.cluster_use.take();
+        let (shared_rev, facts_rev) = self.commit_parts(shared.clone(), facts_op, durability)?;
+        if let Some(r) = shared_rev {
+            uses.iter_mut().for_each(|u| u.apply(&shared, r));
+            loaded.cluster_use = uses;
+        }
         if let Some(r) = shared_rev.filter(|_| spec_changed) {
             loaded.revision = r;
             loaded.stored = spec;
@@ -1057,6 +1088,7 @@ impl VolumeService {
     fn erase_with<R: Record>(&self, loaded: &Loaded<R>, durability: Durability) -> Result<()> {
         loaded.record.refuse_rewrite()?;
         let key = loaded.record.key();
+        self.forget_recent::<R>(key);
         let shared = Op::delete(R::COLLECTION, key, loaded.revision);
         let facts = R::FACTS
             .zip(loaded.facts.as_ref())

@@ -19,7 +19,9 @@ use crate::access::{AccessMode, Claim, NodeUse};
 use crate::error::{Error, Result};
 use crate::name::VolumeName;
 use crate::node::Liveness;
-use crate::store::{Collection, Durability, LeaseId, Op, Precondition, Versioned};
+use crate::store::{
+    Action, Collection, Durability, LeaseId, Op, Precondition, Revision, Versioned,
+};
 use crate::volume::{Attachment, VolumeRecord};
 
 /// Who uses a volume, by node.
@@ -46,9 +48,36 @@ fn own_use(record: &VolumeRecord) -> Option<NodeUse> {
 
 /// What the cluster store held of a volume's use when its record was
 /// read: every node's published use, and the claim.
+#[derive(Default)]
 pub(super) struct ClusterUse {
     pub(super) claim: Option<Versioned>,
     pub(super) uses: Vec<Versioned>,
+}
+
+impl ClusterUse {
+    /// Follows the uses and claim that `ops`, committed at `revision`,
+    /// wrote.
+    pub(super) fn apply(&mut self, ops: &[Op], revision: Revision) {
+        for op in ops {
+            let now = match &op.action {
+                Action::Put { value, .. } => Some(Versioned {
+                    key: op.key.clone(),
+                    value: value.clone(),
+                    revision,
+                }),
+                Action::Delete => None,
+                Action::Check => continue,
+            };
+            match op.collection {
+                Collection::Claims => self.claim = now,
+                Collection::Uses => {
+                    self.uses.retain(|v| v.key != op.key);
+                    self.uses.extend(now);
+                }
+                _ => {}
+            }
+        }
+    }
 }
 
 /// The claim stored for a volume, if it is of this volume (not of one
@@ -384,6 +413,7 @@ impl VolumeService {
     /// ended. A claim another node took meanwhile stays that node's; the
     /// volume's local users keep their mounts, and are named in the log.
     pub(super) fn publish_uses(&self) -> Result<usize> {
+        self.recent.clear();
         let lease = self.lease();
         let mine: BTreeMap<String, Versioned> = (self.store.list(Collection::Uses)?.items)
             .into_iter()

@@ -828,6 +828,18 @@ fn cluster_node(
     (svc, sys)
 }
 
+type Node = (VolumeService, Arc<RecordingSys>);
+
+/// Nodes `a` and `b` of a cluster over the store returned, with leases
+/// that outlive the test.
+fn two_nodes() -> (Arc<MemoryStore>, Node, Node) {
+    let cluster = Arc::new(MemoryStore::new());
+    let ttl = std::time::Duration::from_secs(60);
+    let a = cluster_node(&cluster, "a", ttl);
+    let b = cluster_node(&cluster, "b", ttl);
+    (cluster, a, b)
+}
+
 /// Creates on `maker` a volume of storage every node reaches, in `mode`,
 /// and makes its data appear on each of `others` too.
 fn shared_volume(
@@ -863,12 +875,7 @@ fn held_elsewhere(r: Result<PathBuf>) -> String {
 #[test]
 fn access_modes_hold_across_nodes() {
     use crate::AccessMode::{Rox, Rwo, Rwop, Rwx};
-    let cluster = Arc::new(MemoryStore::new());
-    let ttl = std::time::Duration::from_secs(60);
-    let ((a, sys_a), (b, sys_b)) = (
-        cluster_node(&cluster, "a", ttl),
-        cluster_node(&cluster, "b", ttl),
-    );
+    let (_, (a, sys_a), (b, sys_b)) = two_nodes();
 
     // rwo: one node at a time, any number of consumers there.
     shared_volume(&a, &[&sys_b], "one-node", Rwo);
@@ -939,12 +946,7 @@ fn access_modes_hold_across_nodes() {
 
 #[test]
 fn a_down_nodes_exclusive_attachment_is_released_with_its_lease() {
-    let cluster = Arc::new(MemoryStore::new());
-    let ttl = std::time::Duration::from_secs(60);
-    let ((a, _), (b, sys_b)) = (
-        cluster_node(&cluster, "a", ttl),
-        cluster_node(&cluster, "b", ttl),
-    );
+    let (cluster, (a, _), (b, sys_b)) = two_nodes();
     shared_volume(&a, &[&sys_b], "v", crate::AccessMode::Rwo);
     let how = Attachment {
         read_only: false,
@@ -991,4 +993,33 @@ fn a_node_whose_lease_lapsed_changes_nothing_until_it_renews() {
     let v = a.inspect("v").unwrap();
     assert_eq!(v.consumers_by_node["a"], ["c1", "c2"]);
     assert_eq!(v.held_by.as_deref(), Some("a"));
+}
+
+#[test]
+fn a_change_from_a_kept_copy_that_another_node_outdated_is_made_afresh() {
+    let (_, (a, sys_a), (b, sys_b)) = two_nodes();
+    // a keeps what it created; b claims the volume meanwhile, so a's copy
+    // says it is free when it is not.
+    shared_volume(&a, &[&sys_b], "claimed", crate::AccessMode::Rwo);
+    b.mount("claimed", "c").unwrap();
+    let refused = held_elsewhere(a.mount("claimed", "c1"));
+    assert!(refused.contains("node b"), "{refused}");
+    assert!(a.inspect("claimed").unwrap().consumers.is_empty());
+
+    // b removes and makes again the volume a kept: a mounts the new one.
+    shared_volume(&a, &[&sys_b], "remade", crate::AccessMode::Rwx);
+    let id_on = |svc: &VolumeService| {
+        let name = VolumeName::parse("remade").unwrap();
+        svc.load(&name).unwrap().unwrap().record.id
+    };
+    let old = id_on(&a);
+    b.remove("remade", false).unwrap();
+    shared_volume(&b, &[&sys_a], "remade", crate::AccessMode::Rwx);
+    let new = id_on(&b);
+    assert_ne!(old, new);
+    let path = a.mount("remade", "c1").unwrap();
+    assert!(path.to_string_lossy().contains(new.as_str()), "{path:?}");
+    a.unmount("remade", "c1").unwrap();
+    // a's unmount from its kept copy released its use: b removes it.
+    b.remove("remade", false).unwrap();
 }
