@@ -41,7 +41,7 @@ use crate::name::{validate_consumer, VolumeName};
 use crate::options::{check_map_limits, MapKind};
 use crate::ownership;
 use crate::snapshot::SnapshotRecord;
-use crate::store::{Collection, Durability, Op, Precondition, Read, Revision, Store};
+use crate::store::{Collection, Durability, Op, Precondition, Read, Revision, Store, StoreError};
 use crate::volume::{CopyProgress, CreateRequest, Volume, VolumeFilter, VolumeRecord, VolumeState};
 
 pub use confine::CallerPaths;
@@ -216,10 +216,30 @@ impl VolumeService {
     /// Creates a volume, or returns the existing one if it was created with
     /// the same driver, options and labels.
     pub fn create(&self, req: CreateRequest) -> Result<Volume> {
-        logged("create", &req.name.clone(), || self.create_inner(req))
+        logged("create", &req.name.clone(), || {
+            // On the cluster store a read is a round trip to the quorum: a
+            // create made here, most often of a free name, puts the record
+            // if absent and reads what holds the name only if it is taken.
+            let optimistic = !self.one_store
+                && req.node.is_none()
+                && req.node_selector.is_empty()
+                && req.from_snapshot.is_none()
+                && req.clone_of.is_none();
+            if optimistic {
+                if let Some(made) = self.create_inner(req.clone(), false)? {
+                    return Ok(made);
+                }
+            }
+            let made = self.create_inner(req, true)?;
+            Ok(made.expect("a create that reads the name first answers"))
+        })
     }
 
-    fn create_inner(&self, req: CreateRequest) -> Result<Volume> {
+    /// Creates the volume `req` asks for. With `read_first` false it does
+    /// not read the name first, and answers `None`, having changed
+    /// nothing, when the name is taken or the space check fails (for a
+    /// taken name the answer is its volume, not that error).
+    fn create_inner(&self, req: CreateRequest, read_first: bool) -> Result<Option<Volume>> {
         let name = VolumeName::parse(&req.name)?;
         let source_key = match (&req.from_snapshot, &req.clone_of) {
             (Some(_), Some(_)) => {
@@ -272,7 +292,10 @@ impl VolumeService {
         let access = capabilities.choose(driver.name(), req.access)?;
         let size = driver.requested_size(&own)?;
 
-        let mut existing = self.load(&name)?;
+        let mut existing = match read_first {
+            true => self.load(&name)?,
+            false => None,
+        };
         if let Some(stale) = existing.take_if(|e| e.record.state == VolumeState::Creating) {
             // Under the name's lock, a volume still being created is one
             // whose create failed and whose rollback failed too (a full
@@ -291,12 +314,12 @@ impl VolumeService {
                 "access mode"
             } else {
                 match r.state {
-                    VolumeState::Ready => return self.view(r),
+                    VolumeState::Ready => return self.view(r).map(Some),
                     VolumeState::Pending => {
                         // Asked of its home node before: wait with the
                         // first caller, without the lock its maker takes.
                         drop(guards);
-                        return self.wait_made(&name, &r.id, existing.revision);
+                        return self.wait_made(&name, &r.id, existing.revision).map(Some);
                     }
                     _ => return Err(busy(r)),
                 }
@@ -328,7 +351,11 @@ impl VolumeService {
         };
         if let Some(size) = size.filter(|_| home == self.node_id) {
             let now = driver.preallocated_bytes(&own, size)?;
-            self.check_space(driver.as_ref(), size, now)?;
+            match self.check_space(driver.as_ref(), size, now) {
+                // The name may be taken, and then the answer is its volume.
+                Err(_) if !read_first => return Ok(None),
+                checked => checked?,
+            }
         }
 
         let record = VolumeRecord {
@@ -356,30 +383,32 @@ impl VolumeService {
                 )));
             }
             drop(guards);
-            return self.request_remote(VolumeRecord {
-                state: VolumeState::Pending,
-                ..record
-            });
+            return self
+                .request_remote(VolumeRecord {
+                    state: VolumeState::Pending,
+                    ..record
+                })
+                .map(Some);
         }
-        if !driver.provisions_storage() {
-            if source.is_some() {
-                return Err(driver.unsupported("clones and restores"));
-            }
-            // Nothing to make on the host: one write creates the volume.
-            let record = VolumeRecord {
-                state: VolumeState::Ready,
-                ..record
-            };
-            let loaded = self.insert(record)?;
-            let view = self.view_new(&loaded.record);
-            self.keep_recent(loaded);
-            return Ok(view);
+        let provisions = driver.provisions_storage();
+        if !provisions && source.is_some() {
+            return Err(driver.unsupported("clones and restores"));
         }
-        let mut loaded = self.insert(record)?;
-        self.make_storage(&mut loaded, driver.as_ref(), source.as_ref())?;
+        // Nothing to make on the host: one write creates the volume.
+        let state = match provisions {
+            true => VolumeState::Creating,
+            false => VolumeState::Ready,
+        };
+        let mut loaded = match self.insert(VolumeRecord { state, ..record }) {
+            Err(Error::Store(StoreError::Conflict { .. })) if !read_first => return Ok(None),
+            inserted => inserted?,
+        };
+        if provisions {
+            self.make_storage(&mut loaded, driver.as_ref(), source.as_ref())?;
+        }
         let view = self.view_new(&loaded.record);
         self.keep_recent(loaded);
-        Ok(view)
+        Ok(Some(view))
     }
 
     /// Makes the storage of a volume recorded as being created (or as

@@ -270,7 +270,7 @@ pub enum StoreError {
     Unavailable(String),
     /// A write whose outcome is unknown (it timed out after it was sent):
     /// it may have committed. Read again before deciding anything.
-    #[error("the store did not say whether a write committed: {0}")]
+    #[error("the store is unavailable, and did not say whether a write committed: {0}")]
     Indeterminate(String),
     /// A watch asked for changes the store no longer keeps: the oldest a
     /// watch can start at is `compacted`.

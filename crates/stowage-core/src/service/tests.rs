@@ -1023,3 +1023,17 @@ fn a_change_from_a_kept_copy_that_another_node_outdated_is_made_afresh() {
     // a's unmount from its kept copy released its use: b removes it.
     b.remove("remade", false).unwrap();
 }
+
+#[test]
+fn a_create_on_the_cluster_that_finds_the_name_taken_answers_as_one_that_read_it() {
+    let (_, (a, _), (b, _)) = two_nodes();
+    let made = a.create(req("v")).unwrap();
+    assert_eq!(a.create(req("v")).unwrap(), made, "the same volume again");
+    let mut other = req("v");
+    other.options = BTreeMap::from([("colour".into(), "red".into())]);
+    let err = b.create(other).unwrap_err();
+    assert_eq!(err.kind(), crate::ErrorKind::Conflict, "{err}");
+    // Homed on a: b answers with it, and changed nothing.
+    assert_eq!(b.create(req("v")).unwrap().node.as_deref(), Some("a"));
+    assert_eq!(a.inspect("v").unwrap(), made);
+}
