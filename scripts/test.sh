@@ -15,10 +15,13 @@ fi
 # tools and mkfs for the filesystem images; Docker, Podman, runc and crun
 # for the engine tests; a static busybox to build their test image from;
 # etcd and etcdctl for the cluster store, openssl for its test
-# certificates, and ip (iproute2) for the test hosts in network namespaces.
+# certificates, and ip (iproute2) for the test hosts in network namespaces;
+# nbdkit, nbdfuse (libnbd-bin) and fusermount3 (fuse3) for network block
+# volumes.
 . scripts/lib/packages.sh
 ensure_packages protobuf-compiler mount util-linux tar e2fsprogs xfsprogs btrfs-progs \
-  docker.io podman runc crun busybox-static etcd-server etcd-client openssl iproute2
+  docker.io podman runc crun busybox-static etcd-server etcd-client openssl iproute2 \
+  nbdkit libnbd-bin fuse3
 
 # From PyPI: grpcio, for the CSI test of a gRPC client other than grpc-go;
 # schemathesis, which holds the REST socket to docs/openapi.yaml.

@@ -9,6 +9,8 @@
 //! itself too, so a crash leaks none.
 
 mod filesystem;
+pub mod nbd;
+pub mod transport;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -42,6 +42,26 @@ impl Host {
         ]
     }
 
+    /// Runs `f` on a thread of its own moved into this host's network:
+    /// what it starts runs on this host, as a daemon's children do.
+    pub fn within<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        use rustix::thread::{move_into_link_name_space, LinkNameSpaceType};
+        let path = format!("/run/netns/{}", self.netns);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let ns = std::fs::File::open(&path).expect("the host's network namespace");
+                move_into_link_name_space(
+                    std::os::fd::AsFd::as_fd(&ns),
+                    Some(LinkNameSpaceType::Network),
+                )
+                .expect("setns into the host's network");
+                f()
+            })
+            .join()
+            .expect("the thread within the host")
+        })
+    }
+
     /// `program` run on this host.
     pub fn command(&self, program: &str) -> Command {
         let prefix = self.prefix();
