@@ -14,6 +14,7 @@ pub mod name;
 pub mod node;
 pub mod options;
 pub mod ownership;
+pub mod secret;
 pub mod service;
 pub mod snapshot;
 pub mod store;
