@@ -122,6 +122,11 @@ pub trait Driver: Send + Sync + 'static {
     fn detach_device(&self, _volume: &VolumeRecord) -> Result<()> {
         Ok(())
     }
+    /// The image file of the volume's block device, which its home node
+    /// may export to other nodes; `None` for storage that is no image.
+    fn network_image(&self, _volume: &VolumeRecord) -> Option<PathBuf> {
+        None
+    }
     /// How a mount of the volume's data looks in the mount table while its
     /// own mountpoint shows nothing, if that can be told (a volume whose
     /// storage is made at mount time has none until then).

@@ -11,6 +11,7 @@ pub mod error;
 pub mod layout;
 mod locks;
 pub mod name;
+pub mod netattach;
 pub mod node;
 pub mod options;
 pub mod ownership;
@@ -18,6 +19,7 @@ pub mod secret;
 pub mod service;
 pub mod snapshot;
 pub mod store;
+pub mod transport;
 pub mod volume;
 
 pub use access::{AccessMode, Capabilities, Reach};
@@ -28,7 +30,8 @@ pub use locks::{KeyGuard, KeyedLocks};
 pub use name::VolumeName;
 pub use node::{Node, NodeInfo, NodeState};
 pub use service::{
-    CallerPaths, PathUsage, ReconcileReport, SpaceAccount, SpacePolicy, VolumeService,
+    CallerPaths, NetworkAttach, PathUsage, ReconcileReport, SpaceAccount, SpacePolicy,
+    VolumeService,
 };
 pub use snapshot::{Snapshot, SnapshotRecord, SnapshotRequest};
 pub use store::{

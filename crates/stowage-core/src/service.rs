@@ -14,6 +14,7 @@ mod access;
 mod capacity;
 mod confine;
 mod listing;
+mod netexport;
 mod nodes;
 mod placement;
 mod present;
@@ -45,6 +46,7 @@ use crate::store::{Collection, Durability, Op, Precondition, Read, Revision, Sto
 use crate::volume::{CopyProgress, CreateRequest, Volume, VolumeFilter, VolumeRecord, VolumeState};
 
 pub use confine::CallerPaths;
+pub use netexport::NetworkAttach;
 pub use publish::PathUsage;
 pub use reconcile::ReconcileReport;
 pub use space::{SpaceAccount, SpacePolicy};
@@ -86,6 +88,9 @@ pub struct VolumeService {
     heads: listing::HeadCache,
     /// Volumes this node saved last, for the mount or unmount that follows.
     recent: recent::RecentSaves,
+    /// How block volumes reach nodes other than their home; `None` on a
+    /// node not set up for it.
+    network: Option<NetworkAttach>,
     /// This node's lease and what it publishes under it, once joined.
     membership: Mutex<Option<nodes::Membership>>,
     /// Volumes last found at risk of running out of space: the log says
@@ -187,6 +192,7 @@ impl VolumeService {
             space: SpacePolicy::default(),
             heads: Default::default(),
             recent: Default::default(),
+            network: None,
             membership: Mutex::default(),
             at_risk: Default::default(),
             layout,
@@ -204,6 +210,13 @@ impl VolumeService {
     /// Names the node this host is known as to orchestrators.
     pub fn with_node_id(mut self, node_id: impl Into<String>) -> Self {
         self.node_id = node_id.into();
+        self
+    }
+
+    /// Lets block volumes homed here be attached from other nodes, and
+    /// this node attach those homed elsewhere.
+    pub fn with_network_attach(mut self, network: NetworkAttach) -> Self {
+        self.network = Some(network);
         self
     }
 

@@ -46,10 +46,16 @@ pub enum Collection {
     /// The node that holds a volume of an exclusive access mode, by
     /// volume name, bound to that node's lease.
     Claims,
+    /// A node's request to attach a volume homed elsewhere over the
+    /// network, by `volume/node`, bound to the requesting node's lease.
+    NetAttach,
+    /// The home node's answer to such a request (the export), by
+    /// `volume/node`, bound to the home node's lease.
+    NetExport,
 }
 
 impl Collection {
-    pub const ALL: [Collection; 9] = [
+    pub const ALL: [Collection; 11] = [
         Collection::Volumes,
         Collection::Snapshots,
         Collection::NodeVolumes,
@@ -59,6 +65,8 @@ impl Collection {
         Collection::Failures,
         Collection::Uses,
         Collection::Claims,
+        Collection::NetAttach,
+        Collection::NetExport,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -72,6 +80,8 @@ impl Collection {
             Collection::Failures => "failures",
             Collection::Uses => "uses",
             Collection::Claims => "claims",
+            Collection::NetAttach => "netattach",
+            Collection::NetExport => "netexport",
         }
     }
 

@@ -10,7 +10,6 @@
 
 mod filesystem;
 pub mod nbd;
-pub mod transport;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -253,6 +252,10 @@ impl Driver for Block {
             .map_err(Error::io("keep attached", &device.path))?;
         // Dropping the handle now leaves the device attached.
         Ok(device.path.clone())
+    }
+
+    fn network_image(&self, volume: &VolumeRecord) -> Option<PathBuf> {
+        Some(self.layout.image(&volume.id))
     }
 
     fn attached_device(&self, volume: &VolumeRecord) -> Result<Option<PathBuf>> {

@@ -20,7 +20,7 @@ use stowage_core::{DataIdentity, DriverSet, Error, Layout, Result};
 use stowage_sys::Sys;
 
 pub use bind::Bind;
-pub use block::{nbd::Nbd, transport, Block};
+pub use block::{nbd::Nbd, Block};
 pub use local::Local;
 pub use tmpfs::Tmpfs;
 

@@ -7,7 +7,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use stowage_drivers::transport::{AttachSpec, Endpoint, ExportSpec, Psk, Running, Transport};
+use stowage_core::transport::{AttachSpec, Endpoint, ExportSpec, Psk, Running, Transport};
 use stowage_drivers::Nbd;
 use stowage_testkit::netns::TestNet;
 

@@ -58,6 +58,9 @@ impl Driver for DirDriver {
         let device = fake_device(v);
         stowage_sys::missing_ok(self.sys.remove_file(&device)).map_err(Error::io("detach", device))
     }
+    fn network_image(&self, v: &VolumeRecord) -> Option<PathBuf> {
+        Some(Path::new("/data").join(format!("{}.img", v.id)))
+    }
     fn root_owner(&self, v: &VolumeRecord) -> Result<(u32, u32)> {
         let info = self
             .sys
@@ -1036,4 +1039,138 @@ fn a_create_on_the_cluster_that_finds_the_name_taken_answers_as_one_that_read_it
     // Homed on a: b answers with it, and changed nothing.
     assert_eq!(b.create(req("v")).unwrap().node.as_deref(), Some("a"));
     assert_eq!(a.inspect("v").unwrap(), made);
+}
+
+/// A transport that records what it serves.
+#[derive(Default)]
+struct FakeTransport {
+    exports: Mutex<BTreeMap<String, (PathBuf, crate::transport::Psk)>>,
+}
+
+impl crate::transport::Transport for FakeTransport {
+    fn name(&self) -> &'static str {
+        "fake"
+    }
+    fn export(
+        &self,
+        spec: &crate::transport::ExportSpec<'_>,
+    ) -> Result<crate::transport::Endpoint> {
+        let mut exports = self.exports.lock().unwrap();
+        exports.insert(spec.id.into(), (spec.image.into(), spec.psk.clone()));
+        Ok(crate::transport::Endpoint {
+            address: "10.0.0.1:10809".parse().unwrap(),
+            name: format!("x-{}", spec.id),
+        })
+    }
+    fn unexport(&self, id: &str) -> Result<()> {
+        self.exports.lock().unwrap().remove(id);
+        Ok(())
+    }
+    fn attach(&self, _: &crate::transport::AttachSpec<'_>) -> Result<PathBuf> {
+        Err(Error::InvalidRequest(
+            "the fake transport attaches nothing".into(),
+        ))
+    }
+    fn detach(&self, _: &str) -> Result<()> {
+        Ok(())
+    }
+    fn running(&self) -> Result<crate::transport::Running> {
+        Ok(crate::transport::Running {
+            exports: self.exports.lock().unwrap().keys().cloned().collect(),
+            attachments: Vec::new(),
+        })
+    }
+}
+
+fn sealing_key() -> crate::secret::SealingKey {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("key");
+    let text = crate::secret::SealingKey::generate_file_text().unwrap();
+    std::fs::write(&path, text.as_bytes()).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    crate::secret::SealingKey::from_file(&path).unwrap()
+}
+
+#[test]
+fn a_home_node_serves_what_is_asked_of_its_volumes_until_the_request_ends() {
+    use crate::netattach::{key, AttachRequest, ExportAnswer};
+    let (cluster, (a, _), (b, _)) = two_nodes();
+    let sealing = Arc::new(sealing_key());
+    let transport = Arc::new(FakeTransport::default());
+    let a = a.with_network_attach(crate::NetworkAttach {
+        transport: transport.clone(),
+        sealing: sealing.clone(),
+        listen: "10.0.0.1".parse().unwrap(),
+    });
+    a.create(req("v")).unwrap();
+    let id = a
+        .load(&VolumeName::parse("v").unwrap())
+        .unwrap()
+        .unwrap()
+        .record
+        .id;
+    let ask = |k: &str, request: &AttachRequest| {
+        let value = serde_json::to_vec(request).unwrap();
+        let op =
+            Op::put(Collection::NetAttach, k, value, Precondition::Any).with_lease_if(b.lease());
+        cluster.commit(vec![op], Durability::Host).unwrap();
+    };
+    let answer = |k: &str| -> Option<ExportAnswer> {
+        let v = cluster.get(Collection::NetExport, k).unwrap()?;
+        Some(serde_json::from_slice(&v.value).unwrap())
+    };
+
+    // b asks for v: a serves the image to b's key.
+    let (request, psk) = AttachRequest::new(&sealing, &key("v", "b"), &id, 1, false).unwrap();
+    ask(&key("v", "b"), &request);
+    a.settle_exports().unwrap();
+    let served = answer(&key("v", "b")).expect("an answer");
+    assert_eq!(
+        (served.id.as_str(), served.epoch, served.error),
+        (request.id.as_str(), 1, None)
+    );
+    assert_eq!(
+        served.name.as_deref(),
+        Some(format!("x-{}", request.id).as_str())
+    );
+    let exports = transport.exports.lock().unwrap().clone();
+    let image = Path::new("/data").join(format!("{id}.img"));
+    assert_eq!(exports[&request.id], (image, psk));
+
+    // Asked of another volume of the name, or with a key sealed by another
+    // key file: answered with why not, and nothing served.
+    let (mut stale, _) =
+        AttachRequest::new(&sealing, &key("v", "c"), "other-id", 1, false).unwrap();
+    stale.id = "stale".into();
+    ask(&key("v", "c"), &stale);
+    let (forged, _) = AttachRequest::new(&sealing_key(), &key("v", "d"), &id, 1, false).unwrap();
+    ask(&key("v", "d"), &forged);
+    a.settle_exports().unwrap();
+    assert!(answer(&key("v", "c")).unwrap().error.is_some());
+    let refused = answer(&key("v", "d")).unwrap().error.unwrap();
+    assert!(refused.contains("does not open"), "{refused}");
+    assert_eq!(transport.exports.lock().unwrap().len(), 1);
+
+    // A volume homed on b is b's to serve: a does not answer.
+    b.create(req("w")).unwrap();
+    let w = b
+        .load(&VolumeName::parse("w").unwrap())
+        .unwrap()
+        .unwrap()
+        .record
+        .id;
+    let (for_w, _) = AttachRequest::new(&sealing, &key("w", "c"), &w, 1, false).unwrap();
+    ask(&key("w", "c"), &for_w);
+    a.settle_exports().unwrap();
+    assert_eq!(answer(&key("w", "c")), None);
+
+    // b's lease ends, and its requests with it: a stops the export and
+    // withdraws its answer.
+    cluster.revoke_lease(b.lease().unwrap()).unwrap();
+    a.settle_exports().unwrap();
+    assert!(transport.exports.lock().unwrap().is_empty());
+    for k in [key("v", "b"), key("v", "c"), key("v", "d")] {
+        assert_eq!(answer(&k), None, "{k}");
+    }
 }

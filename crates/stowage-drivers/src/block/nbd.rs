@@ -24,7 +24,9 @@ use stowage_core::{Error, Result};
 use stowage_sys::parse_mountinfo;
 use tracing::{info, warn};
 
-use super::transport::{valid_id, AttachSpec, Endpoint, ExportSpec, Running, Transport};
+use stowage_core::transport::{
+    export_name, valid_id, AttachSpec, Endpoint, ExportSpec, Running, Transport,
+};
 
 /// Connections `nbdfuse` makes to the export (multi-conn).
 const CONNECTIONS: u32 = 4;
@@ -187,7 +189,7 @@ impl Transport for Nbd {
         make_private_dir(&dir).map_err(Error::io("create", &dir))?;
         write_secret(&dir.join("psk"), &spec.psk.file_line())
             .map_err(Error::io("write the key in", &dir))?;
-        let name = super::transport::export_name()?;
+        let name = export_name()?;
         let address = self.serve(spec, &dir, &name)?;
         let endpoint = Endpoint { address, name };
         let record = format!("{} {}\n", endpoint.address, endpoint.name);

@@ -3,7 +3,8 @@
 //! the block driver's loop and filesystem steps take it from there.
 //!
 //! A trait, so that a kernel NBD client or another transport can take the
-//! place of the one this machine runs ([`super::nbd`]). Every attachment
+//! place of the one this machine runs (NBD through nbdkit and nbdfuse, in
+//! `stowage-drivers`). Every attachment
 //! has a key of its own, made for it and destroyed with it: the export
 //! serves only the holder of that key, under a name nobody can guess.
 
@@ -11,8 +12,8 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
-use stowage_core::secret::random_hex;
-use stowage_core::{Error, Result};
+use crate::error::{Error, Result};
+use crate::secret::random_hex;
 
 /// Bytes of randomness in a key and in an export name.
 const KEY_BYTES: usize = 32;
