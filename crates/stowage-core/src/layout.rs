@@ -59,6 +59,22 @@ impl Layout {
         self.mounts_dir().join(id)
     }
 
+    /// Where the network block transport keeps its keys, sockets and pid
+    /// files (under the run root: a tmpfs, so keys never reach a disk).
+    pub fn network_dir(&self) -> PathBuf {
+        self.run_root.join("nbd")
+    }
+
+    /// The file through which a volume homed elsewhere is reached here,
+    /// while it is attached over the network.
+    pub fn attached_image(&self, id: &str) -> PathBuf {
+        self.network_dir()
+            .join("attachments")
+            .join(id)
+            .join("fuse")
+            .join("disk")
+    }
+
     pub fn database(&self) -> PathBuf {
         self.data_root.join("stowage.db")
     }

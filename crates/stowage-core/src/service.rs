@@ -21,6 +21,7 @@ mod present;
 mod publish;
 mod recent;
 mod reconcile;
+mod remote;
 mod snapshots;
 mod space;
 
@@ -580,7 +581,7 @@ impl VolumeService {
         validate_consumer(consumer)?;
         let _guard = self.locks.lock(name.as_str());
         let unmounted = |r: &VolumeRecord| !r.consumers.contains(consumer);
-        self.change_recent(&name, Self::load_here, unmounted, |loaded| {
+        self.change_recent(&name, Self::load_for_use, unmounted, |loaded| {
             self.mount_loaded(loaded, consumer)
         })
     }
@@ -604,12 +605,23 @@ impl VolumeService {
             // consumer accounts for is an unacknowledged one, and reconcile
             // removes it.
             let driver = self.drivers.get(&loaded.record.driver)?.clone();
-            self.present(driver.as_ref(), &mut loaded.record)?;
+            let remote = self.reaches_remotely(&loaded.record);
+            if remote {
+                self.attach_remote(&loaded.record)?;
+            }
+            let presented = self.present(driver.as_ref(), &mut loaded.record);
             // A volume at risk is logged, for the operator to act on; the
             // mount stands either way.
-            let _ = self.space_use(&loaded.record);
-            if let Err(e) = self.save_mounts_with(loaded, ops) {
-                let _ = self.withdraw(&loaded.record.id, 1);
+            let saved = presented.and_then(|()| {
+                let _ = self.space_use(&loaded.record);
+                self.save_mounts_with(loaded, ops).inspect_err(|_| {
+                    let _ = self.withdraw(&loaded.record.id, 1);
+                })
+            });
+            if let Err(e) = saved {
+                if remote {
+                    let _ = self.detach_remote(&loaded.record);
+                }
                 return Err(e);
             }
             return Ok(target);
@@ -651,6 +663,13 @@ impl VolumeService {
                 loaded.record.consumers.insert(consumer.to_string());
                 self.save_mounts(loaded)?;
                 return Err(e);
+            }
+            if self.reaches_remotely(&loaded.record) {
+                // Unmounted: the loop device cleared itself; what is left
+                // to end is the attachment, which reconcile also ends.
+                if let Err(e) = self.detach_remote(&loaded.record) {
+                    warn!(volume = %loaded.record.name, error = %e, "cannot detach from over the network");
+                }
             }
         }
         Ok(())
@@ -883,6 +902,15 @@ impl VolumeService {
 
     /// [`Self::load_ready`] of a volume whose data this node holds: what
     /// every use of the data needs.
+    /// [`Self::load_here`], or a volume this node reaches over the network.
+    fn load_for_use(&self, name: &VolumeName) -> Result<Loaded> {
+        let loaded = self.load_ready(name)?;
+        if !self.reaches_remotely(&loaded.record) {
+            loaded.record.refuse_away_from_home(&self.node_id)?;
+        }
+        Ok(loaded)
+    }
+
     fn load_here(&self, name: &VolumeName) -> Result<Loaded> {
         let loaded = self.load_ready(name)?;
         loaded.record.refuse_away_from_home(&self.node_id)?;

@@ -78,11 +78,23 @@ impl Block {
         }
     }
 
+    /// The image a volume's device is made from: on a node that attached
+    /// it over the network the file the transport shows, else its own
+    /// image file (a node never holds both: the home node uses its image
+    /// directly).
+    fn image_of(&self, volume: &VolumeRecord) -> PathBuf {
+        let attached = self.layout.attached_image(&volume.id);
+        match self.sys.inspect_nofollow(&attached) {
+            Ok(_) => attached,
+            Err(_) => self.layout.image(&volume.id),
+        }
+    }
+
     /// Reads the root owner and usage of a volume that is not mounted,
     /// through a private mount that is attached nowhere.
     fn inspect_unmounted(&self, volume: &VolumeRecord) -> Result<FsInfo> {
         let fs = filesystem(volume)?;
-        let device = self.attach(&self.layout.image(&volume.id), false)?;
+        let device = self.attach(&self.image_of(volume), false)?;
         self.sys
             .inspect_device(&device.path, fs.name(), &fs.mount_options(None))
             .map_err(Error::io("inspect", &device.path))
@@ -231,7 +243,7 @@ impl Driver for Block {
 
     fn mount(&self, volume: &VolumeRecord, target: &Path, spec: MountSpec<'_>) -> Result<()> {
         let fs = filesystem(volume)?;
-        let device = self.attach(&self.layout.image(&volume.id), false)?;
+        let device = self.attach(&self.image_of(volume), false)?;
         self.sys
             .mount_device(
                 &device.path,
@@ -246,7 +258,7 @@ impl Driver for Block {
     }
 
     fn attach_device(&self, volume: &VolumeRecord, read_only: bool) -> Result<PathBuf> {
-        let device = self.attach(&self.layout.image(&volume.id), read_only)?;
+        let device = self.attach(&self.image_of(volume), read_only)?;
         self.sys
             .keep_loop(&device)
             .map_err(Error::io("keep attached", &device.path))?;
@@ -259,7 +271,7 @@ impl Driver for Block {
     }
 
     fn attached_device(&self, volume: &VolumeRecord) -> Result<Option<PathBuf>> {
-        let image = self.layout.image(&volume.id);
+        let image = self.image_of(volume);
         match self.sys.loop_device_of(&image) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             other => other.map_err(Error::io("look for the loop device of", &image)),

@@ -8,6 +8,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use stowage_core::transport::{AttachSpec, Endpoint, ExportSpec, Psk, Running, Transport};
+use stowage_core::Layout;
 use stowage_drivers::Nbd;
 use stowage_testkit::netns::TestNet;
 
@@ -40,7 +41,10 @@ fn an_export_serves_the_holder_of_its_key_and_no_one_else() {
         f.set_len(64 * MIB).unwrap();
         f.write_all_at(b"written at home", MIB).unwrap();
     }
-    let (home, user) = (Nbd::new(&home_run), Nbd::new(&user_run));
+    let (home, user) = (
+        Nbd::new(&Layout::new(dirs.path().join("data-home"), &home_run)),
+        Nbd::new(&Layout::new(dirs.path().join("data-user"), &user_run)),
+    );
     let psk = Psk::generate().unwrap();
     let export = |id: &'static str, psk: &Psk| {
         let spec = ExportSpec {

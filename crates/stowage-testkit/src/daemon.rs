@@ -402,11 +402,36 @@ impl Drop for Daemon {
                 self.base().join("daemon.log").display()
             );
         }
+        // What the daemon started to outlive it (network block exports and
+        // attachments) names its roots: it goes with the test.
+        kill_processes_naming(&self.base());
+        kill_processes_naming(&self.run);
         // Leave no mount behind for the temporary directories' removal.
         let apart = self._run_dir.as_ref().map(|_| self.run.clone());
         for dir in std::iter::once(self.base()).chain(apart) {
             for m in mounts_under(&dir).iter().rev() {
                 let _ = rustix::mount::unmount(m, rustix::mount::UnmountFlags::DETACH);
+            }
+        }
+    }
+}
+
+/// Kills every process whose command line names a path under `dir`.
+fn kill_processes_naming(dir: &Path) {
+    let marker = dir.as_os_str().as_encoded_bytes();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(p.path().join("cmdline")) else {
+            continue;
+        };
+        if cmdline.windows(marker.len()).any(|w| w == marker) {
+            if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
             }
         }
     }

@@ -43,7 +43,8 @@ pub struct ServeArgs {
     /// TOML file with data_root, run_root, plugin_dir, docker_spec,
     /// csi_endpoint, csi_allowed_paths, node_id, overcommit_ratio,
     /// space_reserve, space_check_interval, store, etcd_ca, etcd_cert,
-    /// etcd_key, advertise, node_labels and node_ttl; flags override it.
+    /// etcd_key, advertise, node_labels, node_ttl and sealing_key_file;
+    /// flags override it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Where volumes' data and the state database live [default: /var/lib/stowage].
@@ -110,6 +111,12 @@ pub struct ServeArgs {
     /// shown by `node ls`.
     #[arg(long, value_name = "ADDR")]
     pub advertise: Option<String>,
+    /// The key file (64 hex digits, mode 0600, the same on every node)
+    /// that seals the secrets Stowage keeps in the cluster's store. With
+    /// it and --advertise, block volumes are attached over the network
+    /// (NBD with TLS-PSK) on nodes other than their home.
+    #[arg(long, value_name = "FILE")]
+    pub sealing_key_file: Option<PathBuf>,
     /// A label of this node, KEY=VALUE, repeatable: what placement's
     /// node selectors match.
     #[arg(long = "node-label", value_name = "KEY=VALUE", value_parser = label)]

@@ -11,8 +11,9 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use rustix::fs::{flock, FlockOperation};
 use serde::Deserialize;
+use stowage_core::secret::SealingKey;
 use stowage_core::store::Store;
-use stowage_core::{CallerPaths, Layout, NodeInfo, SpacePolicy, VolumeService};
+use stowage_core::{CallerPaths, Layout, NetworkAttach, NodeInfo, SpacePolicy, VolumeService};
 use stowage_store::{EtcdConfig, EtcdStore, EtcdTls, SqliteStore};
 use stowage_sys::LinuxSys;
 use tokio::net::UnixListener;
@@ -56,6 +57,8 @@ pub struct Config {
     pub node_labels: std::collections::BTreeMap<String, String>,
     /// Seconds the node's lease lasts without renewal.
     pub node_ttl: u64,
+    /// The key file sealing the secrets kept in the cluster's store.
+    pub sealing_key_file: Option<PathBuf>,
 }
 
 /// Where Stowage's keys live in etcd.
@@ -89,6 +92,7 @@ impl Default for Config {
             advertise: None,
             node_labels: Default::default(),
             node_ttl: 10,
+            sealing_key_file: None,
         }
     }
 }
@@ -146,6 +150,7 @@ impl Config {
             (&args.etcd_ca, &mut config.etcd_ca),
             (&args.etcd_cert, &mut config.etcd_cert),
             (&args.etcd_key, &mut config.etcd_key),
+            (&args.sealing_key_file, &mut config.sealing_key_file),
         ] {
             if let Some(v) = flag {
                 *value = Some(v.clone());
@@ -418,13 +423,15 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     if let Some(dir) = csi_socket.parent() {
         caller_paths = caller_paths.protecting(dir.to_path_buf());
     }
-    let service = Arc::new(
-        VolumeService::new(store, drivers, sys, layout.clone())
-            .with_local_store(local)
-            .with_node_id(node_id)
-            .with_caller_paths(caller_paths)
-            .with_space_policy(config.space_policy()?),
-    );
+    let mut service = VolumeService::new(store, drivers, sys, layout.clone())
+        .with_local_store(local)
+        .with_node_id(node_id)
+        .with_caller_paths(caller_paths)
+        .with_space_policy(config.space_policy()?);
+    if let Some(network) = network_attach(&config, &layout)? {
+        service = service.with_network_attach(network);
+    }
+    let service = Arc::new(service);
     let reconciler = service.clone();
     let report = tokio::task::spawn_blocking(move || reconciler.reconcile())
         .await?
@@ -472,6 +479,19 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         .spawn(move || agent.run_agent(&stop_agent))
         .context("starting the placement agent")?;
 
+    // Serves the network attachments other nodes ask of volumes homed here.
+    let exporter = match config.sealing_key_file.is_some() {
+        true => {
+            let (agent, stop) = (service.clone(), agent_stop.clone());
+            let thread = std::thread::Builder::new()
+                .name("export-agent".into())
+                .spawn(move || agent.run_export_agent(&stop))
+                .context("starting the export agent")?;
+            Some(thread)
+        }
+        false => None,
+    };
+
     if config.space_check_interval > 0 {
         tokio::spawn(watch_space(
             service.clone(),
@@ -504,11 +524,14 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     // Joined (it stops within a second), so that the last reference to
     // the store goes here and the store closes cleanly.
     agent_stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    if tokio::task::spawn_blocking(move || agent.join())
-        .await?
-        .is_err()
-    {
-        tracing::warn!("the placement agent panicked");
+    for (name, thread) in [("placement", Some(agent)), ("export", exporter)] {
+        let Some(thread) = thread else { continue };
+        if tokio::task::spawn_blocking(move || thread.join())
+            .await?
+            .is_err()
+        {
+            tracing::warn!("the {name} agent panicked");
+        }
     }
     // The others see this node down now, not when its lease would end.
     if let Err(e) = tokio::task::spawn_blocking(move || service.leave()).await? {
@@ -607,6 +630,39 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
     })
 }
 
+/// What network attachments need, when the daemon is given a sealing key
+/// file: the transport, the key, and the address exports listen on (the
+/// advertised one, which the cluster reaches).
+fn network_attach(config: &Config, layout: &Layout) -> Result<Option<NetworkAttach>> {
+    let Some(file) = &config.sealing_key_file else {
+        return Ok(None);
+    };
+    let sealing = SealingKey::from_file(file).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let advertised = config.advertise.as_deref().context(
+        "--sealing-key-file needs --advertise: exports listen on the address other nodes reach",
+    )?;
+    let listen = advertised_ip(advertised)?;
+    Ok(Some(NetworkAttach {
+        transport: Arc::new(stowage_drivers::Nbd::new(layout)),
+        sealing: Arc::new(sealing),
+        listen,
+    }))
+}
+
+/// The IP address of `--advertise`: HOST, HOST:PORT, [V6]:PORT or a bare
+/// V6 address.
+fn advertised_ip(advertised: &str) -> Result<std::net::IpAddr> {
+    let host = match advertised.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or_default(),
+        None if advertised.matches(':').count() == 1 => {
+            advertised.split(':').next().unwrap_or_default()
+        }
+        None => advertised,
+    };
+    host.parse()
+        .with_context(|| format!("--advertise {advertised}: exports need an IP address"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -673,5 +729,18 @@ mod tests {
         let err = lock_root(dir.path(), "data root").unwrap_err().to_string();
         assert!(err.contains("another stowage daemon"), "{err}");
         assert!(err.contains(&std::process::id().to_string()), "{err}");
+    }
+
+    #[test]
+    fn exports_listen_on_the_advertised_ip() {
+        for (given, ip) in [
+            ("10.0.0.1", "10.0.0.1"),
+            ("10.0.0.1:7000", "10.0.0.1"),
+            ("[fd00::1]:7000", "fd00::1"),
+            ("fd00::1", "fd00::1"),
+        ] {
+            assert_eq!(advertised_ip(given).unwrap().to_string(), ip, "{given}");
+        }
+        assert!(advertised_ip("node-a.example").is_err());
     }
 }

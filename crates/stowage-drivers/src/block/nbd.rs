@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use stowage_core::{Error, Result};
+use stowage_core::{Error, Layout, Result};
 use stowage_sys::parse_mountinfo;
 use tracing::{info, warn};
 
@@ -38,15 +38,17 @@ const STOP_WITHIN: Duration = Duration::from_secs(5);
 const PORT_TRIES: usize = 8;
 
 pub struct Nbd {
+    layout: Layout,
     dir: PathBuf,
 }
 
 impl Nbd {
-    /// A transport keeping its keys, sockets and pid files under
-    /// `run_root/nbd` (a tmpfs, so keys never reach a disk).
-    pub fn new(run_root: &Path) -> Nbd {
+    /// A transport keeping its keys, sockets and pid files in the
+    /// layout's network directory.
+    pub fn new(layout: &Layout) -> Nbd {
         Nbd {
-            dir: run_root.join("nbd"),
+            layout: layout.clone(),
+            dir: layout.network_dir(),
         }
     }
 
@@ -54,8 +56,14 @@ impl Nbd {
         Ok(self.dir.join("exports").join(checked(id)?))
     }
 
+    /// An attachment's directory: the one holding its file's mountpoint.
     fn attach_dir(&self, id: &str) -> Result<PathBuf> {
-        Ok(self.dir.join("attachments").join(checked(id)?))
+        let file = self.layout.attached_image(checked(id)?);
+        Ok(file
+            .parent()
+            .and_then(Path::parent)
+            .expect("an attached image lies two levels down")
+            .to_path_buf())
     }
 
     /// Starts the exporting nbdkit on a free port of `spec.listen`.
@@ -117,9 +125,9 @@ impl Nbd {
 
     /// Starts `nbdfuse` through the relay and waits until it serves.
     fn show_as_file(&self, spec: &AttachSpec<'_>, dir: &Path) -> Result<PathBuf> {
-        let mountpoint = dir.join("fuse");
-        make_private_dir(&mountpoint).map_err(Error::io("create", &mountpoint))?;
-        let file = mountpoint.join("disk");
+        let file = self.layout.attached_image(spec.id);
+        let mountpoint = file.parent().expect("a file lies in a directory");
+        make_private_dir(mountpoint).map_err(Error::io("create", mountpoint))?;
         let log = dir.join("nbdfuse.log");
         let pidfile = dir.join("nbdfuse.pid");
         let mut cmd = Command::new("nbdfuse");
@@ -206,7 +214,7 @@ impl Transport for Nbd {
 
     fn attach(&self, spec: &AttachSpec<'_>) -> Result<PathBuf> {
         let dir = self.attach_dir(spec.id)?;
-        let file = dir.join("fuse").join("disk");
+        let file = self.layout.attached_image(spec.id);
         if alive(&dir.join("nbdfuse.pid"), &dir).is_some() && file.exists() {
             return Ok(file);
         }
@@ -227,17 +235,18 @@ impl Transport for Nbd {
 
     fn detach(&self, id: &str) -> Result<()> {
         let dir = self.attach_dir(id)?;
-        let mountpoint = dir.join("fuse");
+        let file = self.layout.attached_image(id);
+        let mountpoint = file.parent().expect("a file lies in a directory");
         if let Some(pid) = alive(&dir.join("nbdfuse.pid"), &dir) {
             // Unmounting ends nbdfuse cleanly; a signal is the fallback.
-            let _ = run(Command::new("fusermount3").arg("-u").arg(&mountpoint));
+            let _ = run(Command::new("fusermount3").arg("-u").arg(mountpoint));
             if !gone_within(pid, STOP_WITHIN) {
                 stop(&dir.join("nbdfuse.pid"), &dir)?;
             }
         }
         // A FUSE mount whose server died stays behind as a dead mount.
-        if is_mountpoint(&mountpoint) {
-            let _ = run(Command::new("fusermount3").arg("-uz").arg(&mountpoint));
+        if is_mountpoint(mountpoint) {
+            let _ = run(Command::new("fusermount3").arg("-uz").arg(mountpoint));
         }
         stop(&dir.join("relay.pid"), &dir)?;
         remove_dir(&dir)

@@ -26,6 +26,8 @@ struct Cluster {
     /// A directory every host reaches alike: a cluster filesystem's
     /// stand-in, for volumes of `scope=cluster`.
     shared: tempfile::TempDir,
+    /// The sealing key file every host is given.
+    _keys: tempfile::TempDir,
 }
 
 impl Cluster {
@@ -37,6 +39,13 @@ impl Cluster {
             .join(",");
         let store = format!("etcd://{endpoints}");
         let ttl = TTL.to_string();
+        let keys = tempfile::tempdir().unwrap();
+        let key_file = keys.path().join("sealing.key");
+        let key = stowage_core::secret::SealingKey::generate_file_text().unwrap();
+        std::fs::write(&key_file, key.as_bytes()).unwrap();
+        let mode = std::os::unix::fs::PermissionsExt::from_mode(0o600);
+        std::fs::set_permissions(&key_file, mode).unwrap();
+        let key_file = key_file.to_string_lossy().into_owned();
         let nodes = (net.hosts.iter().enumerate())
             .map(|(i, h)| {
                 let (id, zone) = (format!("h{i}"), format!("zone=z{}", i % 2));
@@ -51,6 +60,8 @@ impl Cluster {
                     &ttl,
                     "--node-label",
                     &zone,
+                    "--sealing-key-file",
+                    &key_file,
                 ];
                 Daemon::start_on(BIN, h, &args)
             })
@@ -68,6 +79,7 @@ impl Cluster {
             etcd,
             net,
             shared: tempfile::tempdir().unwrap(),
+            _keys: keys,
         }
     }
 
@@ -573,4 +585,46 @@ fn three_hosts_by_eight_clients_racing_on_the_same_names_agree_with_the_model() 
     eprintln!("answers: {report:?}");
     assert!(report.keys().any(|k| k == "create ok"), "{report:?}");
     assert!(report.keys().any(|k| k == "attach ok"), "{report:?}");
+}
+
+#[test]
+fn a_block_volume_homed_on_one_host_is_mounted_on_another_over_the_network() {
+    let c = Cluster::start();
+    let [h0, h1, h2] = &c.nodes[..] else {
+        unreachable!()
+    };
+    h0.ok(&["volume", "create", "bv", "-d", "block", "-o", "size=64M"]);
+    assert_eq!(h1.inspect("bv")["node"], "h0");
+
+    // h1 mounts it: h0 exports it to h1 alone, h1 attaches it.
+    let path = h1.ok(&["volume", "mount", "bv", "--consumer", "c1"]);
+    let file = Path::new(path.trim()).join("written-on-h1");
+    std::fs::write(&file, b"from h1").unwrap();
+    std::fs::File::open(&file).unwrap().sync_all().unwrap();
+    let seen = h0.inspect("bv");
+    assert_eq!(seen["consumers_by_node"]["h1"][0], "c1", "{seen}");
+    let nbd = |d: &Daemon| {
+        let out = std::process::Command::new("pgrep")
+            .args(["-f", &d.run.join("nbd/").to_string_lossy()])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    };
+    assert_eq!(nbd(h0), 1, "one export on the home node");
+    assert_eq!(nbd(h1), 2, "the TLS client and nbdfuse on the consumer");
+
+    // rwo: a third host is refused while h1 holds it.
+    let refused = h2.fails(&["volume", "mount", "bv", "--consumer", "c2"]);
+    assert!(refused.contains("h1"), "{refused}");
+    assert_eq!(nbd(h2), 0, "nothing attached on the refused host");
+
+    // Unmounted on h1: detached there, the export stopped, and the data
+    // is on the home node.
+    h1.ok(&["volume", "unmount", "bv", "--consumer", "c1"]);
+    assert!(holds_within(Duration::from_secs(10), || nbd(h0) + nbd(h1) == 0));
+    let path = h0.ok(&["volume", "mount", "bv", "--consumer", "c0"]);
+    let back = std::fs::read(Path::new(path.trim()).join("written-on-h1")).unwrap();
+    assert_eq!(back, b"from h1");
+    h0.ok(&["volume", "unmount", "bv", "--consumer", "c0"]);
+    h0.ok(&["volume", "rm", "bv"]);
 }

@@ -1,0 +1,141 @@
+//! The consuming node's half of network attachments: a block volume homed
+//! on another node is asked of its home, which exports it, and attached
+//! here through the transport before its filesystem is mounted.
+
+use std::time::{Duration, Instant};
+
+use tracing::{info, warn};
+
+use super::VolumeService;
+use crate::error::{Error, Result};
+use crate::netattach::{self, AttachRequest, ExportAnswer};
+use crate::store::{Collection, Durability, Op, Precondition};
+use crate::transport::AttachSpec;
+use crate::volume::VolumeRecord;
+
+/// How long the home node may take to answer a request (it watches for
+/// them, and starts an export).
+const ANSWER_WITHIN: Duration = Duration::from_secs(20);
+
+impl VolumeService {
+    /// Whether this node reaches the volume's storage over the network: it
+    /// is homed on another node, it is an image, and this node is set up
+    /// for network attachments.
+    pub(super) fn reaches_remotely(&self, record: &VolumeRecord) -> bool {
+        self.network.is_some()
+            && record
+                .node
+                .as_deref()
+                .is_some_and(|home| home != self.node_id)
+            && (self.drivers.get(&record.driver)).is_ok_and(|d| d.network_image(record).is_some())
+    }
+
+    /// Asks the volume's home node to export it to this node, and attaches
+    /// the export here, where the driver finds it; on failure, nothing is
+    /// left asked or attached.
+    pub(super) fn attach_remote(&self, record: &VolumeRecord) -> Result<()> {
+        let net = self.network.as_ref().expect("checked by reaches_remotely");
+        let key = netattach::key(record.name.as_str(), &self.node_id);
+        // The store's revision grows across the cluster: a later
+        // attachment always has a larger epoch.
+        let epoch = self.store.revision()? + 1;
+        let read_only = record.access.read_only();
+        let (request, psk) = AttachRequest::new(&net.sealing, &key, &record.id, epoch, read_only)?;
+        let value = serde_json::to_vec(&request).expect("a request serializes");
+        let op = Op::put(Collection::NetAttach, &key, value, Precondition::Any)
+            .with_lease_if(self.lease());
+        self.refuse_lapsed_lease()?;
+        let asked = self.store.commit(vec![op], Durability::Host)?;
+        let attached = self
+            .wait_answer(record, &key, &request, asked)
+            .and_then(|endpoint| {
+                let spec = AttachSpec {
+                    id: &record.id,
+                    endpoint: &endpoint,
+                    psk: &psk,
+                    read_only,
+                };
+                net.transport.attach(&spec)
+            });
+        match attached {
+            Ok(file) => {
+                info!(volume = %record.name, epoch, file = %file.display(), "attached over the network");
+                Ok(())
+            }
+            Err(e) => {
+                self.withdraw_request(&key);
+                Err(e)
+            }
+        }
+    }
+
+    /// Waits until the home node answers `request`, with its export or why
+    /// it could not.
+    fn wait_answer(
+        &self,
+        record: &VolumeRecord,
+        key: &str,
+        request: &AttachRequest,
+        asked: u64,
+    ) -> Result<crate::transport::Endpoint> {
+        let home = record.node.clone().unwrap_or_default();
+        let deadline = Instant::now() + ANSWER_WITHIN;
+        let mut changes = self.store.watch(Collection::NetExport, asked)?;
+        loop {
+            if let Some(v) = self.store.get(Collection::NetExport, key)? {
+                let answer: Option<ExportAnswer> = serde_json::from_slice(&v.value).ok();
+                if let Some(a) = answer.filter(|a| a.id == request.id) {
+                    if let Some(endpoint) = a.endpoint() {
+                        return Ok(endpoint);
+                    }
+                    return Err(Error::Precondition {
+                        name: record.name.to_string(),
+                        reason: format!(
+                            "its home node {home} cannot export it: {}",
+                            a.error.unwrap_or_default()
+                        ),
+                    });
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Error::Precondition {
+                    name: record.name.to_string(),
+                    reason: format!(
+                        "its home node {home} did not export it within {ANSWER_WITHIN:?}; \
+                         is it up and set up for network attachments?"
+                    ),
+                });
+            }
+            changes.next(left.min(Duration::from_secs(1)))?;
+        }
+    }
+
+    /// Detaches a volume attached over the network, after its last
+    /// unmount, and withdraws the request: its home node stops the export.
+    pub(super) fn detach_remote(&self, record: &VolumeRecord) -> Result<()> {
+        let net = self.network.as_ref().expect("checked by reaches_remotely");
+        net.transport.detach(&record.id)?;
+        self.withdraw_request(&netattach::key(record.name.as_str(), &self.node_id));
+        info!(volume = %record.name, "detached from over the network");
+        Ok(())
+    }
+
+    /// Deletes this node's request at `key`; one left behind ends with
+    /// this node's lease.
+    fn withdraw_request(&self, key: &str) {
+        let withdrawn = self
+            .store
+            .get(Collection::NetAttach, key)
+            .and_then(|v| match v {
+                Some(v) => {
+                    let op = Op::delete(Collection::NetAttach, key, v.revision);
+                    self.store.commit(vec![op], Durability::Host).map(|_| ())
+                }
+                None => Ok(()),
+            });
+        if let Err(e) = withdrawn {
+            warn!(key, error = %e, "cannot withdraw an attachment request; it ends with this node's lease");
+        }
+    }
+}
