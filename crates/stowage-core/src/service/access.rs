@@ -483,6 +483,7 @@ impl VolumeService {
             self.store
                 .delete_with(Collection::Uses, key, v.revision, Durability::Process)?;
         }
+        self.republish_requests()?;
         info!(node = %self.node_id, lost, "published this node's use of its volumes");
         Ok(lost)
     }

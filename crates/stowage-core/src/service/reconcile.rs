@@ -78,8 +78,13 @@ impl VolumeService {
             }
         }
         for loaded in listing.records {
-            // Another node's volume: that node reconciles it.
-            if !loaded.record.is_home(&self.node_id) {
+            // Another node's volume: that node reconciles it, unless this
+            // node uses it over the network.
+            let remote = self.reaches_remotely(&loaded.record);
+            if !loaded.record.is_home(&self.node_id) && !remote {
+                continue;
+            }
+            if remote && loaded.record.state != VolumeState::Ready {
                 continue;
             }
             report.volumes += 1;
@@ -100,6 +105,9 @@ impl VolumeService {
             self.remove_stale_mounts(&stacked, &presented, &mut report)?;
         } else {
             warn!("a volume record without a readable id: no mount is removed as stale");
+        }
+        if all_known {
+            self.detach_stray_attachments(&presented)?;
         }
         report.snapshots_finished = self.reconcile_snapshots(&mut report.failures)?;
         report.orphans = self.orphaned_data()?;
@@ -224,7 +232,8 @@ impl VolumeService {
                 })
             }
         }
-        if loaded.record.schema < SCHEMA {
+        let remote = self.reaches_remotely(&loaded.record);
+        if loaded.record.schema < SCHEMA && !remote {
             // Written before specs and node facts were stored apart:
             // rewritten as both, in one transaction on one store.
             self.save(&mut loaded)?;
@@ -237,6 +246,10 @@ impl VolumeService {
             if have > 0 {
                 report.stale_mounts_removed += have;
                 self.withdraw(&loaded.record.id, have)?;
+            }
+            if remote && self.attached_remotely(&loaded.record)? {
+                // The last unmount was cut short before the detach.
+                self.detach_remote(&loaded.record)?;
             }
             // An empty mountpoint left behind goes with the stale ones.
             return Ok(None);

@@ -2,6 +2,7 @@
 //! on another node is asked of its home, which exports it, and attached
 //! here through the transport before its filesystem is mounted.
 
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
@@ -111,6 +112,27 @@ impl VolumeService {
         }
     }
 
+    /// Ends the attachments running here for no volume that stays
+    /// presented (`presented`, by id): their mounts are gone.
+    pub(super) fn detach_stray_attachments(&self, presented: &HashSet<String>) -> Result<()> {
+        let Some(net) = &self.network else {
+            return Ok(());
+        };
+        for id in net.transport.running()?.attachments {
+            if !presented.contains(&id) {
+                warn!(attachment = %id, "ending an attachment no mount here uses");
+                net.transport.detach(&id)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the transport runs an attachment of the volume here.
+    pub(super) fn attached_remotely(&self, record: &VolumeRecord) -> Result<bool> {
+        let net = self.network.as_ref().expect("checked by reaches_remotely");
+        Ok(net.transport.running()?.attachments.contains(&record.id))
+    }
+
     /// Detaches a volume attached over the network, after its last
     /// unmount, and withdraws the request: its home node stops the export.
     pub(super) fn detach_remote(&self, record: &VolumeRecord) -> Result<()> {
@@ -118,6 +140,29 @@ impl VolumeService {
         net.transport.detach(&record.id)?;
         self.withdraw_request(&netattach::key(record.name.as_str(), &self.node_id));
         info!(volume = %record.name, "detached from over the network");
+        Ok(())
+    }
+
+    /// Binds this node's attachment requests that are still in the store
+    /// to its lease of now, when it joins again: the home nodes keep
+    /// serving them. A request whose old lease ended meanwhile is gone,
+    /// and its export with it.
+    pub(super) fn republish_requests(&self) -> Result<()> {
+        let lease = self.lease();
+        let suffix = format!("/{}", self.node_id);
+        for v in self.store.list(Collection::NetAttach)?.items {
+            if !v.key.ends_with(&suffix) {
+                continue;
+            }
+            let op = Op::put(
+                Collection::NetAttach,
+                &v.key,
+                v.value.clone(),
+                Precondition::Revision(v.revision),
+            );
+            self.store
+                .commit(vec![op.with_lease_if(lease)], Durability::Host)?;
+        }
         Ok(())
     }
 

@@ -589,16 +589,29 @@ fn three_hosts_by_eight_clients_racing_on_the_same_names_agree_with_the_model() 
 
 #[test]
 fn a_block_volume_homed_on_one_host_is_mounted_on_another_over_the_network() {
-    let c = Cluster::start();
+    let mut c = Cluster::start();
+    c.nodes[0].ok(&["volume", "create", "bv", "-d", "block", "-o", "size=64M"]);
+    let path = c.nodes[1].ok(&["volume", "mount", "bv", "--consumer", "c1"]);
+    let mountpoint = Path::new(path.trim()).to_path_buf();
+    // Killed and started again, h1 keeps the attachment and its mount,
+    // past the end of its old lease.
+    c.nodes[1].kill9();
+    c.nodes[1].spawn();
+    wait_until("h1 to rejoin", Duration::from_secs(20), || {
+        state_of(&c.nodes[0], "h1") == "ready"
+    });
+    std::thread::sleep(Duration::from_secs(TTL + 2));
+    let probe = mountpoint.join("after-restart");
+    std::fs::write(&probe, b"still attached").unwrap();
+    std::fs::File::open(&probe).unwrap().sync_all().unwrap();
     let [h0, h1, h2] = &c.nodes[..] else {
         unreachable!()
     };
-    h0.ok(&["volume", "create", "bv", "-d", "block", "-o", "size=64M"]);
     assert_eq!(h1.inspect("bv")["node"], "h0");
 
-    // h1 mounts it: h0 exports it to h1 alone, h1 attaches it.
-    let path = h1.ok(&["volume", "mount", "bv", "--consumer", "c1"]);
-    let file = Path::new(path.trim()).join("written-on-h1");
+    // h1 mounted it: h0 exports it to h1 alone, h1 attached it.
+    assert_eq!(h1.ok(&["volume", "mount", "bv", "--consumer", "c1"]), path);
+    let file = mountpoint.join("written-on-h1");
     std::fs::write(&file, b"from h1").unwrap();
     std::fs::File::open(&file).unwrap().sync_all().unwrap();
     let seen = h0.inspect("bv");
