@@ -174,6 +174,9 @@ impl VolumeService {
             ))
         })?;
         let psk = request.psk(&net.sealing, key)?;
+        if record.access.exclusive() && !request.read_only {
+            self.cut_older_exports(net, volume, key, request.epoch)?;
+        }
         let spec = ExportSpec {
             id: &request.id,
             image: &image,
@@ -182,6 +185,44 @@ impl VolumeService {
             read_only: request.read_only || record.access.read_only(),
         };
         net.transport.export(&spec).map(Some)
+    }
+
+    /// Fencing at the target: before a volume of an exclusive mode is
+    /// served to a new holder, every export of it of an older epoch stops
+    /// here and its key goes, so a node that still believes it holds the
+    /// volume fails its next I/O before the new holder writes a block. A
+    /// newer one still serving refuses the request.
+    fn cut_older_exports(
+        &self,
+        net: &NetworkAttach,
+        volume: &str,
+        key: &str,
+        epoch: u64,
+    ) -> Result<()> {
+        let answers = self
+            .store
+            .list_prefix(Collection::NetExport, &format!("{volume}/"))?;
+        let running = net.transport.running()?.exports;
+        for v in answers.items.iter().filter(|v| v.key != key) {
+            let Ok(old) = serde_json::from_slice::<ExportAnswer>(&v.value) else {
+                continue;
+            };
+            if !running.contains(&old.id) {
+                continue;
+            }
+            if old.epoch > epoch {
+                return Err(Error::Precondition {
+                    name: volume.to_string(),
+                    reason: format!("is served to {} under a newer attachment", v.key),
+                });
+            }
+            net.transport.unexport(&old.id)?;
+            warn!(volume, fenced = %v.key, epoch = old.epoch, "cut the export of an older holder");
+            let op = Op::delete(Collection::NetExport, &v.key, v.revision);
+            self.store
+                .commit(vec![op], crate::store::Durability::Host)?;
+        }
+        Ok(())
     }
 
     /// Stops the export answering the request at `key`, which ended, and

@@ -1092,9 +1092,19 @@ fn sealing_key() -> crate::secret::SealingKey {
     crate::secret::SealingKey::from_file(&path).unwrap()
 }
 
-#[test]
-fn a_home_node_serves_what_is_asked_of_its_volumes_until_the_request_ends() {
-    use crate::netattach::{key, AttachRequest, ExportAnswer};
+/// Two nodes, `a` exporting with a recording transport, and volume `v`
+/// homed on `a`.
+struct Exporting {
+    cluster: Arc<MemoryStore>,
+    a: VolumeService,
+    b: VolumeService,
+    sealing: Arc<crate::secret::SealingKey>,
+    transport: Arc<FakeTransport>,
+    /// `v`'s id.
+    id: String,
+}
+
+fn exporting() -> Exporting {
     let (cluster, (a, _), (b, _)) = two_nodes();
     let sealing = Arc::new(sealing_key());
     let transport = Arc::new(FakeTransport::default());
@@ -1110,6 +1120,27 @@ fn a_home_node_serves_what_is_asked_of_its_volumes_until_the_request_ends() {
         .unwrap()
         .record
         .id;
+    Exporting {
+        cluster,
+        a,
+        b,
+        sealing,
+        transport,
+        id,
+    }
+}
+
+#[test]
+fn a_home_node_serves_what_is_asked_of_its_volumes_until_the_request_ends() {
+    use crate::netattach::{key, AttachRequest, ExportAnswer};
+    let Exporting {
+        cluster,
+        a,
+        b,
+        sealing,
+        transport,
+        id,
+    } = exporting();
     let ask = |k: &str, request: &AttachRequest| {
         let value = serde_json::to_vec(request).unwrap();
         let op =
@@ -1173,4 +1204,50 @@ fn a_home_node_serves_what_is_asked_of_its_volumes_until_the_request_ends() {
     for k in [key("v", "b"), key("v", "c"), key("v", "d")] {
         assert_eq!(answer(&k), None, "{k}");
     }
+}
+
+#[test]
+fn a_new_holder_of_an_exclusive_volume_is_served_only_once_the_old_export_is_cut() {
+    use crate::netattach::{key, AttachRequest, ExportAnswer};
+    let Exporting {
+        cluster,
+        a,
+        b,
+        sealing,
+        transport,
+        id,
+    } = exporting();
+    let ask = |node: &str, epoch: u64| {
+        let k = key("v", node);
+        let (request, _) = AttachRequest::new(&sealing, &k, &id, epoch, false).unwrap();
+        let value = serde_json::to_vec(&request).unwrap();
+        let op =
+            Op::put(Collection::NetAttach, &k, value, Precondition::Any).with_lease_if(b.lease());
+        cluster.commit(vec![op], Durability::Host).unwrap();
+        request.id
+    };
+    let answer = |node: &str| -> Option<ExportAnswer> {
+        let v = cluster
+            .get(Collection::NetExport, &key("v", node))
+            .unwrap()?;
+        Some(serde_json::from_slice(&v.value).unwrap())
+    };
+    let served = || -> Vec<String> { transport.exports.lock().unwrap().keys().cloned().collect() };
+
+    let old = ask("b", 5);
+    a.settle_exports().unwrap();
+    assert_eq!(served(), std::slice::from_ref(&old));
+    // c takes the volume over with a later epoch: b's export is cut, and
+    // its answer withdrawn, before c's is served.
+    let new = ask("c", 9);
+    a.settle_exports().unwrap();
+    assert_eq!(served(), std::slice::from_ref(&new));
+    assert_eq!(answer("c").unwrap().id, new);
+    assert_eq!(answer("b"), None, "b's answer withdrawn");
+    // b's request, still there, is older: refused while c holds it.
+    a.settle_exports().unwrap();
+    let refused = answer("b").unwrap();
+    assert_eq!(refused.id, old);
+    assert!(refused.error.unwrap().contains("newer attachment"));
+    assert_eq!(served(), [new]);
 }

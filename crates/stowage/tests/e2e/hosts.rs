@@ -641,3 +641,121 @@ fn a_block_volume_homed_on_one_host_is_mounted_on_another_over_the_network() {
     h0.ok(&["volume", "unmount", "bv", "--consumer", "c0"]);
     h0.ok(&["volume", "rm", "bv"]);
 }
+
+/// Milliseconds since the epoch.
+fn now_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+}
+
+/// The records `who` wrote in a log of `WHO N MILLIS` lines.
+fn records_of(log: &str, who: &str) -> Vec<(u64, u128)> {
+    (log.lines())
+        .filter_map(|l| {
+            let mut f = l.split(' ');
+            (f.next() == Some(who)).then_some(())?;
+            Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+#[test]
+fn a_cut_off_writer_never_writes_a_block_after_another_host_takes_its_volume_over() {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+    let c = Cluster::start();
+    let [h0, h1, h2] = &c.nodes[..] else {
+        unreachable!()
+    };
+    h0.ok(&["volume", "create", "fv", "-d", "block", "-o", "size=64M"]);
+    let on_h1 = h1.ok(&["volume", "mount", "fv", "--consumer", "writer"]);
+    let log_on_h1 = Path::new(on_h1.trim()).join("log");
+
+    // h1 appends numbered records, each fsync'd before it counts.
+    let acked: Arc<Mutex<Vec<(u64, u128)>>> = Arc::default();
+    let writer = {
+        let (acked, path) = (acked.clone(), log_on_h1.clone());
+        std::thread::spawn(move || {
+            let mut f = (std::fs::OpenOptions::new().create(true).append(true))
+                .open(&path)
+                .unwrap();
+            for n in 1.. {
+                let at = now_ms();
+                let written = writeln!(f, "B {n} {at}").and_then(|()| f.sync_data());
+                if written.is_err() {
+                    return;
+                }
+                acked.lock().unwrap().push((n, at));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    wait_until("h1 to write", Duration::from_secs(10), || {
+        acked.lock().unwrap().len() >= 10
+    });
+
+    c.net.partition(1);
+    let cut = Instant::now();
+    let acked_before_cut = acked.lock().unwrap().clone();
+    // h2 takes it over once h1's lease has ended.
+    let on_h2 = std::cell::RefCell::new(None);
+    let within = Duration::from_secs(TTL + 10);
+    assert!(
+        holds_within(within, || {
+            let out = h2.cli(&["volume", "mount", "fv", "--consumer", "taker"]);
+            let path = (out.status.success())
+                .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string());
+            let taken = path.is_some();
+            *on_h2.borrow_mut() = path;
+            taken
+        }),
+        "h2 could not take the volume over within TTL + 10 s"
+    );
+    let took_over = now_ms();
+    eprintln!(
+        "h2 took the volume over {:?} after h1 was cut off",
+        cut.elapsed()
+    );
+    let log_on_h2 = Path::new(on_h2.borrow().as_deref().unwrap()).join("log");
+    let seen = std::fs::read_to_string(&log_on_h2).unwrap_or_default();
+    let found = records_of(&seen, "B");
+    for record in &acked_before_cut {
+        assert!(found.contains(record), "B's acknowledged {record:?} lost");
+    }
+    {
+        let mut f = (std::fs::OpenOptions::new().append(true))
+            .open(&log_on_h2)
+            .unwrap();
+        for n in 1..=5 {
+            writeln!(f, "C {n} {}", now_ms()).unwrap();
+        }
+        f.sync_data().unwrap();
+    }
+
+    // The network comes back: h1's writes never land.
+    c.net.heal(1);
+    std::thread::sleep(Duration::from_secs(5));
+    let late: Vec<_> = (acked.lock().unwrap().iter())
+        .filter(|(_, at)| *at > took_over)
+        .copied()
+        .collect();
+    assert!(
+        late.is_empty(),
+        "h1 acknowledged writes after the takeover: {late:?}"
+    );
+    assert!(writer.is_finished(), "h1's writer still writes");
+    h2.ok(&["volume", "unmount", "fv", "--consumer", "taker"]);
+    let on_h0 = h0.ok(&["volume", "mount", "fv", "--consumer", "check"]);
+    let last = std::fs::read_to_string(Path::new(on_h0.trim()).join("log")).unwrap();
+    let after: Vec<_> = (records_of(&last, "B").into_iter())
+        .filter(|(_, at)| *at > took_over)
+        .collect();
+    assert!(
+        after.is_empty(),
+        "B's records dated after the takeover: {after:?}"
+    );
+    assert_eq!(records_of(&last, "C").len(), 5, "C's records");
+    h0.ok(&["volume", "unmount", "fv", "--consumer", "check"]);
+}
