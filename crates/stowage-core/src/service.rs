@@ -92,6 +92,9 @@ pub struct VolumeService {
     /// How block volumes reach nodes other than their home; `None` on a
     /// node not set up for it.
     network: Option<NetworkAttach>,
+    /// Network attachments cut off here when this node's lease lapsed, by
+    /// volume id.
+    fenced: Mutex<std::collections::BTreeSet<String>>,
     /// This node's lease and what it publishes under it, once joined.
     membership: Mutex<Option<nodes::Membership>>,
     /// Volumes last found at risk of running out of space: the log says
@@ -194,6 +197,7 @@ impl VolumeService {
             heads: Default::default(),
             recent: Default::default(),
             network: None,
+            fenced: Mutex::default(),
             membership: Mutex::default(),
             at_risk: Default::default(),
             layout,
@@ -545,6 +549,7 @@ impl VolumeService {
             volume
         };
         (volume.consumers_by_node, volume.held_by) = self.cluster_use(&loaded)?;
+        volume.network = self.network_use(&loaded.record)?;
         Ok(volume)
     }
 
@@ -876,6 +881,7 @@ impl VolumeService {
             consumers: r.consumers.iter().cloned().collect(),
             consumers_by_node: BTreeMap::new(),
             held_by: None,
+            network: None,
             status: r.state,
             presentation: r.presentation.clone(),
             size_bytes: r.size_bytes,

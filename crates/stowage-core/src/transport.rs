@@ -126,6 +126,11 @@ pub trait Transport: Send + Sync {
     /// file.
     fn attach(&self, spec: &AttachSpec<'_>) -> Result<PathBuf>;
 
+    /// Cuts the attachment `id` off its export, so that every I/O on it
+    /// fails from now on; the file stays for its mount to fail on until
+    /// [`Transport::detach`]. Cutting one that does not run succeeds.
+    fn sever(&self, id: &str) -> Result<()>;
+
     /// Ends the attachment `id` (its loop device detached first) and
     /// destroys its key. Ending one that does not run succeeds.
     fn detach(&self, id: &str) -> Result<()>;

@@ -303,6 +303,21 @@ impl VolumeRecord {
     }
 }
 
+/// A volume homed on another node, as this node reaches it over the
+/// network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkUse {
+    /// The node that exports it.
+    pub home: String,
+    /// How: `nbd`.
+    pub transport: String,
+    /// The attachment's epoch, while its request is in the store.
+    pub epoch: Option<u64>,
+    /// Cut off its export because this node's lease lapsed: its I/O
+    /// fails until it is unmounted and mounted again.
+    pub fenced: bool,
+}
+
 /// A request to create a volume.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -386,6 +401,10 @@ pub struct Volume {
     /// The node that holds a volume of an exclusive mode now, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub held_by: Option<String>,
+    /// How this node reaches the volume over the network, while it does:
+    /// filled by `inspect`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkUse>,
     /// `ready`, or `creating` / `removing` while an operation is in flight.
     pub status: VolumeState,
     /// Whether the kernel has the volume mounted at `mountpoint` now.
@@ -434,6 +453,7 @@ impl Volume {
             consumers: Vec::new(),
             consumers_by_node: BTreeMap::new(),
             held_by: None,
+            network: None,
             status: VolumeState::Corrupt,
             mounted: false,
             presentation: Presentation::default(),

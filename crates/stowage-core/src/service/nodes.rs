@@ -78,10 +78,16 @@ impl VolumeService {
             Ok(_) => false,
             Err(StoreError::LeaseExpired(_)) => {
                 warn!(node = %self.node_id, "this node's lease ended: the cluster took it for down; rejoining");
+                self.fence_attachments();
                 lease = self.store.grant_lease(ttl)?;
                 true
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => {
+                if self.refuse_lapsed_lease().is_err() {
+                    self.fence_attachments();
+                }
+                return Err(e.into());
+            }
         };
         {
             let mut m = self.membership.lock().unwrap_or_else(|e| e.into_inner());

@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::netattach::{self, AttachRequest, ExportAnswer};
 use crate::store::{Collection, Durability, Op, Precondition};
 use crate::transport::AttachSpec;
-use crate::volume::VolumeRecord;
+use crate::volume::{NetworkUse, VolumeRecord};
 
 /// How long the home node may take to answer a request (it watches for
 /// them, and starts an export).
@@ -127,6 +127,56 @@ impl VolumeService {
         Ok(())
     }
 
+    /// Self-fencing: once this node's lease has lapsed, the cluster takes
+    /// it for down and its home nodes stop serving it, so every attachment
+    /// here is cut off its export at once: its I/O fails now rather than
+    /// later, and never lands after another node took the volume over.
+    /// What was cut stays cut until it is unmounted and mounted again.
+    pub(super) fn fence_attachments(&self) {
+        let Some(net) = &self.network else {
+            return;
+        };
+        let running = match net.transport.running() {
+            Ok(r) => r.attachments,
+            Err(e) => {
+                warn!(error = %e, "cannot list this node's attachments to cut them off");
+                return;
+            }
+        };
+        let mut fenced = self.fenced.lock().unwrap_or_else(|e| e.into_inner());
+        for id in running {
+            if fenced.contains(&id) {
+                continue;
+            }
+            match net.transport.sever(&id) {
+                Ok(()) => {
+                    warn!(volume_id = %id, "this node's lease lapsed: cut its network attachment off; \
+                          its I/O fails until it is unmounted and mounted again");
+                    fenced.insert(id);
+                }
+                Err(e) => warn!(volume_id = %id, error = %e, "cannot cut a network attachment off"),
+            }
+        }
+    }
+
+    /// How this node reaches the volume over the network, for inspect.
+    pub(super) fn network_use(&self, record: &VolumeRecord) -> Result<Option<NetworkUse>> {
+        if !self.reaches_remotely(record) || !self.attached_remotely(record)? {
+            return Ok(None);
+        }
+        let net = self.network.as_ref().expect("checked by reaches_remotely");
+        let key = netattach::key(record.name.as_str(), &self.node_id);
+        let request = (self.store.get(Collection::NetAttach, &key)?)
+            .and_then(|v| serde_json::from_slice::<AttachRequest>(&v.value).ok());
+        let fenced = (self.fenced.lock().unwrap_or_else(|e| e.into_inner())).contains(&record.id);
+        Ok(Some(NetworkUse {
+            home: record.node.clone().unwrap_or_default(),
+            transport: net.transport.name().to_string(),
+            epoch: request.as_ref().map(|r| r.epoch),
+            fenced,
+        }))
+    }
+
     /// Whether the transport runs an attachment of the volume here.
     pub(super) fn attached_remotely(&self, record: &VolumeRecord) -> Result<bool> {
         let net = self.network.as_ref().expect("checked by reaches_remotely");
@@ -138,6 +188,7 @@ impl VolumeService {
     pub(super) fn detach_remote(&self, record: &VolumeRecord) -> Result<()> {
         let net = self.network.as_ref().expect("checked by reaches_remotely");
         net.transport.detach(&record.id)?;
+        (self.fenced.lock().unwrap_or_else(|e| e.into_inner())).remove(&record.id);
         self.withdraw_request(&netattach::key(record.name.as_str(), &self.node_id));
         info!(volume = %record.name, "detached from over the network");
         Ok(())

@@ -1045,6 +1045,9 @@ fn a_create_on_the_cluster_that_finds_the_name_taken_answers_as_one_that_read_it
 #[derive(Default)]
 struct FakeTransport {
     exports: Mutex<BTreeMap<String, (PathBuf, crate::transport::Psk)>>,
+    /// Attachments it runs, and those it cut off.
+    attachments: Mutex<Vec<String>>,
+    severed: Mutex<Vec<String>>,
 }
 
 impl crate::transport::Transport for FakeTransport {
@@ -1071,13 +1074,17 @@ impl crate::transport::Transport for FakeTransport {
             "the fake transport attaches nothing".into(),
         ))
     }
+    fn sever(&self, id: &str) -> Result<()> {
+        self.severed.lock().unwrap().push(id.to_string());
+        Ok(())
+    }
     fn detach(&self, _: &str) -> Result<()> {
         Ok(())
     }
     fn running(&self) -> Result<crate::transport::Running> {
         Ok(crate::transport::Running {
             exports: self.exports.lock().unwrap().keys().cloned().collect(),
-            attachments: Vec::new(),
+            attachments: self.attachments.lock().unwrap().clone(),
         })
     }
 }
@@ -1250,4 +1257,30 @@ fn a_new_holder_of_an_exclusive_volume_is_served_only_once_the_old_export_is_cut
     assert_eq!(refused.id, old);
     assert!(refused.error.unwrap().contains("newer attachment"));
     assert_eq!(served(), [new]);
+}
+
+#[test]
+fn a_node_whose_lease_lapsed_cuts_its_network_attachments_off() {
+    let cluster = Arc::new(MemoryStore::new());
+    let short = std::time::Duration::from_secs(2);
+    let (b, _) = cluster_node(&cluster, "b", short);
+    let transport = Arc::new(FakeTransport::default());
+    let b = b.with_network_attach(crate::NetworkAttach {
+        transport: transport.clone(),
+        sealing: Arc::new(sealing_key()),
+        listen: "10.0.0.2".parse().unwrap(),
+    });
+    transport.attachments.lock().unwrap().push("vid".into());
+    b.heartbeat().unwrap();
+    assert!(
+        transport.severed.lock().unwrap().is_empty(),
+        "renewed in time"
+    );
+    std::thread::sleep(short + std::time::Duration::from_millis(200));
+    b.heartbeat().unwrap();
+    assert_eq!(*transport.severed.lock().unwrap(), ["vid"]);
+    // Cut once: the next lapse finds nothing new to cut.
+    std::thread::sleep(short + std::time::Duration::from_millis(200));
+    b.heartbeat().unwrap();
+    assert_eq!(transport.severed.lock().unwrap().len(), 1);
 }

@@ -233,6 +233,15 @@ impl Transport for Nbd {
         attached
     }
 
+    fn sever(&self, id: &str) -> Result<()> {
+        // The TLS client carries every connection: without it nbdfuse
+        // fails each request.
+        let dir = self.attach_dir(id)?;
+        stop(&dir.join("relay.pid"), &dir)?;
+        let _ = fs::remove_file(dir.join("psk"));
+        Ok(())
+    }
+
     fn detach(&self, id: &str) -> Result<()> {
         let dir = self.attach_dir(id)?;
         let file = self.layout.attached_image(id);

@@ -616,6 +616,16 @@ fn a_block_volume_homed_on_one_host_is_mounted_on_another_over_the_network() {
     std::fs::File::open(&file).unwrap().sync_all().unwrap();
     let seen = h0.inspect("bv");
     assert_eq!(seen["consumers_by_node"]["h1"][0], "c1", "{seen}");
+    let here = &h1.inspect("bv")["network"];
+    assert_eq!(
+        (&here["home"], &here["transport"]),
+        (&"h0".into(), &"nbd".into())
+    );
+    assert_eq!(here["fenced"], false, "{here}");
+    assert!(
+        h0.inspect("bv").get("network").is_none(),
+        "the home uses it locally"
+    );
     let nbd = |d: &Daemon| {
         let out = std::process::Command::new("pgrep")
             .args(["-f", &d.run.join("nbd/").to_string_lossy()])
@@ -746,6 +756,8 @@ fn a_cut_off_writer_never_writes_a_block_after_another_host_takes_its_volume_ove
         "h1 acknowledged writes after the takeover: {late:?}"
     );
     assert!(writer.is_finished(), "h1's writer still writes");
+    let fenced = &h1.inspect("fv")["network"]["fenced"];
+    assert_eq!(fenced, true, "h1 says it cut its attachment off");
     h2.ok(&["volume", "unmount", "fv", "--consumer", "taker"]);
     let on_h0 = h0.ok(&["volume", "mount", "fv", "--consumer", "check"]);
     let last = std::fs::read_to_string(Path::new(on_h0.trim()).join("log")).unwrap();
