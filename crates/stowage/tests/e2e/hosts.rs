@@ -771,3 +771,66 @@ fn a_cut_off_writer_never_writes_a_block_after_another_host_takes_its_volume_ove
     assert_eq!(records_of(&last, "C").len(), 5, "C's records");
     h0.ok(&["volume", "unmount", "fv", "--consumer", "check"]);
 }
+
+#[test]
+fn a_network_attachment_outlives_its_home_daemon_and_a_killed_nbdfuse_leaves_nothing_behind() {
+    let mut c = Cluster::start();
+    c.nodes[0].ok(&["volume", "create", "kv", "-d", "block", "-o", "size=64M"]);
+    let path = c.nodes[1].ok(&["volume", "mount", "kv", "--consumer", "c1"]);
+    let file = Path::new(path.trim()).join("data");
+    let write = |what: &[u8]| -> std::io::Result<()> {
+        std::fs::write(&file, what)?;
+        std::fs::File::open(&file)?.sync_all()
+    };
+    write(b"before").unwrap();
+
+    // The home daemon is killed and started again: the export it started
+    // goes on, and is answered again under its new lease.
+    c.nodes[0].kill9();
+    write(b"while the home daemon is down").unwrap();
+    c.nodes[0].spawn();
+    wait_until("h0 to rejoin", Duration::from_secs(20), || {
+        state_of(&c.nodes[1], "h0") == "ready"
+    });
+    std::thread::sleep(Duration::from_secs(TTL + 2));
+    write(b"after the home daemon's old lease ended").unwrap();
+
+    // nbdfuse is killed under the mount: I/O fails, and unmounting leaves
+    // no process, mount or loop device of the attachment behind.
+    let nbdfuse = std::process::Command::new("pgrep")
+        .args(["-f", &format!("nbdfuse.*{}", c.nodes[1].run.display())])
+        .output()
+        .unwrap();
+    let pid = String::from_utf8_lossy(&nbdfuse.stdout).trim().to_string();
+    assert!(!pid.is_empty(), "nbdfuse runs on h1");
+    std::process::Command::new("kill")
+        .args(["-9", &pid])
+        .status()
+        .unwrap();
+    assert!(holds_within(Duration::from_secs(10), || write(b"after").is_err()));
+    c.nodes[1].ok(&["volume", "unmount", "kv", "--consumer", "c1"]);
+    let nbd = c.nodes[1].run.join("nbd/");
+    let left = std::process::Command::new("pgrep")
+        .args(["-f", &nbd.to_string_lossy()])
+        .output()
+        .unwrap();
+    assert!(left.stdout.is_empty(), "processes left on h1");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(&*nbd.to_string_lossy()),
+        "a FUSE mount left on h1"
+    );
+    let loops = std::process::Command::new("losetup")
+        .arg("-a")
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&loops.stdout).contains(&*nbd.to_string_lossy()),
+        "a loop device left on h1"
+    );
+    // Mounted again, it reads what was last fsync'd.
+    let path = c.nodes[1].ok(&["volume", "mount", "kv", "--consumer", "c1"]);
+    let back = std::fs::read(Path::new(path.trim()).join("data")).unwrap();
+    assert_eq!(back, b"after the home daemon's old lease ended");
+    c.nodes[1].ok(&["volume", "unmount", "kv", "--consumer", "c1"]);
+}
