@@ -123,9 +123,14 @@ pub trait Driver: Send + Sync + 'static {
         Ok(())
     }
     /// The image file of the volume's block device, which its home node
-    /// may export to other nodes; `None` for storage that is no image.
+    /// may export to other nodes; `None` for storage that is no image,
+    /// which only its home node reaches.
     fn network_image(&self, _volume: &VolumeRecord) -> Option<PathBuf> {
         None
+    }
+    /// Whether [`Driver::network_image`] names an image for its volumes.
+    fn exports_images(&self) -> bool {
+        false
     }
     /// How a mount of the volume's data looks in the mount table while its
     /// own mountpoint shows nothing, if that can be told (a volume whose

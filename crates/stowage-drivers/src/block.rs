@@ -270,6 +270,10 @@ impl Driver for Block {
         Some(self.layout.image(&volume.id))
     }
 
+    fn exports_images(&self) -> bool {
+        true
+    }
+
     fn attached_device(&self, volume: &VolumeRecord) -> Result<Option<PathBuf>> {
         let image = self.image_of(volume);
         match self.sys.loop_device_of(&image) {

@@ -421,8 +421,13 @@ impl Csi {
             volume_context: volume_context(v),
             content_source,
             // Node-local storage is reached from its home node; storage
-            // every node reaches has no topology.
-            accessible_topology: v.node.as_deref().map(node_topology).into_iter().collect(),
+            // every node reaches (an image its home exports to the others
+            // included) has no topology.
+            accessible_topology: (v.node.as_deref())
+                .filter(|_| !self.service.reached_from_every_node(v))
+                .map(node_topology)
+                .into_iter()
+                .collect(),
         }
     }
 }

@@ -146,7 +146,9 @@ impl VolumeService {
         let _guard = self.locks.lock(name.as_str());
         let mut loaded = self.load_ready(&name)?;
         let lease = self.lease_of(node)?;
-        loaded.record.refuse_away_from_home(node)?;
+        if !self.attaches_over_network(&loaded.record.driver) {
+            loaded.record.refuse_away_from_home(node)?;
+        }
         let access = loaded.record.access;
         if access.read_only() && !how.read_only {
             return Err(refused_write(&name, access));

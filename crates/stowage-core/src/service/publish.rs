@@ -70,7 +70,7 @@ impl VolumeService {
         logged("stage", name, || {
             let (name, consumer) = staging_call(&self.caller_paths, name, staging)?;
             let _guard = self.locks.lock(name.as_str());
-            let mut loaded = self.load_here(&name)?;
+            let mut loaded = self.load_for_use(&name)?;
             let volume = self.shown(&loaded.record)?;
             match self.mount_at(staging)? {
                 Some(m) if volume.is_some_and(|v| v.at(&m)) => {
@@ -199,7 +199,7 @@ impl VolumeService {
         logged("unstage", name, || {
             let (name, consumer) = staging_call(&self.caller_paths, name, staging)?;
             let _guard = self.locks.lock(name.as_str());
-            let mut loaded = self.load_here(&name)?;
+            let mut loaded = self.load_for_use(&name)?;
             let device_staged =
                 (loaded.record.device.as_ref()).is_some_and(|d| d.stagings.contains(staging));
             if device_staged {

@@ -23,12 +23,23 @@ impl VolumeService {
     /// is homed on another node, it is an image, and this node is set up
     /// for network attachments.
     pub(super) fn reaches_remotely(&self, record: &VolumeRecord) -> bool {
-        self.network.is_some()
-            && record
-                .node
-                .as_deref()
-                .is_some_and(|home| home != self.node_id)
-            && (self.drivers.get(&record.driver)).is_ok_and(|d| d.network_image(record).is_some())
+        record
+            .node
+            .as_deref()
+            .is_some_and(|home| home != self.node_id)
+            && self.attaches_over_network(&record.driver)
+    }
+
+    /// Whether volumes of `driver` are attached over the network on nodes
+    /// other than their home, here.
+    pub fn attaches_over_network(&self, driver: &str) -> bool {
+        self.network.is_some() && (self.drivers.get(driver)).is_ok_and(|d| d.exports_images())
+    }
+
+    /// Whether every node reaches the volume: storage that has no home,
+    /// or an image that its home exports to the others.
+    pub fn reached_from_every_node(&self, volume: &crate::Volume) -> bool {
+        volume.node.is_none() || self.attaches_over_network(&volume.driver)
     }
 
     /// Asks the volume's home node to export it to this node, and attaches
@@ -161,7 +172,9 @@ impl VolumeService {
 
     /// How this node reaches the volume over the network, for inspect.
     pub(super) fn network_use(&self, record: &VolumeRecord) -> Result<Option<NetworkUse>> {
-        if !self.reaches_remotely(record) || !self.attached_remotely(record)? {
+        // While mounted here, even once its helpers have ended (fenced).
+        let used = !record.consumers.is_empty() || record.device.is_some();
+        if !self.reaches_remotely(record) || !(used || self.attached_remotely(record)?) {
             return Ok(None);
         }
         let net = self.network.as_ref().expect("checked by reaches_remotely");

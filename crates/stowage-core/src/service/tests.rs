@@ -61,6 +61,9 @@ impl Driver for DirDriver {
     fn network_image(&self, v: &VolumeRecord) -> Option<PathBuf> {
         Some(Path::new("/data").join(format!("{}.img", v.id)))
     }
+    fn exports_images(&self) -> bool {
+        true
+    }
     fn root_owner(&self, v: &VolumeRecord) -> Result<(u32, u32)> {
         let info = self
             .sys

@@ -834,3 +834,60 @@ fn a_network_attachment_outlives_its_home_daemon_and_a_killed_nbdfuse_leaves_not
     assert_eq!(back, b"after the home daemon's old lease ended");
     c.nodes[1].ok(&["volume", "unmount", "kv", "--consumer", "c1"]);
 }
+
+#[test]
+fn csi_answers_no_topology_for_a_block_volume_and_stages_it_on_a_host_other_than_its_home() {
+    use proto::volume_capability::access_mode::Mode;
+    let c = Cluster::start();
+    let (h0, h1) = (&c.nodes[0], &c.nodes[1]);
+    let req = proto::CreateVolumeRequest {
+        name: "cb".into(),
+        volume_capabilities: vec![mount_cap(Mode::SingleNodeWriter)],
+        parameters: [("driver".to_string(), "block".to_string())].into(),
+        capacity_range: Some(proto::CapacityRange {
+            required_bytes: 64 << 20,
+            limit_bytes: 0,
+        }),
+        ..Default::default()
+    };
+    let created = stowage_testkit::csi::blocking(&h0.csi_socket(), |csi| async move {
+        let mut c = csi.controller.clone();
+        c.create_volume(req)
+            .await
+            .unwrap()
+            .into_inner()
+            .volume
+            .unwrap()
+    });
+    assert!(created.accessible_topology.is_empty(), "{created:?}");
+    assert_eq!(h1.inspect("cb")["node"], "h0");
+
+    attach(&h0.csi_socket(), "cb", "h1").unwrap();
+    let staging = tempfile::tempdir().unwrap();
+    let stage = proto::NodeStageVolumeRequest {
+        volume_id: "cb".into(),
+        staging_target_path: staging.path().display().to_string(),
+        volume_capability: Some(mount_cap(Mode::SingleNodeWriter)),
+        ..Default::default()
+    };
+    stowage_testkit::csi::blocking(&h1.csi_socket(), |csi| async move {
+        csi.node.clone().node_stage_volume(stage).await.unwrap();
+    });
+    let file = staging.path().join("staged-on-h1");
+    std::fs::write(&file, b"through CSI").unwrap();
+    std::fs::File::open(&file).unwrap().sync_all().unwrap();
+    assert_eq!(h1.inspect("cb")["network"]["home"], "h0");
+    let unstage = proto::NodeUnstageVolumeRequest {
+        volume_id: "cb".into(),
+        staging_target_path: staging.path().display().to_string(),
+    };
+    stowage_testkit::csi::blocking(&h1.csi_socket(), |csi| async move {
+        csi.node.clone().node_unstage_volume(unstage).await.unwrap();
+    });
+    stowage_testkit::csi::detach(&h0.csi_socket(), "cb", "h1").unwrap();
+
+    let path = h0.ok(&["volume", "mount", "cb", "--consumer", "check"]);
+    let back = std::fs::read(Path::new(path.trim()).join("staged-on-h1")).unwrap();
+    assert_eq!(back, b"through CSI");
+    h0.ok(&["volume", "unmount", "cb", "--consumer", "check"]);
+}
