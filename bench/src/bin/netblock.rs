@@ -360,7 +360,7 @@ fn main() -> Result<()> {
     let met = |ok: bool| if ok { "met" } else { "NOT met" };
     println!(
         "\ntargets: >= {TARGET_RATIO} of the same stack by hand (with TLS-PSK, as Stowage runs it): {} \
-         (worst {worst:.2}); failover within TTL + 10 s: {}",
+         (worst {worst:.3}); failover within TTL + 10 s: {}",
         met(worst >= TARGET_RATIO),
         met(failover <= Duration::from_secs(TTL + 10))
     );
