@@ -254,11 +254,13 @@ impl VolumeService {
         if !running && !self.homes_volume_of(key) {
             return;
         }
+        // An export that died (its nbdkit killed) still has its key on
+        // disk: stopping it destroys that too.
+        if let Err(e) = net.transport.unexport(&a.id) {
+            warn!(key, error = %e, "cannot stop the export of an ended attachment");
+            return;
+        }
         if running {
-            if let Err(e) = net.transport.unexport(&a.id) {
-                warn!(key, error = %e, "cannot stop the export of an ended attachment");
-                return;
-            }
             info!(
                 key,
                 epoch = a.epoch,

@@ -891,3 +891,41 @@ fn csi_answers_no_topology_for_a_block_volume_and_stages_it_on_a_host_other_than
     assert_eq!(back, b"through CSI");
     h0.ok(&["volume", "unmount", "cb", "--consumer", "check"]);
 }
+
+#[test]
+fn an_export_killed_under_io_fails_it_clearly_and_a_new_mount_serves_again_leaving_no_key() {
+    let c = Cluster::start();
+    let (h0, h1) = (&c.nodes[0], &c.nodes[1]);
+    h0.ok(&["volume", "create", "xv", "-d", "block", "-o", "size=64M"]);
+    let path = h1.ok(&["volume", "mount", "xv", "--consumer", "c1"]);
+    let file = Path::new(path.trim()).join("data");
+    let write = |what: &[u8]| -> std::io::Result<()> {
+        std::fs::write(&file, what)?;
+        std::fs::File::open(&file)?.sync_all()
+    };
+    write(b"before").unwrap();
+    let exports = h0.run.join("nbd/exports");
+    let pidfile = std::fs::read_dir(&exports)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join("pid"))
+        .next()
+        .expect("an export on h0");
+    let pid = std::fs::read_to_string(&pidfile).unwrap();
+    std::process::Command::new("kill")
+        .args(["-9", pid.trim()])
+        .status()
+        .unwrap();
+    assert!(holds_within(Duration::from_secs(10), || write(b"after").is_err()));
+
+    h1.ok(&["volume", "unmount", "xv", "--consumer", "c1"]);
+    let gone = || std::fs::read_dir(&exports).map_or(true, |mut d| d.next().is_none());
+    assert!(
+        holds_within(Duration::from_secs(10), gone),
+        "the dead export's key left on h0"
+    );
+    let path = h1.ok(&["volume", "mount", "xv", "--consumer", "c1"]);
+    let back = std::fs::read(Path::new(path.trim()).join("data")).unwrap();
+    assert_eq!(back, b"before");
+    h1.ok(&["volume", "unmount", "xv", "--consumer", "c1"]);
+}
