@@ -863,7 +863,9 @@ fn csi_answers_no_topology_for_a_block_volume_and_stages_it_on_a_host_other_than
     assert_eq!(h1.inspect("cb")["node"], "h0");
 
     attach(&h0.csi_socket(), "cb", "h1").unwrap();
-    let staging = tempfile::tempdir().unwrap();
+    // Under h1's own directory (outside its roots), whose mounts go with
+    // the daemon even when the test fails halfway.
+    let staging = tempfile::tempdir_in(h1.base()).unwrap();
     let stage = proto::NodeStageVolumeRequest {
         volume_id: "cb".into(),
         staging_target_path: staging.path().display().to_string(),
