@@ -906,8 +906,6 @@ impl VolumeService {
         Ok(loaded)
     }
 
-    /// [`Self::load_ready`] of a volume whose data this node holds: what
-    /// every use of the data needs.
     /// [`Self::load_here`], or a volume this node reaches over the network.
     fn load_for_use(&self, name: &VolumeName) -> Result<Loaded> {
         let loaded = self.load_ready(name)?;
@@ -917,6 +915,8 @@ impl VolumeService {
         Ok(loaded)
     }
 
+    /// [`Self::load_ready`] of a volume whose data this node holds: what
+    /// every use of the data needs.
     fn load_here(&self, name: &VolumeName) -> Result<Loaded> {
         let loaded = self.load_ready(name)?;
         loaded.record.refuse_away_from_home(&self.node_id)?;

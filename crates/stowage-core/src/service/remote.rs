@@ -57,7 +57,10 @@ impl VolumeService {
         let op = Op::put(Collection::NetAttach, &key, value, Precondition::Any)
             .with_lease_if(self.lease());
         self.refuse_lapsed_lease()?;
-        let asked = self.store.commit(vec![op], Durability::Host)?;
+        // A write whose outcome is unknown may have committed: withdrawn
+        // too, as a failed attach leaves nothing asked.
+        let asked = (self.store.commit(vec![op], Durability::Host))
+            .inspect_err(|_| self.withdraw_request(&key))?;
         let attached = self
             .wait_answer(record, &key, &request, asked)
             .and_then(|endpoint| {
