@@ -758,6 +758,13 @@ fn a_cut_off_writer_never_writes_a_block_after_another_host_takes_its_volume_ove
     assert!(writer.is_finished(), "h1's writer still writes");
     let fenced = &h1.inspect("fv")["network"]["fenced"];
     assert_eq!(fenced, true, "h1 says it cut its attachment off");
+    // h1, back, still has its (fenced) consumer: it lets go first, or it
+    // would claim the volume again once h2 does.
+    assert!(holds_within(Duration::from_secs(20), || {
+        (h1.cli(&["volume", "unmount", "fv", "--consumer", "writer"])
+            .status)
+            .success()
+    }));
     h2.ok(&["volume", "unmount", "fv", "--consumer", "taker"]);
     let on_h0 = h0.ok(&["volume", "mount", "fv", "--consumer", "check"]);
     let last = std::fs::read_to_string(Path::new(on_h0.trim()).join("log")).unwrap();
